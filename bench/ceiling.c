@@ -1,0 +1,281 @@
+/*
+ * ceiling.c — the machine's ceiling for a ledger: what the simplest design that keeps every
+ * promise can do here, so ledgerd's figures have something honest to be compared with.
+ *
+ * The design measured (DESIGN.md, "Storage"): in-memory balances plus an append-only log with
+ * group commit. 1 M account balances in an array; each transfer picks two distinct accounts
+ * (fixed-seed random), checks funds, updates both balances, and appends a 64-byte record with a
+ * crc32c to a buffer; every ENGINE-like batch (10,000 transfers by default) the buffer is
+ * written with one write() and made durable with one fdatasync(). No HTTP, no JSON, no ids,
+ * no idempotency, no history: ledgerd does strictly more work per transfer than this.
+ *
+ * Two figures: with the log on disk (the ceiling of a durable ledger here), and the same loop
+ * without any I/O (the CPU cost of the state machine alone).
+ *
+ * Log files are segments of CEILING_SEGMENT_BYTES in a fresh temporary directory; a full
+ * segment is closed and deleted so a long run does not fill the disk. Everything is removed at
+ * the end. Single-threaded.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/base.h"
+
+#define CEILING_ACCOUNTS_DEFAULT (1u << 20)
+#define CEILING_BATCH_DEFAULT 10000u
+#define CEILING_BATCH_MAX 1000000u
+#define CEILING_SYNCS_MAX 1000000u /* fdatasync latencies kept for the percentiles */
+#define CEILING_SEGMENT_BYTES (256ull * 1024u * 1024u)
+#define CEILING_BALANCE_START_MINOR 100000000000ll /* 1e9.00 USD in cents */
+
+/* One log record: what a durable transfer needs to be replayed and checked. */
+typedef struct record {
+  uint64_t seq;
+  uint64_t debit_id;
+  uint64_t credit_id;
+  int64_t amount_minor;
+  int64_t debit_balance_after_minor;
+  int64_t credit_balance_after_minor;
+  uint32_t currency;
+  uint32_t flags;
+  uint32_t reserved;
+  uint32_t crc; /* crc32c of the 60 bytes before it */
+} record_t;
+static_assert(sizeof(record_t) == 64, "records are 64 bytes");
+
+typedef struct ceiling {
+  int64_t *balances_minor;
+  uint32_t accounts;
+  record_t *buf;
+  uint32_t batch;
+  uint32_t buf_n;
+  uint64_t seq;
+  uint64_t rejected;
+  /* log */
+  const char *dir;
+  int fd;
+  unsigned segment;
+  uint64_t segment_bytes;
+  uint64_t *sync_ns;
+  size_t syncs;
+  uint64_t bytes_written;
+} ceiling_t;
+
+static uint64_t rng_state = 42;
+static uint64_t rng_next(void) {
+  uint64_t x = rng_state;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  rng_state = x;
+  return x * 2685821657736338717ull;
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "ledger-ceiling: %s: %s\n", what, strerror(errno));
+  exit(1);
+}
+
+static void segment_open(ceiling_t *c) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/log.%06u", c->dir, c->segment);
+  c->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (c->fd < 0) die("open log segment");
+  c->segment_bytes = 0;
+}
+
+static void segment_close_and_delete(ceiling_t *c) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/log.%06u", c->dir, c->segment);
+  close(c->fd);
+  c->fd = -1;
+  if (unlink(path) != 0) die("unlink log segment");
+}
+
+/* One group commit: one write() of the batch, one fdatasync(). */
+static void log_commit(ceiling_t *c) {
+  if (c->buf_n == 0) return;
+  size_t len = (size_t)c->buf_n * sizeof(record_t);
+  c->buf_n = 0;
+  if (c->dir == NULL) return; /* pure-CPU run */
+  const char *p = (const char *)c->buf;
+  size_t off = 0;
+  while (off < len) {
+    ssize_t w = write(c->fd, p + off, len - off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      die("write");
+    }
+    off += (size_t)w;
+  }
+  uint64_t t0 = time_mono_ns();
+  if (fdatasync(c->fd) != 0) die("fdatasync");
+  if (c->syncs < CEILING_SYNCS_MAX) c->sync_ns[c->syncs++] = time_mono_ns() - t0;
+  c->bytes_written += len;
+  c->segment_bytes += len;
+  if (c->segment_bytes >= CEILING_SEGMENT_BYTES) {
+    segment_close_and_delete(c);
+    c->segment++;
+    segment_open(c);
+  }
+}
+
+static void apply_transfer(ceiling_t *c) {
+  uint32_t d = (uint32_t)(rng_next() % c->accounts);
+  uint32_t k = (uint32_t)(rng_next() % (c->accounts - 1u));
+  if (k >= d) k++;
+  int64_t amount_minor = (int64_t)(rng_next() % 10000u) + 1;
+  int64_t db, cb;
+  if (c->balances_minor[d] < amount_minor || !money_sub(c->balances_minor[d], amount_minor, &db) ||
+      !money_add(c->balances_minor[k], amount_minor, &cb)) {
+    c->rejected++; /* a rejection is logged nowhere and changes nothing */
+    return;
+  }
+  c->balances_minor[d] = db;
+  c->balances_minor[k] = cb;
+  record_t *r = &c->buf[c->buf_n++];
+  r->seq = ++c->seq;
+  r->debit_id = d + 1u;
+  r->credit_id = k + 1u;
+  r->amount_minor = amount_minor;
+  r->debit_balance_after_minor = db;
+  r->credit_balance_after_minor = cb;
+  r->currency = 1;
+  r->flags = 0;
+  r->reserved = 0;
+  r->crc = crc32c(0, r, offsetof(record_t, crc));
+  if (c->buf_n == c->batch) log_commit(c);
+}
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Runs transfers until `count` were attempted or `seconds` passed (checked per batch). */
+static double run(ceiling_t *c, uint64_t count, double seconds, uint64_t *done_out) {
+  uint64_t t0 = time_mono_ns();
+  uint64_t deadline = seconds > 0 ? t0 + (uint64_t)(seconds * 1e9) : UINT64_MAX;
+  uint64_t done = 0;
+  while ((count == 0 || done < count) && time_mono_ns() < deadline) {
+    uint64_t n = c->batch;
+    if (count && count - done < n) n = count - done;
+    for (uint64_t i = 0; i < n; i++) apply_transfer(c);
+    done += n;
+  }
+  log_commit(c);
+  *done_out = done;
+  return (double)(time_mono_ns() - t0) / 1e9;
+}
+
+static void check_sum(const ceiling_t *c) {
+  /* Double entry: money only moves, so the total is what we started with. */
+  int64_t sum = 0;
+  for (uint32_t i = 0; i < c->accounts; i++) LEDGER_ASSERT(money_add(sum, c->balances_minor[i], &sum));
+  LEDGER_ASSERT(sum == (int64_t)c->accounts * CEILING_BALANCE_START_MINOR);
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: ledger-ceiling [-n TRANSFERS] [-d SECONDS] [-a ACCOUNTS] [-b BATCH]\n"
+          "                      [--dir DIR] [--cpu N] [--no-io] [--cpu-only-seconds S]\n"
+          "  default: -d 5 with the log in a new directory under $TMPDIR (or /tmp), then\n"
+          "  the same loop without I/O for the same time.\n");
+}
+
+int main(int argc, char **argv) {
+  uint64_t count = 0;
+  double seconds = -1, cpu_seconds = -1;
+  uint32_t accounts = CEILING_ACCOUNTS_DEFAULT, batch = CEILING_BATCH_DEFAULT;
+  const char *parent = getenv("TMPDIR");
+  int cpu = -1;
+  int io = 1;
+  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS };
+  static const struct option opts[] = {{"dir", required_argument, 0, OPT_DIR},
+                                       {"cpu", required_argument, 0, OPT_CPU},
+                                       {"no-io", no_argument, 0, OPT_NOIO},
+                                       {"cpu-only-seconds", required_argument, 0, OPT_CPUS},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  int o;
+  while ((o = getopt_long(argc, argv, "n:d:a:b:h", opts, NULL)) != -1) {
+    switch (o) {
+    case 'n': count = strtoull(optarg, NULL, 10); break;
+    case 'd': seconds = strtod(optarg, NULL); break;
+    case 'a': accounts = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'b': batch = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case OPT_DIR: parent = optarg; break;
+    case OPT_CPU: cpu = atoi(optarg); break;
+    case OPT_NOIO: io = 0; break;
+    case OPT_CPUS: cpu_seconds = strtod(optarg, NULL); break;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (optind != argc || accounts < 2 || batch == 0 || batch > CEILING_BATCH_MAX) {
+    usage(stderr);
+    return 2;
+  }
+  if (seconds < 0) seconds = count ? 0 : 5;
+  if (cpu_seconds < 0) cpu_seconds = seconds > 0 ? seconds : 0;
+  if (parent == NULL || parent[0] == '\0') parent = "/tmp";
+  if (cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) die("sched_setaffinity");
+  }
+
+  ceiling_t c = {.accounts = accounts, .batch = batch, .fd = -1};
+  c.balances_minor = malloc((size_t)accounts * sizeof *c.balances_minor);
+  c.buf = aligned_alloc(4096, ((size_t)batch * sizeof(record_t) + 4095u) & ~(size_t)4095u);
+  c.sync_ns = malloc(CEILING_SYNCS_MAX * sizeof *c.sync_ns);
+  if (!c.balances_minor || !c.buf || !c.sync_ns) die("malloc");
+  for (uint32_t i = 0; i < accounts; i++) c.balances_minor[i] = CEILING_BALANCE_START_MINOR;
+
+  char dir[4096];
+  if (io) {
+    snprintf(dir, sizeof dir, "%s/ledger-ceiling.XXXXXX", parent);
+    if (mkdtemp(dir) == NULL) die("mkdtemp");
+    c.dir = dir;
+    segment_open(&c);
+    uint64_t done;
+    double s = run(&c, count, seconds, &done);
+    segment_close_and_delete(&c);
+    if (rmdir(dir) != 0) die("rmdir");
+    c.dir = NULL;
+    uint64_t p50 = 0, p99 = 0, pmax = 0;
+    if (c.syncs) {
+      qsort(c.sync_ns, c.syncs, sizeof *c.sync_ns, cmp_u64);
+      p50 = c.sync_ns[(c.syncs - 1) / 2];
+      p99 = c.sync_ns[(c.syncs * 99 - 1) / 100];
+      pmax = c.sync_ns[c.syncs - 1];
+    }
+    printf("ceiling transfers_per_s=%.0f fdatasync_p50_us=%.1f fdatasync_p99_us=%.1f"
+           " fdatasync_max_us=%.1f fdatasyncs=%zu transfers=%" PRIu64 " seconds=%.3f"
+           " batch=%u accounts=%u log_mb_per_s=%.1f dir=%s\n",
+           (double)done / s, (double)p50 / 1e3, (double)p99 / 1e3, (double)pmax / 1e3, c.syncs,
+           done, s, batch, accounts, (double)c.bytes_written / s / 1e6, parent);
+    fflush(stdout);
+  }
+  uint64_t cpu_count = cpu_seconds > 0 ? 0 : count;
+  if (cpu_seconds > 0 || cpu_count > 0) {
+    uint64_t done;
+    double s = run(&c, cpu_count, cpu_seconds, &done);
+    printf("ceiling_cpu transfers_per_s=%.0f transfers=%" PRIu64 " seconds=%.3f accounts=%u"
+           " rejected=%" PRIu64 "\n",
+           (double)done / s, done, s, accounts, c.rejected);
+  }
+  check_sum(&c);
+  free(c.balances_minor);
+  free(c.buf);
+  free(c.sync_ns);
+  return 0;
+}

@@ -1,0 +1,203 @@
+/*
+ * base_misc.c — errors, asserts, time, logging, checksums and hashes.
+ */
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "base/base.h"
+
+void ledger_assert_fail(const char *expr, const char *file, int line) {
+  fprintf(stderr, "ledgerd: assertion failed: %s (%s:%d)\n", expr, file, line);
+  abort();
+}
+
+const char *ledger_strerror(int err) {
+  switch (err) {
+    case LEDGER_OK: return "ok";
+    case LEDGER_EINVAL: return "invalid argument";
+    case LEDGER_ENOMEM: return "out of memory";
+    case LEDGER_EIO: return "i/o error";
+    case LEDGER_ECORRUPT: return "corrupt data";
+    case LEDGER_EFULL: return "full";
+    case LEDGER_ELOCKED: return "data directory is locked by another process";
+    case LEDGER_ERANGE: return "out of range";
+    case LEDGER_ENOTFOUND: return "not found";
+    case LEDGER_ESTOPPED: return "stopped";
+    default: return "unknown error";
+  }
+}
+
+int64_t time_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t time_mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Days from civil (Howard Hinnant's algorithm, public domain description). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = (unsigned)(y - era * 400);
+  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + (int64_t)doe - 719468;
+}
+
+size_t time_format_ms(int64_t unix_ms, char *buf) {
+  int64_t secs = unix_ms >= 0 ? unix_ms / 1000 : (unix_ms - 999) / 1000;
+  int ms = (int)(unix_ms - secs * 1000);
+  time_t t = (time_t)secs;
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  int n = snprintf(buf, TIME_TEXT_BYTES, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+  LEDGER_ASSERT(n > 0 && (size_t)n < TIME_TEXT_BYTES);
+  return (size_t)n;
+}
+
+static bool read_num(const char *s, size_t len, size_t *pos, size_t ndigits, unsigned *out) {
+  unsigned v = 0;
+  for (size_t k = 0; k < ndigits; k++) {
+    if (*pos >= len || s[*pos] < '0' || s[*pos] > '9') return false;
+    v = v * 10 + (unsigned)(s[*pos] - '0');
+    (*pos)++;
+  }
+  *out = v;
+  return true;
+}
+
+static bool expect(const char *s, size_t len, size_t *pos, char c) {
+  if (*pos >= len || s[*pos] != c) return false;
+  (*pos)++;
+  return true;
+}
+
+int time_parse_ms(const char *s, size_t len, int64_t *unix_ms_out) {
+  size_t p = 0;
+  unsigned y, mo, d, h = 0, mi = 0, se = 0, ms = 0;
+  if (!read_num(s, len, &p, 4, &y) || !expect(s, len, &p, '-') || !read_num(s, len, &p, 2, &mo) ||
+      !expect(s, len, &p, '-') || !read_num(s, len, &p, 2, &d))
+    return LEDGER_EINVAL;
+  if (mo < 1 || mo > 12 || d < 1 || d > 31) return LEDGER_EINVAL;
+  int64_t offset_min = 0;
+  if (p < len) {
+    if (s[p] != 'T' && s[p] != 't') return LEDGER_EINVAL;
+    p++;
+    if (!read_num(s, len, &p, 2, &h) || !expect(s, len, &p, ':') || !read_num(s, len, &p, 2, &mi) ||
+        !expect(s, len, &p, ':') || !read_num(s, len, &p, 2, &se))
+      return LEDGER_EINVAL;
+    if (h > 23 || mi > 59 || se > 60) return LEDGER_EINVAL;
+    if (p < len && s[p] == '.') {
+      p++;
+      unsigned scale = 100, nd = 0;
+      while (p < len && s[p] >= '0' && s[p] <= '9' && nd < 9) {
+        ms += (unsigned)(s[p] - '0') * scale;
+        scale /= 10;
+        p++;
+        nd++;
+      }
+      if (nd == 0) return LEDGER_EINVAL;
+    }
+    if (p < len && (s[p] == 'Z' || s[p] == 'z')) {
+      p++;
+    } else if (p < len && (s[p] == '+' || s[p] == '-')) {
+      int sign = s[p] == '-' ? -1 : 1;
+      p++;
+      unsigned oh, om;
+      if (!read_num(s, len, &p, 2, &oh) || !expect(s, len, &p, ':') || !read_num(s, len, &p, 2, &om))
+        return LEDGER_EINVAL;
+      if (oh > 23 || om > 59) return LEDGER_EINVAL;
+      offset_min = sign * (int64_t)(oh * 60 + om);
+    } else {
+      return LEDGER_EINVAL;
+    }
+  }
+  if (p != len) return LEDGER_EINVAL;
+  int64_t days = days_from_civil((int64_t)y, mo, d);
+  int64_t secs = days * 86400 + h * 3600 + mi * 60 + se - offset_min * 60;
+  *unix_ms_out = secs * 1000 + ms;
+  return LEDGER_OK;
+}
+
+static _Atomic int log_level = LOG_INFO;
+void log_set_level(log_level_t level) { atomic_store(&log_level, (int)level); }
+
+void log_msg(log_level_t level, const char *fmt, ...) {
+  if ((int)level < atomic_load_explicit(&log_level, memory_order_relaxed)) return;
+  static const char *names[] = {"debug", "info", "warn", "error"};
+  char line[1024];
+  char ts[TIME_TEXT_BYTES];
+  time_format_ms(time_now_ms(), ts);
+  int n = snprintf(line, sizeof line, "%s %s ", ts, names[level]);
+  va_list ap;
+  va_start(ap, fmt);
+  int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  va_end(ap);
+  size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+  if (len > sizeof line - 2) len = sizeof line - 2;
+  line[len++] = '\n';
+  fwrite(line, 1, len, stderr); /* one fwrite per line: lines from threads do not interleave */
+}
+
+/* CRC32C, slicing-by-1 table built once; SSE4.2 crc32 instruction when the CPU has it. */
+static uint32_t crc_table[256];
+static void crc_init(void) {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    crc_table[i] = c;
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p,
+                                                              size_t len) {
+  uint64_t c = crc;
+  while (len >= 8) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    c = __builtin_ia32_crc32di(c, v);
+    p += 8;
+    len -= 8;
+  }
+  uint32_t c32 = (uint32_t)c;
+  while (len--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+  return c32;
+}
+#endif
+
+uint32_t crc32c(uint32_t crc, const void *data, size_t len) {
+  const uint8_t *p = data;
+  crc = ~crc;
+#if defined(__x86_64__)
+  static int have_hw = -1;
+  if (have_hw < 0) {
+    __builtin_cpu_init();
+    have_hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+  }
+  if (have_hw) return ~crc32c_hw(crc, p, len);
+#endif
+  static _Atomic int ready = 0;
+  if (!atomic_load(&ready)) {
+    crc_init();
+    atomic_store(&ready, 1);
+  }
+  while (len--) crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+ledger_hash128_t ledger_hash128(const void *data, size_t len, uint64_t seed) {
+  XXH128_hash_t h = XXH3_128bits_withSeed(data, len, seed);
+  return (ledger_hash128_t){h.low64, h.high64};
+}

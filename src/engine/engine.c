@@ -1,0 +1,373 @@
+/*
+ * engine.c — the sequencer and committer: the engine thread's loop, recovery at open, the
+ * submit path used by net threads, snapshots and verify.
+ *
+ * Threads: engine_submit from any thread; everything that touches `st` runs on the engine
+ * thread (or in engine_open/engine_verify before any thread exists). A snapshot child
+ * process gets a copy-on-write image of `st` at a batch boundary.
+ *
+ * Durability: a batch's commands are completed only after its record is written and
+ * fdatasync'd. A failed write or fsync stops the process (fail-stop, as PostgreSQL does
+ * since 2018): memory is then ahead of the disk, and only recovery from the log is right.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "engine/engine_state.h"
+#include "store/store.h"
+
+struct engine {
+  engine_config_t cfg;
+  store_t *store;
+  engine_state_t st;
+  mpmc_queue_t *queue;
+  int wake_fd;
+  _Atomic int sleeping;
+  _Atomic int stopping;
+  _Atomic int submitting;
+  pthread_t thread;
+  bool thread_running;
+  encoder_t enc;
+  engine_cmd_t **batch;
+  engine_cmd_t *carry; /* taken from the queue but did not fit the previous batch */
+  uint64_t log_at_snapshot;
+  pid_t snapshot_pid;
+  uint64_t snapshot_seq;
+  _Atomic uint64_t batches_total, commands_total, transfers_total, last_seq, rejected_full_total,
+      log_bytes, accounts, fsync_ns_last;
+  _Atomic bool ready;
+};
+
+static bool is_write(const engine_cmd_t *c) { return c->kind < ENGINE_CMD_ACCOUNT_GET; }
+
+static uint32_t transfer_weight(const engine_cmd_t *c) {
+  return c->kind == ENGINE_CMD_TRANSFER_BATCH ? c->u.batch.item_count : 1u;
+}
+
+/* ------------------------------------------------------------ snapshots */
+
+static void snapshot_reap(engine_t *e, bool wait) {
+  if (e->snapshot_pid <= 0) return;
+  int status = 0;
+  pid_t r = waitpid(e->snapshot_pid, &status, wait ? 0 : WNOHANG);
+  if (r == 0) return;
+  if (r == e->snapshot_pid && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    if (store_sync_dir(e->store) == 0) store_snapshot_prune(e->store, e->snapshot_seq);
+    LOG_INFO("snapshot at seq %llu written", (unsigned long long)e->snapshot_seq);
+  } else {
+    LOG_WARN("snapshot at seq %llu failed (status %d)", (unsigned long long)e->snapshot_seq, status);
+  }
+  e->snapshot_pid = 0;
+}
+
+static void snapshot_start(engine_t *e) {
+  char final_path[PATH_MAX], tmp_path[PATH_MAX];
+  store_snapshot_paths(e->store, e->st.last_seq, final_path, tmp_path, sizeof final_path);
+  uint64_t log_pos = store_log_end(e->store);
+  pid_t pid = fork();
+  if (pid < 0) {
+    LOG_WARN("snapshot: fork failed: %s", strerror(errno));
+    return;
+  }
+  if (pid == 0) _exit(snapshot_write(&e->st, tmp_path, final_path, log_pos) == 0 ? 0 : 1);
+  e->snapshot_pid = pid;
+  e->snapshot_seq = e->st.last_seq;
+  e->log_at_snapshot = log_pos;
+}
+
+static int snapshot_now(engine_t *e) {
+  char final_path[PATH_MAX], tmp_path[PATH_MAX];
+  store_snapshot_paths(e->store, e->st.last_seq, final_path, tmp_path, sizeof final_path);
+  int rc = snapshot_write(&e->st, tmp_path, final_path, store_log_end(e->store));
+  if (rc == 0 && store_sync_dir(e->store) == 0) store_snapshot_prune(e->store, e->st.last_seq);
+  return rc;
+}
+
+/* ------------------------------------------------------------ the batch */
+
+static void complete(engine_t *e, engine_cmd_t **cmds, size_t n) {
+  (void)e;
+  for (size_t i = 0; i < n; i++) cmds[i]->done(cmds[i]);
+}
+
+static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {
+  engine_state_t *st = &e->st;
+  int64_t now = time_now_ms();
+  int64_t time_ms = now > st->last_time_ms ? now : st->last_time_ms;
+  uint64_t seq = st->last_seq + 1;
+  uint64_t record_pos = store_log_end(e->store);
+  uint64_t transfers_before = st->transfer_count;
+  e->enc.len = STORE_RECORD_HEADER_BYTES + ENGINE_BATCH_HEADER_BYTES;
+  bool changed = state_begin_batch(st, seq, time_ms);
+  uint32_t logged = 0;
+  for (size_t i = 0; i < n; i++) {
+    engine_cmd_t *c = cmds[i];
+    c->outcome_unknown = false;
+    if (!is_write(c)) {
+      state_read(st, c);
+      continue;
+    }
+    size_t mark = e->enc.len;
+    size_t extra_off = codec_encode_cmd(&e->enc, c);
+    if (state_apply(st, c, record_pos + STORE_RECORD_HEADER_BYTES + extra_off)) logged++;
+    else e->enc.len = mark;
+  }
+  if (changed || logged > 0) {
+    uint8_t *h = e->enc.buf + STORE_RECORD_HEADER_BYTES;
+    uint32_t zero = 0;
+    memcpy(h, &seq, 8);
+    memcpy(h + 8, &time_ms, 8);
+    memcpy(h + 16, &logged, 4);
+    memcpy(h + 20, &zero, 4);
+    store_record_seal(e->enc.buf, (uint32_t)(e->enc.len - STORE_RECORD_HEADER_BYTES));
+    uint64_t t0 = time_mono_ns();
+    int rc = store_log_append(e->store, e->enc.buf, e->enc.len, e->cfg.fsync);
+    if (rc != 0) {
+      LOG_ERROR("log append failed (%s): stopping so that recovery decides from the log",
+                ledger_strerror(rc));
+      abort();
+    }
+    atomic_store_explicit(&e->fsync_ns_last, time_mono_ns() - t0, memory_order_relaxed);
+    st->last_seq = seq;
+    st->last_time_ms = time_ms;
+    atomic_fetch_add_explicit(&e->batches_total, 1, memory_order_relaxed);
+    atomic_store_explicit(&e->last_seq, seq, memory_order_relaxed);
+    atomic_store_explicit(&e->log_bytes, store_log_end(e->store), memory_order_relaxed);
+  }
+  atomic_fetch_add_explicit(&e->commands_total, n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&e->transfers_total, st->transfer_count - transfers_before, memory_order_relaxed);
+  atomic_store_explicit(&e->accounts, st->account_count, memory_order_relaxed);
+  complete(e, cmds, n);
+}
+
+/* Takes waiting commands up to the batch limits. */
+static size_t take_batch(engine_t *e) {
+  size_t n = 0, bytes = STORE_RECORD_HEADER_BYTES + ENGINE_BATCH_HEADER_BYTES;
+  uint64_t transfers = 0;
+  while (n < ENGINE_BATCH_COMMANDS_MAX) {
+    engine_cmd_t *c = e->carry;
+    e->carry = NULL;
+    if (!c) {
+      void *item;
+      if (!mpmc_queue_pop(e->queue, &item)) break;
+      c = item;
+    }
+    size_t need = is_write(c) ? codec_cmd_bytes(c) : 0;
+    uint32_t w = transfer_weight(c);
+    if (n > 0 && (transfers + w > ENGINE_BATCH_TRANSFERS_MAX || bytes + need > e->enc.cap)) {
+      e->carry = c;
+      break;
+    }
+    LEDGER_ASSERT(bytes + need <= e->enc.cap);
+    bytes += need;
+    transfers += w;
+    e->batch[n++] = c;
+  }
+  return n;
+}
+
+static bool expiry_due(const engine_t *e) {
+  return e->st.pending_count > 0 && e->st.pending[0].deadline_ms <= time_now_ms();
+}
+
+static void wait_for_work(engine_t *e) {
+  atomic_store(&e->sleeping, 1);
+  atomic_thread_fence(memory_order_seq_cst);
+  void *item;
+  if (mpmc_queue_pop(e->queue, &item)) { /* raced with a submit: keep it */
+    e->carry = item;
+  } else if (!atomic_load(&e->stopping)) {
+    struct pollfd p = {.fd = e->wake_fd, .events = POLLIN};
+    if (poll(&p, 1, ENGINE_TICK_MS) > 0) {
+      uint64_t v;
+      ssize_t r = read(e->wake_fd, &v, sizeof v);
+      (void)r;
+    }
+  }
+  atomic_store(&e->sleeping, 0);
+}
+
+static void *engine_main(void *arg) {
+  engine_t *e = arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals go to the main thread */
+  for (;;) {
+    size_t n = take_batch(e);
+    if (n == 0 && !expiry_due(e)) {
+      if (atomic_load(&e->stopping) && e->carry == NULL && atomic_load(&e->submitting) == 0 &&
+          mpmc_queue_size_approx(e->queue) == 0)
+        break;
+      wait_for_work(e);
+      continue;
+    }
+    run_batch(e, e->batch, n);
+    snapshot_reap(e, false);
+    if (e->snapshot_pid == 0 &&
+        store_log_end(e->store) - e->log_at_snapshot >= e->cfg.snapshot_log_bytes)
+      snapshot_start(e);
+  }
+  return NULL;
+}
+
+/* ------------------------------------------------------------ open / close */
+
+static int recover(engine_t *e) {
+  char path[PATH_MAX];
+  uint64_t snap_seq = 0, log_pos = 0;
+  int rc = store_snapshot_newest(e->store, path, sizeof path, &snap_seq);
+  if (rc == 0) {
+    rc = snapshot_load(&e->st, path, &log_pos);
+    if (rc != 0) {
+      LOG_WARN("snapshot %s unreadable (%s): replaying the whole log", path, ledger_strerror(rc));
+      state_free(&e->st);
+      if ((rc = state_init(&e->st, e->cfg.idempotency_retention_ms)) != 0) return rc;
+      log_pos = 0;
+    } else {
+      LOG_INFO("recovery: snapshot seq %llu, log tail from offset %llu", (unsigned long long)snap_seq,
+               (unsigned long long)log_pos);
+    }
+  }
+  e->log_at_snapshot = log_pos;
+  replay_ctx_t rctx;
+  if ((rc = replay_ctx_init(&rctx, &e->st)) != 0) return rc;
+  bool torn = false;
+  uint64_t t0 = time_mono_ns();
+  rc = store_log_scan(e->store, log_pos, replay_record, &rctx, &torn);
+  if (rc != 0) LOG_ERROR("recovery failed: %s %s", ledger_strerror(rc), rctx.problem);
+  if (torn) LOG_WARN("recovery: a torn last record was cut off at offset %llu", (unsigned long long)store_log_end(e->store));
+  LOG_INFO("recovery: %llu batches replayed in %.3f s; seq %llu, %llu accounts, %llu transfers",
+           (unsigned long long)rctx.batches, (double)(time_mono_ns() - t0) / 1e9,
+           (unsigned long long)e->st.last_seq, (unsigned long long)e->st.account_count,
+           (unsigned long long)e->st.transfer_count);
+  replay_ctx_free(&rctx);
+  return rc != 0 ? LEDGER_ECORRUPT : LEDGER_OK;
+}
+
+static void engine_free(engine_t *e) {
+  if (!e) return;
+  snapshot_reap(e, true);
+  state_free(&e->st);
+  store_close(e->store);
+  mpmc_queue_destroy(e->queue);
+  if (e->wake_fd >= 0) close(e->wake_fd);
+  free(e->enc.buf);
+  free(e->batch);
+  free(e);
+}
+
+int engine_open(const engine_config_t *config, engine_t **out) {
+  engine_t *e = calloc(1, sizeof *e);
+  if (!e) return LEDGER_ENOMEM;
+  e->cfg = *config;
+  e->wake_fd = -1;
+  if (e->cfg.snapshot_log_bytes == 0) e->cfg.snapshot_log_bytes = ENGINE_SNAPSHOT_LOG_BYTES_DEFAULT;
+  if (e->cfg.idempotency_retention_ms == 0) e->cfg.idempotency_retention_ms = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT;
+  int rc = store_open(config->data_dir, false, &e->store);
+  if (rc != 0) goto fail;
+  if ((rc = state_init(&e->st, e->cfg.idempotency_retention_ms)) != 0) goto fail;
+  if ((rc = recover(e)) != 0) goto fail;
+  rc = LEDGER_ENOMEM;
+  e->enc.cap = ENGINE_BATCH_LOG_BYTES_MAX;
+  e->enc.buf = malloc(e->enc.cap);
+  e->batch = calloc(ENGINE_BATCH_COMMANDS_MAX, sizeof *e->batch);
+  if (!e->enc.buf || !e->batch) goto fail;
+  if ((rc = mpmc_queue_create(ENGINE_QUEUE_COMMANDS_MAX, &e->queue)) != 0) goto fail;
+  e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (e->wake_fd < 0) {
+    rc = LEDGER_EIO;
+    goto fail;
+  }
+  atomic_store(&e->last_seq, e->st.last_seq);
+  atomic_store(&e->accounts, e->st.account_count);
+  atomic_store(&e->log_bytes, store_log_end(e->store));
+  if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+    rc = LEDGER_ENOMEM;
+    goto fail;
+  }
+  e->thread_running = true;
+  atomic_store(&e->ready, true);
+  *out = e;
+  return LEDGER_OK;
+fail:
+  engine_free(e);
+  return rc;
+}
+
+void engine_stop(engine_t *e) {
+  if (!e->thread_running) return;
+  atomic_store(&e->stopping, 1);
+  atomic_store(&e->ready, false);
+  while (atomic_load(&e->submitting) != 0) sched_yield();
+  uint64_t one = 1;
+  ssize_t w = write(e->wake_fd, &one, sizeof one);
+  (void)w;
+  pthread_join(e->thread, NULL); /* it drains the queue, answering everything */
+  e->thread_running = false;
+  snapshot_reap(e, true);
+  if (e->st.last_seq > 0 && store_log_end(e->store) != e->log_at_snapshot) {
+    int rc = snapshot_now(e);
+    if (rc != 0) LOG_WARN("final snapshot failed: %s", ledger_strerror(rc));
+  }
+}
+
+void engine_close(engine_t *e) {
+  if (!e) return;
+  engine_stop(e);
+  engine_free(e);
+}
+
+int engine_submit(engine_t *e, engine_cmd_t *cmd) {
+  LEDGER_ASSERT(cmd->done != NULL);
+  atomic_fetch_add(&e->submitting, 1);
+  int rc = LEDGER_OK;
+  if (atomic_load(&e->stopping)) {
+    rc = LEDGER_ESTOPPED;
+  } else if (!mpmc_queue_push(e->queue, cmd)) {
+    atomic_fetch_add_explicit(&e->rejected_full_total, 1, memory_order_relaxed);
+    rc = LEDGER_EFULL;
+  } else {
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load(&e->sleeping)) {
+      uint64_t one = 1;
+      ssize_t w = write(e->wake_fd, &one, sizeof one);
+      (void)w;
+    }
+  }
+  atomic_fetch_sub(&e->submitting, 1);
+  return rc;
+}
+
+uint16_t engine_region_find(const engine_t *e, const char *name) { return state_region_find(&e->st, name); }
+
+const char *engine_region_name(const engine_t *e, uint16_t region) {
+  uint32_t n = atomic_load_explicit(&e->st.region_count, memory_order_acquire);
+  if (region == 0 || region > n) return "";
+  return e->st.regions[region - 1];
+}
+
+int engine_read_extra(engine_t *e, uint64_t pos, uint32_t len, char *buf) {
+  return store_log_read(e->store, pos, buf, len);
+}
+
+void engine_get_stats(const engine_t *e, engine_stats_t *o) {
+  o->batches_total = atomic_load_explicit(&e->batches_total, memory_order_relaxed);
+  o->commands_total = atomic_load_explicit(&e->commands_total, memory_order_relaxed);
+  o->transfers_total = atomic_load_explicit(&e->transfers_total, memory_order_relaxed);
+  o->last_seq = atomic_load_explicit(&e->last_seq, memory_order_relaxed);
+  o->queue_depth = mpmc_queue_size_approx(e->queue);
+  o->rejected_full_total = atomic_load_explicit(&e->rejected_full_total, memory_order_relaxed);
+  o->log_bytes = atomic_load_explicit(&e->log_bytes, memory_order_relaxed);
+  o->accounts = atomic_load_explicit(&e->accounts, memory_order_relaxed);
+  o->fsync_ns_last = atomic_load_explicit(&e->fsync_ns_last, memory_order_relaxed);
+  o->ready = atomic_load(&e->ready);
+}

@@ -1,0 +1,305 @@
+/*
+ * engine.h — the ledger: a deterministic state machine over an ordered log, run by one thread.
+ *
+ * Design (DESIGN.md): net threads build engine_cmd_t objects and engine_submit() them into a
+ * bounded lock-free queue. The engine thread takes every waiting command (up to the batch
+ * limits), stamps the batch with a gap-free sequence number and a time, applies each command
+ * in order to the in-memory state, appends the batch to the log with one write and one
+ * fdatasync, and only then completes every command of the batch (cmd->done). Reads are
+ * commands too: they are answered after the batch they were in is durable, so every read sees
+ * every acknowledged write (linearizable), and no lock is ever taken on the state.
+ *
+ * Ownership: a submitted command belongs to the engine until its done callback runs (on the
+ * engine thread); the submitter must not touch it in between. Arrays the command points to
+ * (batch items, result rows, extra text) are owned by the submitter and must stay valid
+ * until done.
+ *
+ * State owned only by the engine thread; engine_open/engine_close are called by one thread
+ * before/after; engine_submit by any thread.
+ */
+#ifndef LEDGER_ENGINE_H
+#define LEDGER_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/base.h"
+
+/* ---- results: 0 = ok, else a rejection that changed nothing ---- */
+typedef enum {
+  ENGINE_OK = 0,
+  ENGINE_R_ACCOUNT_NOT_FOUND,
+  ENGINE_R_TRANSFER_NOT_FOUND,
+  ENGINE_R_INSUFFICIENT_FUNDS,
+  ENGINE_R_CURRENCY_MISMATCH,
+  ENGINE_R_SAME_ACCOUNT,
+  ENGINE_R_ACCOUNT_FROZEN,
+  ENGINE_R_LIMIT_EXCEEDED,
+  ENGINE_R_TRANSFER_NOT_PENDING,
+  ENGINE_R_AMOUNT_EXCEEDS_PENDING,
+  ENGINE_R_IDEMPOTENCY_CONFLICT,
+  ENGINE_R_BATCH_ABORTED,
+  ENGINE_R_INVALID_OPERATION,
+  ENGINE_R_CAPACITY_EXHAUSTED,
+  ENGINE_R_IDEMPOTENCY_EXPIRED,
+  ENGINE_R_COUNT
+} engine_result_t;
+/* Stable machine code for a result ("insufficient_funds"). */
+const char *engine_result_code(int result);
+
+typedef enum {
+  ENGINE_KIND_TRANSFER = 0,
+  ENGINE_KIND_DEPOSIT = 1,
+  ENGINE_KIND_WITHDRAWAL = 2,
+} engine_transfer_kind_t;
+const char *engine_kind_name(unsigned kind);
+
+typedef enum {
+  ENGINE_STATUS_POSTED = 0,
+  ENGINE_STATUS_PENDING = 1,
+  ENGINE_STATUS_VOIDED = 2,
+} engine_transfer_status_t;
+const char *engine_status_name(unsigned status);
+
+/* Transfer flags */
+#define ENGINE_TF_PENDING 0x01u    /* created as a pending (two-phase) transfer */
+#define ENGINE_TF_SETTLEMENT 0x02u /* the post/void entry of a pending transfer */
+#define ENGINE_TF_EXPIRED 0x04u    /* voided by its timeout */
+
+/* Account */
+#define ENGINE_ACCOUNT_KIND_CUSTOMER 0u
+#define ENGINE_ACCOUNT_KIND_SYSTEM 1u
+#define ENGINE_ACCOUNT_OPEN 0u
+#define ENGINE_ACCOUNT_FROZEN 1u
+#define ENGINE_AF_OVERDRAFT 0x01u
+
+typedef struct engine_account {
+  uint64_t id;
+  uint64_t owner_id;
+  int64_t balance_minor;
+  int64_t pending_debits_minor;
+  int64_t pending_credits_minor;
+  int64_t created_ms;
+  int64_t updated_ms;
+  uint64_t history_first_no; /* first transfer touching it (0 = none) */
+  uint64_t history_last_no;  /* newest transfer touching it */
+  uint64_t extra_pos;        /* log offset of its metadata JSON, 0 = none */
+  uint32_t extra_len;
+  uint16_t region;
+  uint8_t currency;
+  uint8_t kind;
+  uint8_t status;
+  uint8_t flags;
+  uint8_t pad[2];
+} engine_account_t;
+static_assert(sizeof(engine_account_t) == 96, "account record size (memory per account)");
+
+/* A transfer as the ledger keeps it. `no` is its position (1, 2, ...) and, with created_ms,
+ * its id (uuid_from_transfer). */
+typedef struct engine_transfer {
+  uint64_t no;
+  uint64_t seq; /* batch that created it */
+  uint64_t debit_account_id;
+  uint64_t credit_account_id;
+  int64_t amount_minor;        /* requested (for pending: reserved) */
+  int64_t posted_minor;        /* pending that was posted: the posted amount */
+  int64_t created_ms;
+  int64_t updated_ms;          /* when posted/voided (pending), else created_ms */
+  int64_t debit_balance_after; /* the accounts' balances right after this entry */
+  int64_t credit_balance_after;
+  uint64_t prev_debit_no, prev_credit_no; /* history chains of both accounts */
+  uint64_t next_debit_no, next_credit_no;
+  uint64_t pending_no; /* settlement entry: the pending transfer it settles */
+  uint64_t extra_pos;  /* log offset of description/metadata JSON, 0 = none */
+  uint32_t extra_len;
+  uint32_t timeout_s;
+  uint8_t kind;
+  uint8_t status;
+  uint8_t currency;
+  uint8_t flags;
+  uint8_t pad[4];
+} engine_transfer_t;
+static_assert(sizeof(engine_transfer_t) == 144, "transfer record size");
+
+/* ---- commands ---- */
+typedef enum {
+  ENGINE_CMD_NONE = 0,
+  /* writes (logged) */
+  ENGINE_CMD_ACCOUNT_CREATE = 1,
+  ENGINE_CMD_TRANSFER = 2,
+  ENGINE_CMD_TRANSFER_POST = 3,
+  ENGINE_CMD_TRANSFER_VOID = 4,
+  ENGINE_CMD_ACCOUNT_FREEZE = 5,
+  ENGINE_CMD_ACCOUNT_UNFREEZE = 6,
+  ENGINE_CMD_TRANSFER_BATCH = 7,
+  /* reads (never logged) */
+  ENGINE_CMD_ACCOUNT_GET = 64,
+  ENGINE_CMD_ACCOUNT_LIST = 65,
+  ENGINE_CMD_TRANSFER_GET = 66,
+  ENGINE_CMD_HISTORY = 67,
+} engine_cmd_kind_t;
+
+/* One transfer request (single, or one item of a batch). Fixed layout: stored in the log. */
+typedef struct engine_transfer_in {
+  uint64_t debit_account_id;  /* 0 for a deposit: the cash account of the credit's currency */
+  uint64_t credit_account_id; /* 0 for a withdrawal: the cash account of the debit's currency */
+  int64_t amount_minor;       /* > 0 */
+  uint32_t timeout_s;         /* pending only; 0 = none */
+  uint32_t extra_len;         /* bytes of `extra` (description/metadata JSON) */
+  uint8_t currency;           /* 0 = take it from the accounts */
+  uint8_t kind;               /* engine_transfer_kind_t */
+  uint8_t pending;            /* 1 = two-phase */
+  uint8_t pad[5];
+  const char *extra; /* not stored as a pointer: the bytes follow in the log */
+} engine_transfer_in_t;
+
+typedef struct engine_item_result {
+  uint16_t result;
+  uint8_t status;
+  uint8_t pad[5];
+  uint64_t no;
+  int64_t created_ms;
+} engine_item_result_t;
+
+typedef struct engine_history_row {
+  engine_transfer_t transfer;
+  int64_t balance_after_minor;
+} engine_history_row_t;
+
+typedef struct engine_cmd engine_cmd_t;
+typedef void (*engine_done_fn)(engine_cmd_t *cmd);
+
+struct engine_cmd {
+  /* ---- set by the submitter ---- */
+  uint8_t kind;
+  bool has_idempotency;
+  ledger_hash128_t idempotency_key; /* hash of principal + route + key */
+  ledger_hash128_t body_hash;       /* hash of route + body: a different body -> 409 */
+  uint64_t principal_id;
+  union {
+    struct {
+      uint64_t owner_id;
+      uint8_t currency;
+      uint8_t allow_overdraft;
+      const char *region; /* NUL-terminated, validated */
+      const char *extra;  /* metadata JSON or NULL */
+      uint32_t extra_len;
+    } account_create;
+    engine_transfer_in_t transfer;
+    struct {
+      uint64_t no;
+      int64_t created_ms;
+      int64_t amount_minor; /* post: 0 = the whole pending amount */
+    } settle;               /* POST and VOID */
+    struct {
+      uint64_t account_id;
+    } account; /* FREEZE, UNFREEZE, GET */
+    struct {
+      engine_transfer_in_t *items;
+      engine_item_result_t *results; /* item_count entries, filled by the engine */
+      uint32_t item_count;
+      bool atomic;
+    } batch;
+    struct {
+      uint64_t no;
+      int64_t created_ms;
+    } transfer_get;
+    struct {
+      uint64_t owner_id; /* 0 = any */
+      uint16_t region;   /* 0 = any; interned id from engine_region_find */
+      const char *region_name;
+      uint8_t currency; /* 0 = any */
+      bool ascending;
+      uint64_t cursor_id; /* 0 = start */
+      uint32_t limit;
+      engine_account_t *rows; /* limit entries */
+    } list;
+    struct {
+      uint64_t account_id;
+      uint64_t cursor_no; /* 0 = start */
+      int64_t from_ms, to_ms; /* [from, to), INT64_MIN/INT64_MAX = open */
+      bool ascending;
+      uint32_t limit;
+      engine_history_row_t *rows; /* limit entries */
+    } history;
+  } u;
+  engine_done_fn done;
+  void *done_arg;
+
+  /* ---- set by the engine before done() ---- */
+  int16_t result;     /* engine_result_t */
+  bool replayed;      /* an idempotent repeat: the original outcome */
+  bool outcome_unknown; /* engine stopped before the batch was durable */
+  uint64_t seq;
+  int64_t time_ms;
+  engine_account_t account;   /* ACCOUNT_* and GET */
+  engine_transfer_t transfer; /* TRANSFER*, TRANSFER_GET */
+  uint32_t row_count;         /* LIST, HISTORY */
+  uint64_t next_cursor;       /* LIST, HISTORY: 0 = no more */
+  engine_cmd_t *next;         /* engine's intrusive list; also free for the submitter after done */
+};
+
+typedef struct engine engine_t;
+
+typedef struct engine_config {
+  const char *data_dir;
+  uint64_t idempotency_retention_ms;
+  uint64_t snapshot_log_bytes; /* checkpoint after this many log bytes; 0 = default */
+  bool fsync;                  /* false only for tests that measure CPU */
+} engine_config_t;
+
+/* Opens (or creates) the data directory, takes its lock, recovers state from the newest
+ * snapshot plus the log tail (cutting a torn last record), and starts the engine thread.
+ * Errors: LEDGER_ELOCKED, LEDGER_ECORRUPT (a bad record that is not the last), LEDGER_EIO. */
+LEDGER_MUST_USE int engine_open(const engine_config_t *config, engine_t **out);
+/* Stops taking commands (engine_submit answers LEDGER_ESTOPPED), lets the engine thread
+ * apply and answer everything already queued, joins it and writes a final snapshot. The
+ * state stays readable (regions, extras) until engine_close. Idempotent. */
+void engine_stop(engine_t *engine);
+/* engine_stop, then frees everything. */
+void engine_close(engine_t *engine);
+
+/* Any thread. Returns 0, or LEDGER_EFULL when the queue is full (answer 503 + Retry-After), or
+ * LEDGER_ESTOPPED during shutdown. On error the command was not taken and done is not called. */
+LEDGER_MUST_USE int engine_submit(engine_t *engine, engine_cmd_t *cmd);
+
+/* Region names: interned by the engine; the read side looks them up. Thread-safe (the table
+ * only grows and entries are published with release stores). */
+uint16_t engine_region_find(const engine_t *engine, const char *name); /* 0 = unknown */
+const char *engine_region_name(const engine_t *engine, uint16_t region); /* never NULL */
+
+/* Reads the log bytes [pos, pos+len) (metadata/description of a committed record). Any
+ * thread; pos must come from a completed command. Returns 0 or LEDGER_EIO. */
+LEDGER_MUST_USE int engine_read_extra(engine_t *engine, uint64_t pos, uint32_t len, char *buf);
+
+typedef struct engine_stats {
+  uint64_t batches_total;
+  uint64_t commands_total;
+  uint64_t transfers_total;
+  uint64_t last_seq;
+  uint64_t queue_depth;
+  uint64_t rejected_full_total;
+  uint64_t log_bytes;
+  uint64_t accounts;
+  uint64_t fsync_ns_last;
+  bool ready;
+} engine_stats_t;
+void engine_get_stats(const engine_t *engine, engine_stats_t *out);
+
+/* ---- verification (ledgerctl verify) ---- */
+typedef struct engine_verify_report {
+  uint64_t batches;
+  uint64_t transfers;
+  uint64_t accounts;
+  uint64_t last_seq;
+  bool torn_tail; /* a torn last record was found (and not applied) */
+  char problem[256]; /* empty when everything checked out */
+} engine_verify_report_t;
+/* Replays the whole log of a stopped server's directory from the start into a fresh state,
+ * then checks: every record's checksum, gap-free seqs, zero sum per currency, no floored
+ * account below zero available, every history chain's balances, and that the state equals
+ * the newest snapshot where they overlap. Returns 0 when all hold, LEDGER_ECORRUPT with
+ * report->problem set otherwise, LEDGER_ELOCKED if a server holds the directory. */
+LEDGER_MUST_USE int engine_verify(const char *data_dir, engine_verify_report_t *report);
+
+#endif

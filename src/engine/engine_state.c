@@ -1,0 +1,789 @@
+/*
+ * engine_state.c — the ledger state machine: accounts, transfers, two-phase, idempotency,
+ * expiry. Pure and deterministic (see engine_state.h); engine thread (or replay) only.
+ *
+ * Invariants kept after every command (checked by state_check):
+ *  - for each currency, the sum of balances is zero and so are pending debits − credits;
+ *  - a floored account (customer, no overdraft) never has balance − pending_debits < 0;
+ *  - a rejected command changed nothing.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "engine/engine_state.h"
+
+static void *reserve(size_t bytes) {
+  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
+  memset(st, 0, sizeof *st);
+  st->idem_retention_ms = idem_retention_ms;
+  st->accounts = reserve((size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
+  st->transfers = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t));
+  st->idem = reserve((size_t)ENGINE_IDEM_SLOTS * sizeof(idem_entry_t));
+  st->pending = reserve((size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
+  st->codes = reserve(ENGINE_CODES_RING_BYTES);
+  if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes) {
+    state_free(st);
+    return LEDGER_ENOMEM;
+  }
+  atomic_init(&st->region_count, 0);
+  LEDGER_ASSERT(state_region_intern(st, "system") == 1);
+  LEDGER_ASSERT(state_region_intern(st, "default") == 2);
+  /* Genesis: one system account per currency, ids 1..count (docs/api.md). Not logged: every
+   * state starts with them. */
+  for (unsigned c = 1; c <= ledger_currency_count(); c++) {
+    engine_account_t *a = &st->accounts[st->account_count++];
+    a->id = st->account_count;
+    a->currency = (uint8_t)c;
+    a->kind = ENGINE_ACCOUNT_KIND_SYSTEM;
+    a->region = 1;
+    a->flags = ENGINE_AF_OVERDRAFT;
+  }
+  return LEDGER_OK;
+}
+
+void state_free(engine_state_t *st) {
+  if (st->accounts) munmap(st->accounts, (size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
+  if (st->transfers) munmap(st->transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t));
+  if (st->idem) munmap(st->idem, (size_t)ENGINE_IDEM_SLOTS * sizeof(idem_entry_t));
+  if (st->pending) munmap(st->pending, (size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
+  if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
+  memset(st, 0, sizeof *st);
+}
+
+/* ---------------------------------------------------------------- regions */
+
+uint16_t state_region_find(const engine_state_t *st, const char *name) {
+  uint32_t n = atomic_load_explicit(&st->region_count, memory_order_acquire);
+  for (uint32_t i = 0; i < n; i++) {
+    if (strcmp(st->regions[i], name) == 0) return (uint16_t)(i + 1);
+  }
+  return 0;
+}
+
+uint16_t state_region_intern(engine_state_t *st, const char *name) {
+  uint16_t id = state_region_find(st, name);
+  if (id) return id;
+  uint32_t n = atomic_load_explicit(&st->region_count, memory_order_relaxed);
+  if (n >= ENGINE_REGIONS_MAX || strlen(name) > API_REGION_BYTES_MAX) return 0;
+  memcpy(st->regions[n], name, strlen(name) + 1);
+  atomic_store_explicit(&st->region_count, n + 1, memory_order_release);
+  return (uint16_t)(n + 1);
+}
+
+/* ---------------------------------------------------------------- lookups */
+
+static engine_account_t *account_at(const engine_state_t *st, uint64_t id) {
+  if (id == 0 || id > st->account_count) return NULL;
+  return &st->accounts[id - 1];
+}
+
+static engine_transfer_t *transfer_at(const engine_state_t *st, uint64_t no, int64_t created_ms) {
+  if (no == 0 || no > st->transfer_count) return NULL;
+  engine_transfer_t *t = &st->transfers[no - 1];
+  return t->created_ms == created_ms ? t : NULL;
+}
+
+static bool floored(const engine_account_t *a) { return (a->flags & ENGINE_AF_OVERDRAFT) == 0; }
+
+/* ---------------------------------------------------------------- pending heap */
+
+static void heap_swap(pending_slot_t *h, uint64_t i, uint64_t j) {
+  pending_slot_t t = h[i];
+  h[i] = h[j];
+  h[j] = t;
+}
+
+static bool heap_less(const pending_slot_t *a, const pending_slot_t *b) {
+  return a->deadline_ms < b->deadline_ms || (a->deadline_ms == b->deadline_ms && a->no < b->no);
+}
+
+static void heap_push(engine_state_t *st, int64_t deadline_ms, uint64_t no) {
+  LEDGER_ASSERT(st->pending_count < ENGINE_PENDING_MAX);
+  uint64_t i = st->pending_count++;
+  st->pending[i] = (pending_slot_t){deadline_ms, no};
+  while (i > 0) {
+    uint64_t parent = (i - 1) / 2;
+    if (!heap_less(&st->pending[i], &st->pending[parent])) break;
+    heap_swap(st->pending, i, parent);
+    i = parent;
+  }
+}
+
+static void heap_pop(engine_state_t *st) {
+  LEDGER_ASSERT(st->pending_count > 0);
+  st->pending[0] = st->pending[--st->pending_count];
+  uint64_t i = 0;
+  for (;;) {
+    uint64_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < st->pending_count && heap_less(&st->pending[l], &st->pending[m])) m = l;
+    if (r < st->pending_count && heap_less(&st->pending[r], &st->pending[m])) m = r;
+    if (m == i) break;
+    heap_swap(st->pending, i, m);
+    i = m;
+  }
+}
+
+/* ---------------------------------------------------------------- history */
+
+/* Appends a new transfer record touching both accounts, linking it into their histories. */
+static engine_transfer_t *transfer_append(engine_state_t *st, engine_account_t *dr,
+                                          engine_account_t *cr) {
+  LEDGER_ASSERT(st->transfer_count < ENGINE_TRANSFERS_MAX);
+  engine_transfer_t *t = &st->transfers[st->transfer_count++];
+  memset(t, 0, sizeof *t);
+  t->no = st->transfer_count;
+  t->seq = st->batch_seq;
+  t->created_ms = t->updated_ms = st->batch_time_ms;
+  t->debit_account_id = dr->id;
+  t->credit_account_id = cr->id;
+  t->currency = dr->currency;
+  t->prev_debit_no = dr->history_last_no;
+  t->prev_credit_no = cr->history_last_no;
+  engine_account_t *sides[2] = {dr, cr};
+  for (int k = 0; k < 2; k++) {
+    engine_account_t *a = sides[k];
+    if (a->history_last_no) {
+      engine_transfer_t *prev = &st->transfers[a->history_last_no - 1];
+      if (prev->debit_account_id == a->id) prev->next_debit_no = t->no;
+      else prev->next_credit_no = t->no;
+    } else {
+      a->history_first_no = t->no;
+    }
+    a->history_last_no = t->no;
+    a->updated_ms = st->batch_time_ms;
+  }
+  return t;
+}
+
+/* Unlinks the newest record (atomic batch rollback). */
+static void transfer_pop(engine_state_t *st) {
+  LEDGER_ASSERT(st->transfer_count > 0);
+  engine_transfer_t *t = &st->transfers[st->transfer_count - 1];
+  engine_account_t *dr = account_at(st, t->debit_account_id);
+  engine_account_t *cr = account_at(st, t->credit_account_id);
+  uint64_t prevs[2] = {t->prev_debit_no, t->prev_credit_no};
+  engine_account_t *sides[2] = {dr, cr};
+  for (int k = 0; k < 2; k++) {
+    engine_account_t *a = sides[k];
+    LEDGER_ASSERT(a->history_last_no == t->no);
+    a->history_last_no = prevs[k];
+    if (prevs[k]) {
+      engine_transfer_t *prev = &st->transfers[prevs[k] - 1];
+      if (prev->debit_account_id == a->id) prev->next_debit_no = 0;
+      else prev->next_credit_no = 0;
+    } else {
+      a->history_first_no = 0;
+    }
+  }
+  st->transfer_count--;
+}
+
+/* ---------------------------------------------------------------- transfers */
+
+typedef struct resolved {
+  engine_account_t *dr, *cr;
+} resolved_t;
+
+static int resolve(engine_state_t *st, const engine_transfer_in_t *in, resolved_t *r) {
+  r->dr = account_at(st, in->debit_account_id);
+  r->cr = account_at(st, in->credit_account_id);
+  if (in->kind == ENGINE_KIND_DEPOSIT) {
+    if (!r->cr) return ENGINE_R_ACCOUNT_NOT_FOUND;
+    r->dr = account_at(st, r->cr->currency); /* cash:<CUR> has id == currency id */
+  } else if (in->kind == ENGINE_KIND_WITHDRAWAL) {
+    if (!r->dr) return ENGINE_R_ACCOUNT_NOT_FOUND;
+    r->cr = account_at(st, r->dr->currency);
+  }
+  if (!r->dr || !r->cr) return ENGINE_R_ACCOUNT_NOT_FOUND;
+  if (r->dr == r->cr) return ENGINE_R_SAME_ACCOUNT;
+  if (r->dr->currency != r->cr->currency) return ENGINE_R_CURRENCY_MISMATCH;
+  if (in->currency != 0 && in->currency != r->dr->currency) return ENGINE_R_CURRENCY_MISMATCH;
+  if (r->dr->status == ENGINE_ACCOUNT_FROZEN || r->cr->status == ENGINE_ACCOUNT_FROZEN)
+    return ENGINE_R_ACCOUNT_FROZEN;
+  return ENGINE_OK;
+}
+
+/* Checks and applies one transfer; on rejection nothing changed. */
+static int transfer_apply(engine_state_t *st, const engine_transfer_in_t *in, uint64_t extra_pos,
+                          engine_transfer_t **out) {
+  resolved_t r;
+  int res = resolve(st, in, &r);
+  if (res != ENGINE_OK) return res;
+  if (in->amount_minor <= 0) return ENGINE_R_INVALID_OPERATION;
+  int64_t avail, new_dr, new_cr;
+  if (!money_sub(r.dr->balance_minor, r.dr->pending_debits_minor, &avail) ||
+      !money_sub(avail, in->amount_minor, &avail))
+    return ENGINE_R_LIMIT_EXCEEDED;
+  if (floored(r.dr) && avail < 0) return ENGINE_R_INSUFFICIENT_FUNDS;
+  if (st->transfer_count >= ENGINE_TRANSFERS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
+  if (in->pending) {
+    if (!money_add(r.dr->pending_debits_minor, in->amount_minor, &new_dr) ||
+        !money_add(r.cr->pending_credits_minor, in->amount_minor, &new_cr))
+      return ENGINE_R_LIMIT_EXCEEDED;
+    if (in->timeout_s && st->pending_count >= ENGINE_PENDING_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
+    r.dr->pending_debits_minor = new_dr;
+    r.cr->pending_credits_minor = new_cr;
+  } else {
+    if (!money_sub(r.dr->balance_minor, in->amount_minor, &new_dr) ||
+        !money_add(r.cr->balance_minor, in->amount_minor, &new_cr))
+      return ENGINE_R_LIMIT_EXCEEDED;
+    r.dr->balance_minor = new_dr;
+    r.cr->balance_minor = new_cr;
+  }
+  engine_transfer_t *t = transfer_append(st, r.dr, r.cr);
+  t->amount_minor = in->amount_minor;
+  t->kind = in->kind;
+  t->status = in->pending ? ENGINE_STATUS_PENDING : ENGINE_STATUS_POSTED;
+  t->flags = in->pending ? ENGINE_TF_PENDING : 0;
+  t->timeout_s = in->pending ? in->timeout_s : 0;
+  t->extra_pos = in->extra_len ? extra_pos : 0;
+  t->extra_len = in->extra_len;
+  t->debit_balance_after = r.dr->balance_minor;
+  t->credit_balance_after = r.cr->balance_minor;
+  if (in->pending && in->timeout_s)
+    heap_push(st, st->batch_time_ms + (int64_t)in->timeout_s * 1000, t->no);
+  *out = t;
+  return ENGINE_OK;
+}
+
+/* Undo of transfer_apply for the newest transfer (atomic batches). */
+static void transfer_undo(engine_state_t *st) {
+  engine_transfer_t *t = &st->transfers[st->transfer_count - 1];
+  engine_account_t *dr = account_at(st, t->debit_account_id);
+  engine_account_t *cr = account_at(st, t->credit_account_id);
+  if (t->status == ENGINE_STATUS_PENDING) {
+    dr->pending_debits_minor -= t->amount_minor;
+    cr->pending_credits_minor -= t->amount_minor;
+    if (t->timeout_s) {
+      /* It was the newest push; remove it wherever the heap moved it. */
+      for (uint64_t i = 0; i < st->pending_count; i++) {
+        if (st->pending[i].no == t->no) {
+          /* Replace with a past deadline and pop: sifts correctly. */
+          st->pending[i].deadline_ms = INT64_MIN;
+          uint64_t j = i;
+          while (j > 0 && heap_less(&st->pending[j], &st->pending[(j - 1) / 2])) {
+            heap_swap(st->pending, j, (j - 1) / 2);
+            j = (j - 1) / 2;
+          }
+          heap_pop(st);
+          break;
+        }
+      }
+    }
+  } else {
+    dr->balance_minor += t->amount_minor;
+    cr->balance_minor -= t->amount_minor;
+  }
+  transfer_pop(st);
+}
+
+/* Settles a pending transfer: post `amount` (0 = all) or void. Appends a settlement entry. */
+static int settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t amount,
+                  bool expired, engine_transfer_t **entry_out) {
+  if (p->status != ENGINE_STATUS_PENDING) return ENGINE_R_TRANSFER_NOT_PENDING;
+  engine_account_t *dr = account_at(st, p->debit_account_id);
+  engine_account_t *cr = account_at(st, p->credit_account_id);
+  LEDGER_ASSERT(dr && cr);
+  if (amount == 0) amount = p->amount_minor;
+  int64_t new_dr = dr->balance_minor, new_cr = cr->balance_minor;
+  if (post) {
+    if (amount < 0) return ENGINE_R_INVALID_OPERATION;
+    if (amount > p->amount_minor) return ENGINE_R_AMOUNT_EXCEEDS_PENDING;
+    if (dr->status == ENGINE_ACCOUNT_FROZEN || cr->status == ENGINE_ACCOUNT_FROZEN)
+      return ENGINE_R_ACCOUNT_FROZEN;
+    if (!money_sub(dr->balance_minor, amount, &new_dr) || !money_add(cr->balance_minor, amount, &new_cr))
+      return ENGINE_R_LIMIT_EXCEEDED;
+  }
+  if (st->transfer_count >= ENGINE_TRANSFERS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
+  dr->pending_debits_minor -= p->amount_minor;
+  cr->pending_credits_minor -= p->amount_minor;
+  dr->balance_minor = new_dr;
+  cr->balance_minor = new_cr;
+  LEDGER_ASSERT(dr->pending_debits_minor >= 0 && cr->pending_credits_minor >= 0);
+  p->status = post ? ENGINE_STATUS_POSTED : ENGINE_STATUS_VOIDED;
+  p->posted_minor = post ? amount : 0;
+  /* An expiry is stamped with the deadline, not the batch time, so the entry is the same
+   * whichever batch happened to run it. */
+  int64_t when = expired ? p->created_ms + (int64_t)p->timeout_s * 1000 : st->batch_time_ms;
+  p->updated_ms = when;
+  if (expired) p->flags |= ENGINE_TF_EXPIRED;
+  engine_transfer_t *e = transfer_append(st, dr, cr);
+  e->kind = p->kind;
+  e->status = p->status;
+  e->flags = ENGINE_TF_SETTLEMENT | (expired ? ENGINE_TF_EXPIRED : 0);
+  e->amount_minor = post ? amount : p->amount_minor;
+  e->pending_no = p->no;
+  e->debit_balance_after = dr->balance_minor;
+  e->credit_balance_after = cr->balance_minor;
+  if (entry_out) *entry_out = e;
+  return ENGINE_OK;
+}
+
+bool state_begin_batch(engine_state_t *st, uint64_t seq, int64_t time_ms) {
+  LEDGER_ASSERT(seq == st->last_seq + 1);
+  LEDGER_ASSERT(time_ms >= st->last_time_ms);
+  st->batch_seq = seq;
+  st->batch_time_ms = time_ms;
+  bool changed = false;
+  while (st->pending_count > 0 && st->pending[0].deadline_ms <= time_ms) {
+    uint64_t no = st->pending[0].no;
+    heap_pop(st);
+    engine_transfer_t *p = &st->transfers[no - 1];
+    if (p->status != ENGINE_STATUS_PENDING) continue; /* posted or voided before */
+    if (settle(st, p, false, 0, true, NULL) == ENGINE_OK) changed = true;
+  }
+  return changed;
+}
+
+/* ---------------------------------------------------------------- idempotency */
+
+static bool idem_live(const engine_state_t *st, const idem_entry_t *e) {
+  return (e->key.lo | e->key.hi) != 0 &&
+         e->created_ms + (int64_t)st->idem_retention_ms > st->batch_time_ms;
+}
+
+static bool key_eq(ledger_hash128_t a, ledger_hash128_t b) { return a.lo == b.lo && a.hi == b.hi; }
+
+/* Finds a live entry for key; *slot_out is where a new one goes (first free or expired slot). */
+static idem_entry_t *idem_find(engine_state_t *st, ledger_hash128_t key, idem_entry_t **slot_out) {
+  uint64_t mask = ENGINE_IDEM_SLOTS - 1;
+  static_assert((ENGINE_IDEM_SLOTS & (ENGINE_IDEM_SLOTS - 1)) == 0, "power of two");
+  idem_entry_t *free_slot = NULL;
+  for (uint64_t i = key.lo & mask, n = 0; n < ENGINE_IDEM_SLOTS; i = (i + 1) & mask, n++) {
+    idem_entry_t *e = &st->idem[i];
+    if ((e->key.lo | e->key.hi) == 0) {
+      if (!free_slot) free_slot = e;
+      break;
+    }
+    if (key_eq(e->key, key)) {
+      if (idem_live(st, e)) return e;
+      if (!free_slot) free_slot = e; /* expired: reuse in place */
+      continue;
+    }
+    if (!free_slot && !idem_live(st, e)) free_slot = e;
+  }
+  *slot_out = free_slot;
+  return NULL;
+}
+
+/* Drops expired entries by rebuilding the table in place (rare: only when it fills up). */
+static void idem_compact(engine_state_t *st) {
+  uint64_t mask = ENGINE_IDEM_SLOTS - 1, live = 0;
+  /* Pass 1: clear expired. Pass 2: re-insert every survivor to close probe gaps. */
+  for (uint64_t i = 0; i < ENGINE_IDEM_SLOTS; i++) {
+    idem_entry_t *e = &st->idem[i];
+    if ((e->key.lo | e->key.hi) != 0 && !idem_live(st, e)) memset(e, 0, sizeof *e);
+  }
+  for (uint64_t i = 0; i < ENGINE_IDEM_SLOTS; i++) {
+    idem_entry_t *e = &st->idem[i];
+    if ((e->key.lo | e->key.hi) == 0) continue;
+    idem_entry_t copy = *e;
+    memset(e, 0, sizeof *e);
+    uint64_t j = copy.key.lo & mask;
+    while ((st->idem[j].key.lo | st->idem[j].key.hi) != 0) j = (j + 1) & mask;
+    st->idem[j] = copy;
+    live++;
+  }
+  st->idem_used = live;
+}
+
+static idem_entry_t *idem_slot_for_insert(engine_state_t *st, ledger_hash128_t key) {
+  idem_entry_t *slot = NULL;
+  idem_entry_t *e = idem_find(st, key, &slot);
+  if (e) return e; /* replay of the log: the same key again (cannot happen live) */
+  if (!slot || st->idem_used >= ENGINE_IDEMPOTENCY_KEYS_MAX) {
+    idem_compact(st);
+    e = idem_find(st, key, &slot);
+    if (e) return e;
+    if (!slot || st->idem_used >= ENGINE_IDEMPOTENCY_KEYS_MAX) return NULL;
+  }
+  if ((slot->key.lo | slot->key.hi) == 0) st->idem_used++;
+  return slot;
+}
+
+/* ---------------------------------------------------------------- commands */
+
+/* The transfer as its creating response showed it (idempotent replays answer this). */
+static engine_transfer_t creation_view(const engine_transfer_t *t) {
+  engine_transfer_t v = *t;
+  if (v.flags & ENGINE_TF_PENDING) {
+    v.status = ENGINE_STATUS_PENDING;
+    v.posted_minor = 0;
+    v.updated_ms = v.created_ms;
+    v.flags &= (uint8_t)~ENGINE_TF_EXPIRED;
+  }
+  return v;
+}
+
+static engine_account_t account_creation_view(const engine_account_t *a) {
+  engine_account_t v = *a;
+  v.balance_minor = v.pending_debits_minor = v.pending_credits_minor = 0;
+  v.status = ENGINE_ACCOUNT_OPEN;
+  v.updated_ms = v.created_ms;
+  v.history_first_no = v.history_last_no = 0;
+  return v;
+}
+
+static int apply_account_create(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
+  if (st->account_count >= ENGINE_ACCOUNTS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
+  if (!ledger_currency_get(cmd->u.account_create.currency)) return ENGINE_R_INVALID_OPERATION;
+  uint16_t region = state_region_intern(st, cmd->u.account_create.region);
+  if (region == 0) return ENGINE_R_LIMIT_EXCEEDED;
+  engine_account_t *a = &st->accounts[st->account_count++];
+  memset(a, 0, sizeof *a);
+  a->id = st->account_count;
+  a->owner_id = cmd->u.account_create.owner_id;
+  a->currency = cmd->u.account_create.currency;
+  a->region = region;
+  a->flags = cmd->u.account_create.allow_overdraft ? ENGINE_AF_OVERDRAFT : 0;
+  a->created_ms = a->updated_ms = st->batch_time_ms;
+  a->extra_len = cmd->u.account_create.extra_len;
+  a->extra_pos = a->extra_len ? extra_pos : 0;
+  cmd->account = *a;
+  return ENGINE_OK;
+}
+
+static int apply_freeze(engine_state_t *st, engine_cmd_t *cmd, bool freeze) {
+  engine_account_t *a = account_at(st, cmd->u.account.account_id);
+  if (!a) return ENGINE_R_ACCOUNT_NOT_FOUND;
+  if (a->kind == ENGINE_ACCOUNT_KIND_SYSTEM) return ENGINE_R_INVALID_OPERATION;
+  a->status = freeze ? ENGINE_ACCOUNT_FROZEN : ENGINE_ACCOUNT_OPEN;
+  a->updated_ms = st->batch_time_ms;
+  cmd->account = *a;
+  return ENGINE_OK;
+}
+
+static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
+  engine_transfer_t *p = transfer_at(st, cmd->u.settle.no, cmd->u.settle.created_ms);
+  if (!p || (p->flags & ENGINE_TF_SETTLEMENT)) return ENGINE_R_TRANSFER_NOT_FOUND;
+  int res = settle(st, p, post, post ? cmd->u.settle.amount_minor : 0, false, NULL);
+  cmd->transfer = *p;
+  return res;
+}
+
+/* A batch request: each item applied in order; atomic = all or none. Successful items get
+ * consecutive transfer numbers (nothing else runs in between), which idempotent replays use. */
+static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
+  uint32_t n = cmd->u.batch.item_count, failed = 0;
+  uint64_t first_no = st->transfer_count + 1;
+  for (uint32_t i = 0; i < n; i++) {
+    const engine_transfer_in_t *in = &cmd->u.batch.items[i];
+    engine_item_result_t *r = &cmd->u.batch.results[i];
+    engine_transfer_t *t = NULL;
+    int res = transfer_apply(st, in, extra_pos, &t);
+    extra_pos += in->extra_len;
+    memset(r, 0, sizeof *r);
+    r->result = (uint16_t)res;
+    if (res == ENGINE_OK) {
+      r->no = t->no;
+      r->created_ms = t->created_ms;
+      r->status = t->status;
+    } else {
+      failed++;
+    }
+  }
+  if (cmd->u.batch.atomic && failed > 0) {
+    while (st->transfer_count >= first_no) transfer_undo(st);
+    for (uint32_t i = 0; i < n; i++) {
+      engine_item_result_t *r = &cmd->u.batch.results[i];
+      if (r->result == ENGINE_OK) r->result = ENGINE_R_BATCH_ABORTED;
+      r->no = 0;
+      r->created_ms = 0;
+    }
+    return ENGINE_R_BATCH_ABORTED;
+  }
+  return ENGINE_OK;
+}
+
+static int apply_fresh(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
+  switch (cmd->kind) {
+    case ENGINE_CMD_ACCOUNT_CREATE: return apply_account_create(st, cmd, extra_pos);
+    case ENGINE_CMD_TRANSFER: {
+      engine_transfer_t *t = NULL;
+      int res = transfer_apply(st, &cmd->u.transfer, extra_pos, &t);
+      if (res == ENGINE_OK) cmd->transfer = *t;
+      return res;
+    }
+    case ENGINE_CMD_TRANSFER_POST: return apply_settle(st, cmd, true);
+    case ENGINE_CMD_TRANSFER_VOID: return apply_settle(st, cmd, false);
+    case ENGINE_CMD_ACCOUNT_FREEZE: return apply_freeze(st, cmd, true);
+    case ENGINE_CMD_ACCOUNT_UNFREEZE: return apply_freeze(st, cmd, false);
+    case ENGINE_CMD_TRANSFER_BATCH: return apply_batch(st, cmd, extra_pos);
+    default: LEDGER_ASSERT(!"not a write command");
+  }
+  return ENGINE_R_INVALID_OPERATION;
+}
+
+/* Answers a repeat from its idempotency entry. */
+static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entry_t *e) {
+  cmd->replayed = true;
+  cmd->result = (int16_t)e->result;
+  switch (e->kind) {
+    case ENGINE_CMD_ACCOUNT_CREATE:
+      if (e->result == ENGINE_OK) cmd->account = account_creation_view(account_at(st, e->object));
+      break;
+    case ENGINE_CMD_TRANSFER:
+      if (e->result == ENGINE_OK) cmd->transfer = creation_view(&st->transfers[e->object - 1]);
+      break;
+    case ENGINE_CMD_TRANSFER_POST:
+    case ENGINE_CMD_TRANSFER_VOID:
+      if (e->object) cmd->transfer = st->transfers[e->object - 1];
+      break;
+    case ENGINE_CMD_ACCOUNT_FREEZE:
+    case ENGINE_CMD_ACCOUNT_UNFREEZE:
+      if (e->object) cmd->account = *account_at(st, e->object);
+      break;
+    case ENGINE_CMD_TRANSFER_BATCH: {
+      if (st->codes_total - e->codes_pos > ENGINE_CODES_RING_BYTES ||
+          e->count != cmd->u.batch.item_count) {
+        cmd->result = ENGINE_R_IDEMPOTENCY_EXPIRED;
+        return;
+      }
+      uint64_t no = e->object;
+      for (uint32_t i = 0; i < e->count; i++) {
+        engine_item_result_t *r = &cmd->u.batch.results[i];
+        memset(r, 0, sizeof *r);
+        r->result = st->codes[(e->codes_pos + i) % ENGINE_CODES_RING_BYTES];
+        if (r->result == ENGINE_OK) {
+          engine_transfer_t v = creation_view(&st->transfers[no - 1]);
+          r->no = no++;
+          r->created_ms = v.created_ms;
+          r->status = v.status;
+        }
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+static void idem_record(engine_state_t *st, idem_entry_t *slot, const engine_cmd_t *cmd,
+                        uint64_t first_no) {
+  memset(slot, 0, sizeof *slot);
+  slot->key = cmd->idempotency_key;
+  slot->body = cmd->body_hash;
+  slot->created_ms = st->batch_time_ms;
+  slot->kind = cmd->kind;
+  slot->result = (uint16_t)cmd->result;
+  switch (cmd->kind) {
+    case ENGINE_CMD_ACCOUNT_CREATE:
+    case ENGINE_CMD_ACCOUNT_FREEZE:
+    case ENGINE_CMD_ACCOUNT_UNFREEZE: slot->object = cmd->account.id; break;
+    case ENGINE_CMD_TRANSFER:
+    case ENGINE_CMD_TRANSFER_POST:
+    case ENGINE_CMD_TRANSFER_VOID: slot->object = cmd->transfer.no; break;
+    case ENGINE_CMD_TRANSFER_BATCH:
+      slot->object = first_no;
+      slot->count = cmd->u.batch.item_count;
+      slot->codes_pos = st->codes_total;
+      for (uint32_t i = 0; i < slot->count; i++)
+        st->codes[(st->codes_total + i) % ENGINE_CODES_RING_BYTES] = (uint8_t)cmd->u.batch.results[i].result;
+      st->codes_total += slot->count;
+      break;
+    default: break;
+  }
+}
+
+bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
+  cmd->replayed = false;
+  cmd->seq = st->batch_seq;
+  cmd->time_ms = st->batch_time_ms;
+  idem_entry_t *slot = NULL;
+  if (cmd->has_idempotency) {
+    LEDGER_ASSERT((cmd->idempotency_key.lo | cmd->idempotency_key.hi) != 0);
+    if (!st->replaying) {
+      /* Logged commands were always fresh: replay skips the lookup, so a changed retention
+       * setting can never turn a logged command into a repeat. */
+      idem_entry_t *e = idem_find(st, cmd->idempotency_key, &slot);
+      if (e) {
+        if (!key_eq(e->body, cmd->body_hash) || e->kind != cmd->kind) {
+          cmd->result = ENGINE_R_IDEMPOTENCY_CONFLICT;
+        } else {
+          replay_answer(st, cmd, e);
+        }
+        return false;
+      }
+    }
+    slot = idem_slot_for_insert(st, cmd->idempotency_key);
+    if (!slot) {
+      cmd->result = ENGINE_R_CAPACITY_EXHAUSTED;
+      return false;
+    }
+  }
+  uint64_t first_no = st->transfer_count + 1;
+  uint64_t accounts_before = st->account_count;
+  cmd->result = (int16_t)apply_fresh(st, cmd, extra_pos);
+  bool changed = st->transfer_count + 1 != first_no || st->account_count != accounts_before ||
+                 (cmd->result == ENGINE_OK);
+  if (slot) {
+    /* Capacity is not a business outcome: a retry later must be able to succeed. */
+    if (cmd->result == ENGINE_R_CAPACITY_EXHAUSTED) return changed;
+    idem_record(st, slot, cmd, first_no);
+    return true;
+  }
+  return changed;
+}
+
+/* ---------------------------------------------------------------- reads */
+
+static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
+  const engine_account_t *a = account_at(st, cmd->u.history.account_id);
+  if (!a) {
+    cmd->result = ENGINE_R_ACCOUNT_NOT_FOUND;
+    return;
+  }
+  bool asc = cmd->u.history.ascending;
+  uint64_t no = cmd->u.history.cursor_no ? cmd->u.history.cursor_no
+                                         : (asc ? a->history_first_no : a->history_last_no);
+  if (no > st->transfer_count) no = 0;
+  uint32_t n = 0;
+  /* Every entry is in time order along the chain, so the walk stops at the window's end. */
+  while (no != 0) {
+    const engine_transfer_t *t = &st->transfers[no - 1];
+    bool is_debit = t->debit_account_id == a->id;
+    if (!is_debit && t->credit_account_id != a->id) break; /* bad cursor: not this account */
+    uint64_t next = asc ? (is_debit ? t->next_debit_no : t->next_credit_no)
+                        : (is_debit ? t->prev_debit_no : t->prev_credit_no);
+    if (asc ? t->created_ms >= cmd->u.history.to_ms : t->created_ms < cmd->u.history.from_ms) {
+      no = 0;
+      break;
+    }
+    bool inside = t->created_ms >= cmd->u.history.from_ms && t->created_ms < cmd->u.history.to_ms;
+    if (inside) {
+      if (n == cmd->u.history.limit) break;
+      cmd->u.history.rows[n].transfer = *t;
+      cmd->u.history.rows[n].balance_after_minor =
+          is_debit ? t->debit_balance_after : t->credit_balance_after;
+      n++;
+    }
+    no = next;
+  }
+  cmd->row_count = n;
+  cmd->next_cursor = no;
+  cmd->result = ENGINE_OK;
+}
+
+static void read_list(const engine_state_t *st, engine_cmd_t *cmd) {
+  bool asc = cmd->u.list.ascending;
+  uint64_t id = cmd->u.list.cursor_id ? cmd->u.list.cursor_id : (asc ? 1 : st->account_count);
+  uint32_t n = 0;
+  /* Bounded scan: a filter that matches little returns a short page and a cursor. */
+  uint64_t scanned = 0, scan_max = 100000u + (uint64_t)cmd->u.list.limit * 64u;
+  while (id >= 1 && id <= st->account_count && scanned < scan_max) {
+    const engine_account_t *a = &st->accounts[id - 1];
+    scanned++;
+    bool match = (!cmd->u.list.owner_id || a->owner_id == cmd->u.list.owner_id) &&
+                 (!cmd->u.list.currency || a->currency == cmd->u.list.currency) &&
+                 (!cmd->u.list.region_name || a->region == cmd->u.list.region);
+    if (match) {
+      if (n == cmd->u.list.limit) break;
+      cmd->u.list.rows[n++] = *a;
+    }
+    id = asc ? id + 1 : id - 1;
+  }
+  cmd->row_count = n;
+  cmd->next_cursor = (id >= 1 && id <= st->account_count) ? id : 0;
+  cmd->result = ENGINE_OK;
+}
+
+void state_read(const engine_state_t *st, engine_cmd_t *cmd) {
+  cmd->replayed = false;
+  cmd->seq = st->last_seq;
+  switch (cmd->kind) {
+    case ENGINE_CMD_ACCOUNT_GET: {
+      const engine_account_t *a = account_at(st, cmd->u.account.account_id);
+      cmd->result = a ? ENGINE_OK : ENGINE_R_ACCOUNT_NOT_FOUND;
+      if (a) cmd->account = *a;
+      break;
+    }
+    case ENGINE_CMD_TRANSFER_GET: {
+      const engine_transfer_t *t = transfer_at(st, cmd->u.transfer_get.no, cmd->u.transfer_get.created_ms);
+      cmd->result = t ? ENGINE_OK : ENGINE_R_TRANSFER_NOT_FOUND;
+      if (t) cmd->transfer = *t;
+      break;
+    }
+    case ENGINE_CMD_ACCOUNT_LIST: read_list(st, cmd); break;
+    case ENGINE_CMD_HISTORY: read_history(st, cmd); break;
+    default: LEDGER_ASSERT(!"not a read command");
+  }
+}
+
+/* ---------------------------------------------------------------- invariants */
+
+int state_check(const engine_state_t *st, char *problem, size_t cap) {
+  int64_t sum[LEDGER_CURRENCIES_MAX] = {0}, pend[LEDGER_CURRENCIES_MAX] = {0};
+  for (uint64_t i = 0; i < st->account_count; i++) {
+    const engine_account_t *a = &st->accounts[i];
+    if (a->id != i + 1 || !ledger_currency_get(a->currency)) {
+      snprintf(problem, cap, "account %llu: bad record", (unsigned long long)(i + 1));
+      return LEDGER_ECORRUPT;
+    }
+    if (__builtin_add_overflow(sum[a->currency], a->balance_minor, &sum[a->currency]) ||
+        __builtin_add_overflow(pend[a->currency], a->pending_debits_minor - a->pending_credits_minor,
+                               &pend[a->currency])) {
+      snprintf(problem, cap, "sum overflow at account %llu", (unsigned long long)a->id);
+      return LEDGER_ECORRUPT;
+    }
+    if (floored(a) && a->balance_minor - a->pending_debits_minor < 0) {
+      snprintf(problem, cap, "account %llu below its floor: balance %lld pending debits %lld",
+               (unsigned long long)a->id, (long long)a->balance_minor, (long long)a->pending_debits_minor);
+      return LEDGER_ECORRUPT;
+    }
+    if (a->pending_debits_minor < 0 || a->pending_credits_minor < 0) {
+      snprintf(problem, cap, "account %llu: negative pending", (unsigned long long)a->id);
+      return LEDGER_ECORRUPT;
+    }
+    /* The newest history entry must show the current balance. */
+    if (a->history_last_no) {
+      const engine_transfer_t *t = &st->transfers[a->history_last_no - 1];
+      int64_t after = t->debit_account_id == a->id ? t->debit_balance_after : t->credit_balance_after;
+      if (after != a->balance_minor) {
+        snprintf(problem, cap, "account %llu: balance %lld but history ends at %lld",
+                 (unsigned long long)a->id, (long long)a->balance_minor, (long long)after);
+        return LEDGER_ECORRUPT;
+      }
+    } else if (a->balance_minor != 0) {
+      snprintf(problem, cap, "account %llu: balance without history", (unsigned long long)a->id);
+      return LEDGER_ECORRUPT;
+    }
+  }
+  for (unsigned c = 1; c <= ledger_currency_count(); c++) {
+    if (sum[c] != 0 || pend[c] != 0) {
+      snprintf(problem, cap, "currency %s: balances sum to %lld, pending to %lld",
+               ledger_currency_get((ledger_currency_id_t)c)->code, (long long)sum[c], (long long)pend[c]);
+      return LEDGER_ECORRUPT;
+    }
+  }
+  /* Every posted movement changes the two balances by its amount: walk each transfer and
+   * check that balance_after equals the previous entry's balance_after +/- the amount. */
+  for (uint64_t i = 0; i < st->transfer_count; i++) {
+    const engine_transfer_t *t = &st->transfers[i];
+    int64_t moved = 0;
+    if (t->flags & ENGINE_TF_SETTLEMENT) moved = t->status == ENGINE_STATUS_POSTED ? t->amount_minor : 0;
+    else if (!(t->flags & ENGINE_TF_PENDING)) moved = t->amount_minor;
+    const uint64_t prevs[2] = {t->prev_debit_no, t->prev_credit_no};
+    const uint64_t ids[2] = {t->debit_account_id, t->credit_account_id};
+    const int64_t afters[2] = {t->debit_balance_after, t->credit_balance_after};
+    for (int k = 0; k < 2; k++) {
+      int64_t before = 0;
+      if (prevs[k]) {
+        const engine_transfer_t *p = &st->transfers[prevs[k] - 1];
+        before = p->debit_account_id == ids[k] ? p->debit_balance_after : p->credit_balance_after;
+      }
+      int64_t expect = k == 0 ? before - moved : before + moved;
+      if (expect != afters[k]) {
+        snprintf(problem, cap, "transfer %llu: account %llu balance after %lld, expected %lld",
+                 (unsigned long long)t->no, (unsigned long long)ids[k], (long long)afters[k], (long long)expect);
+        return LEDGER_ECORRUPT;
+      }
+    }
+  }
+  problem[0] = '\0';
+  return LEDGER_OK;
+}

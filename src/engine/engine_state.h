@@ -1,0 +1,126 @@
+/*
+ * engine_state.h — private: the in-memory ledger state and the pure functions that change it.
+ *
+ * Everything here is deterministic: given the same start state and the same sequence of
+ * (batch time, command) pairs, it produces the same state byte for byte. No clock, no random,
+ * no I/O. The engine thread and the replay (recovery, verify) are its only callers.
+ *
+ * Tables are flat arrays reserved as virtual memory (MAP_NORESERVE) at their limits and
+ * touched as they fill, so nothing is reallocated on the hot path and a snapshot is a dump
+ * of their used prefixes.
+ */
+#ifndef LEDGER_ENGINE_STATE_H
+#define LEDGER_ENGINE_STATE_H
+
+#include <stdatomic.h>
+
+#include "engine/engine.h"
+
+typedef struct idem_entry {
+  ledger_hash128_t key; /* {0,0} = empty slot */
+  ledger_hash128_t body;
+  int64_t created_ms;
+  uint64_t object;    /* transfer no / account id / batch: first transfer no */
+  uint64_t codes_pos; /* batch: position of its per-item codes in the codes ring */
+  uint32_t count;     /* batch: item count */
+  uint16_t result;
+  uint8_t kind;
+  uint8_t pad;
+} idem_entry_t;
+static_assert(sizeof(idem_entry_t) == 64, "idempotency entry size");
+
+typedef struct pending_slot {
+  int64_t deadline_ms;
+  uint64_t no;
+} pending_slot_t;
+
+#define ENGINE_IDEM_SLOTS (2u * ENGINE_IDEMPOTENCY_KEYS_MAX)
+/* Per-item result codes of batch requests that carried an Idempotency-Key, in a ring. */
+#define ENGINE_CODES_RING_BYTES (64u * 1024u * 1024u)
+
+typedef struct engine_state {
+  engine_account_t *accounts; /* [id - 1] */
+  uint64_t account_count;
+  engine_transfer_t *transfers; /* [no - 1] */
+  uint64_t transfer_count;
+  idem_entry_t *idem; /* ENGINE_IDEM_SLOTS slots, linear probing */
+  uint64_t idem_used; /* occupied slots (live or expired) */
+  pending_slot_t *pending; /* min-heap on deadline */
+  uint64_t pending_count;
+  uint8_t *codes; /* ENGINE_CODES_RING_BYTES */
+  uint64_t codes_total;
+  char regions[ENGINE_REGIONS_MAX][API_REGION_BYTES_MAX + 1];
+  _Atomic uint32_t region_count; /* published with release: readers on other threads */
+  uint64_t last_seq;
+  int64_t last_time_ms;
+  uint64_t idem_retention_ms;
+  /* The batch being applied. */
+  uint64_t batch_seq;
+  int64_t batch_time_ms;
+  bool replaying; /* commands come from the log: apply without idempotency lookups */
+} engine_state_t;
+
+LEDGER_MUST_USE int state_init(engine_state_t *st, uint64_t idem_retention_ms);
+void state_free(engine_state_t *st);
+
+/* Starts a batch: stamps, then voids every pending transfer whose deadline <= time.
+ * Returns true if that changed the state (the batch must then be logged). */
+bool state_begin_batch(engine_state_t *st, uint64_t seq, int64_t time_ms);
+
+/* Applies one write command. extra_pos is the log offset where the command's extra bytes
+ * (for a batch: the first item's) will be. Returns true when the command must be logged
+ * (it changed state, or it recorded an idempotency key). Fills the command's results. */
+bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos);
+
+/* Answers a read command from the current state. */
+void state_read(const engine_state_t *st, engine_cmd_t *cmd);
+
+/* Region interning: returns the id (1..), or 0 when the table is full. */
+uint16_t state_region_intern(engine_state_t *st, const char *name);
+uint16_t state_region_find(const engine_state_t *st, const char *name);
+
+/* Invariant checks for verify and tests: zero sum per currency, floors, history chains.
+ * Returns 0 or LEDGER_ECORRUPT with a message in problem. */
+LEDGER_MUST_USE int state_check(const engine_state_t *st, char *problem, size_t cap);
+
+/* ---- log encoding of commands (engine_codec.c) ---- */
+typedef struct encoder {
+  uint8_t *buf;
+  size_t cap;
+  size_t len; /* includes the record header space */
+} encoder_t;
+#define ENGINE_BATCH_HEADER_BYTES 24u
+/* Returns the bytes the command needs in the log (bounded). */
+size_t codec_cmd_bytes(const engine_cmd_t *cmd);
+/* Encodes at enc->len; returns the offset (within the record payload) of the command's extra
+ * bytes. The caller checked capacity with codec_cmd_bytes. */
+size_t codec_encode_cmd(encoder_t *enc, const engine_cmd_t *cmd);
+/* Decodes the command at p (len bytes left) into cmd, using items as storage for batch
+ * items (ENGINE_BATCH_TRANSFERS_MAX entries) and results for their results. Returns bytes
+ * consumed, 0 if malformed. extra_off_out: offset of its extra bytes from p. */
+size_t codec_decode_cmd(const uint8_t *p, size_t len, engine_cmd_t *cmd,
+                        engine_transfer_in_t *items, engine_item_result_t *results,
+                        char *region_buf, size_t *extra_off_out);
+
+/* Replays one record payload into the state. Used by recovery and verify. */
+typedef struct replay_ctx {
+  engine_state_t *st;
+  engine_transfer_in_t *items;
+  engine_item_result_t *results;
+  uint64_t batches;
+  uint64_t end_pos; /* log offset just after the last applied record */
+  char problem[256];
+} replay_ctx_t;
+LEDGER_MUST_USE int replay_ctx_init(replay_ctx_t *rc, engine_state_t *st);
+void replay_ctx_free(replay_ctx_t *rc);
+int replay_record(void *ctx, const uint8_t *payload, uint32_t len, uint64_t payload_pos);
+
+/* ---- snapshots (engine_snapshot.c) ---- */
+/* Writes the state to a new snapshot file (tmp + fsync + rename + dir fsync). Uses only
+ * write/fsync/rename: safe in a forked child. log_pos: the log offset the state covers. */
+LEDGER_MUST_USE int snapshot_write(const engine_state_t *st, const char *tmp_path,
+                                   const char *final_path, uint64_t log_pos);
+/* Loads a snapshot into a fresh state; *log_pos_out tells where the log tail starts. */
+LEDGER_MUST_USE int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out);
+
+#endif

@@ -1,0 +1,745 @@
+/*
+ * http_conn.c — one HTTP/1.1 connection: bytes in, libhttp-parser callbacks, the request
+ * object, the handler call, the response bytes out, timeouts and close.
+ *
+ * Why: this is the whole protocol state machine; http_server.c only owns sockets and the
+ * loop. Parsing is libhttp-parser's; this file only copies the pieces the API needs.
+ *
+ * Invariants:
+ *  - at most one request per connection is with the handler (in_handler); the parser is
+ *    paused at each message end and only resumed after http_respond, so pipelined requests
+ *    are dispatched, and answered, in order;
+ *  - parser callbacks only append to req_buf; the handler is called outside
+ *    http_parser_execute, so http_respond never re-enters the parser;
+ *  - a connection is freed only from the loop's event/ready/sweep paths or from
+ *    http_respond on a dead connection, never while its parse loop runs (in_process);
+ *  - every buffer is bounded: in by HTTP_IN_PENDING_BYTES_MAX, req_buf by the header, path
+ *    and body limits, out by HTTP_OUT_BYTES_MAX.
+ *
+ * Threads: everything here runs on the owning loop's thread.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http_internal.h"
+
+#define HTTP_ERR_SILENT (-1) /* err_status: close without an answer (allocation failed) */
+
+static const struct {
+  const char *name;
+  size_t len;
+} kept_headers[HTTP_HDR_COUNT] = {
+    [HTTP_HDR_AUTHORIZATION] = {"authorization", 13},
+    [HTTP_HDR_IDEMPOTENCY_KEY] = {"idempotency-key", 15},
+    [HTTP_HDR_CONTENT_TYPE] = {"content-type", 12},
+    [HTTP_HDR_COOKIE] = {"cookie", 6},
+};
+
+/* ---------------------------------------------------------------- buffers */
+
+static bool buf_reserve(http_buf_t *b, size_t extra, size_t cap_initial) {
+  size_t need = b->len + extra;
+  if (need <= b->cap) return true;
+  size_t cap = b->cap ? b->cap : cap_initial;
+  while (cap < need) cap *= 2;
+  char *data = realloc(b->data, cap);
+  if (data == NULL) return false;
+  b->data = data;
+  b->cap = cap;
+  return true;
+}
+
+static bool buf_append(http_buf_t *b, const void *src, size_t len, size_t cap_initial) {
+  if (!buf_reserve(b, len, cap_initial)) return false;
+  if (len > 0) memcpy(b->data + b->len, src, len);
+  b->len += len;
+  return true;
+}
+
+static void buf_free(http_buf_t *b) {
+  free(b->data);
+  *b = (http_buf_t){0};
+}
+
+/* Called when a buffer's live part is empty: rewind, and drop it if it grew large. */
+static void buf_rewind(http_buf_t *b) {
+  HTTP_ASSERT(b->off == b->len);
+  b->off = b->len = 0;
+  if (b->cap > HTTP_BUF_KEEP_BYTES_MAX) buf_free(b);
+}
+
+static size_t buf_pending(const http_buf_t *b) {
+  HTTP_ASSERT(b->off <= b->len && b->len <= b->cap);
+  return b->len - b->off;
+}
+
+/* ---------------------------------------------------------------- lists */
+
+static void ready_push(http_loop_t *loop, http_conn_t *c) {
+  if (c->in_ready) return;
+  c->in_ready = true;
+  c->ready_next = NULL;
+  c->ready_prev = loop->ready_tail;
+  if (loop->ready_tail) loop->ready_tail->ready_next = c;
+  else loop->ready_head = c;
+  loop->ready_tail = c;
+}
+
+static void ready_remove(http_loop_t *loop, http_conn_t *c) {
+  if (!c->in_ready) return;
+  if (c->ready_prev) c->ready_prev->ready_next = c->ready_next;
+  else loop->ready_head = c->ready_next;
+  if (c->ready_next) c->ready_next->ready_prev = c->ready_prev;
+  else loop->ready_tail = c->ready_prev;
+  c->in_ready = false;
+  c->ready_prev = c->ready_next = NULL;
+}
+
+static void conns_unlink(http_loop_t *loop, http_conn_t *c) {
+  if (c->prev) c->prev->next = c->next;
+  else loop->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+}
+
+/* ---------------------------------------------------------------- close */
+
+static void conn_close_fd(http_conn_t *c) {
+  if (c->fd < 0) return;
+  close(c->fd); /* also removes it from the epoll set */
+  c->fd = -1;
+  unsigned open_before = atomic_fetch_sub_explicit(&c->loop->server->connections_open, 1,
+                                                   memory_order_relaxed);
+  HTTP_ASSERT(open_before > 0);
+}
+
+static void conn_destroy(http_conn_t *c) {
+  http_loop_t *loop = c->loop;
+  conn_close_fd(c);
+  ready_remove(loop, c);
+  conns_unlink(loop, c);
+  buf_free(&c->in);
+  buf_free(&c->req_buf);
+  buf_free(&c->out);
+  free(c);
+}
+
+/* Closes and frees; the request must not be with the handler. */
+static void conn_close(http_conn_t *c) {
+  HTTP_ASSERT(!c->in_handler);
+  HTTP_ASSERT(!c->in_process);
+  conn_destroy(c);
+}
+
+/* The peer is gone. A request with the handler keeps its memory until http_respond. */
+static void conn_peer_gone(http_conn_t *c) {
+  if (!c->in_handler) {
+    conn_close(c);
+    return;
+  }
+  conn_close_fd(c);
+  c->dead = true;
+  c->deadline_ms = 0;
+  buf_free(&c->in);
+  buf_free(&c->out);
+}
+
+/* ---------------------------------------------------------------- responses */
+
+static size_t fmt_u64(char *dst, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  for (size_t i = 0; i < n; i++) dst[i] = tmp[n - 1 - i];
+  return n;
+}
+
+static char *put(char *p, const char *s, size_t len) {
+  memcpy(p, s, len);
+  return p + len;
+}
+#define PUT_LIT(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+/* Appends one complete response to c->out. False when it would pass HTTP_OUT_BYTES_MAX or
+ * memory ran out; the caller then closes the connection. */
+static bool conn_append_response(http_conn_t *c, int status, const char *content_type,
+                                 const char *headers_extra, const char *body, size_t body_len,
+                                 bool closing) {
+  HTTP_ASSERT(status >= 100 && status <= 999);
+  HTTP_ASSERT(body != NULL || body_len == 0);
+  const char *reason = http_status_text(status);
+  size_t reason_len = strlen(reason);
+  size_t type_len = content_type ? strlen(content_type) : 0;
+  size_t extra_len = headers_extra ? strlen(headers_extra) : 0;
+  size_t body_sent = c->is_head ? 0 : body_len;
+  size_t head_max = 64 + reason_len + type_len + extra_len + 64;
+  if (buf_pending(&c->out) + head_max + body_sent > HTTP_OUT_BYTES_MAX) return false;
+  if (!buf_reserve(&c->out, head_max + body_sent, HTTP_OUT_BUF_BYTES_INITIAL)) return false;
+
+  char *p = c->out.data + c->out.len;
+  p = PUT_LIT(p, "HTTP/1.1 ");
+  p += fmt_u64(p, (uint64_t)status);
+  *p++ = ' ';
+  p = put(p, reason, reason_len);
+  if (content_type) {
+    p = PUT_LIT(p, "\r\nContent-Type: ");
+    p = put(p, content_type, type_len);
+  }
+  p = PUT_LIT(p, "\r\nContent-Length: ");
+  p += fmt_u64(p, body_len);
+  p = PUT_LIT(p, "\r\n");
+  if (extra_len) p = put(p, headers_extra, extra_len);
+  if (closing) p = PUT_LIT(p, "Connection: close\r\n");
+  else if (c->http10) p = PUT_LIT(p, "Connection: keep-alive\r\n");
+  p = PUT_LIT(p, "\r\n");
+  if (body_sent) p = put(p, body, body_sent);
+  size_t added = (size_t)(p - (c->out.data + c->out.len));
+  HTTP_ASSERT(added <= head_max + body_sent);
+  c->out.len += added;
+  return true;
+}
+
+static void conn_answer_error(http_conn_t *c, int status) {
+  static const struct {
+    int status;
+    const char *body;
+  } errors[] = {
+      {413, "{\"error\":{\"code\":\"payload_too_large\","
+            "\"message\":\"request body is larger than the server accepts\"}}"},
+      {431, "{\"error\":{\"code\":\"headers_too_large\","
+            "\"message\":\"request headers are larger than the server accepts\"}}"},
+      {414, "{\"error\":{\"code\":\"uri_too_long\","
+            "\"message\":\"request target is longer than the server accepts\"}}"},
+      {400, "{\"error\":{\"code\":\"bad_request\",\"message\":\"malformed HTTP request\"}}"},
+  };
+  const char *body = errors[3].body;
+  for (size_t i = 0; i < sizeof errors / sizeof errors[0]; i++) {
+    if (errors[i].status == status) body = errors[i].body;
+  }
+  if (status != 413 && status != 431 && status != 414) status = 400;
+  http__stat_inc(&c->loop->stat_protocol_errors);
+  c->is_head = false;
+  c->closing = true;
+  if (!conn_append_response(c, status, "application/json", NULL, body, strlen(body), true)) {
+    c->out.off = c->out.len = 0; /* closing anyway; nothing more can be said */
+  }
+}
+
+/* ---------------------------------------------------------------- parser callbacks */
+
+static int parse_fail(http_conn_t *c, int status) {
+  if (c->err_status == 0) c->err_status = status;
+  return -1;
+}
+
+static int on_message_begin(http_parser *p) {
+  http_conn_t *c = p->data;
+  HTTP_ASSERT(!c->in_handler);
+  c->req_buf.off = c->req_buf.len = 0;
+  c->msg = (http_msg_t){.hdr_cur = HTTP_HDR_NONE, .last_was_value = true};
+  c->msg_active = true;
+  if (c->idle) { /* header timeout runs from the first byte of a keep-alive request */
+    c->idle = false;
+    c->deadline_ms = c->loop->now_ms + c->loop->server->config.header_timeout_ms;
+  }
+  return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len) {
+  http_conn_t *c = p->data;
+  c->msg.header_bytes += len;
+  if (c->msg.url_len + len > HTTP_PATH_BYTES_MAX) return parse_fail(c, 414);
+  if (!buf_append(&c->req_buf, at, len, HTTP_REQ_BUF_BYTES_INITIAL)) {
+    return parse_fail(c, HTTP_ERR_SILENT);
+  }
+  c->msg.url_len += len;
+  return 0;
+}
+
+/* The url is complete: NUL-terminate it and split it with http_parser_parse_url. */
+static int url_finish(http_conn_t *c) {
+  http_msg_t *m = &c->msg;
+  HTTP_ASSERT(!m->url_done);
+  m->url_done = true;
+  if (!buf_append(&c->req_buf, "", 1, HTTP_REQ_BUF_BYTES_INITIAL)) {
+    return parse_fail(c, HTTP_ERR_SILENT);
+  }
+  struct http_parser_url u;
+  http_parser_url_init(&u);
+  char *url = c->req_buf.data;
+  if (http_parser_parse_url(url, m->url_len, c->parser.method == HTTP_CONNECT, &u) != 0) {
+    return parse_fail(c, 400);
+  }
+  m->has_path = (u.field_set & (1u << UF_PATH)) != 0;
+  m->has_query = (u.field_set & (1u << UF_QUERY)) != 0;
+  if (m->has_path) {
+    m->path_off = u.field_data[UF_PATH].off;
+    m->path_len = u.field_data[UF_PATH].len;
+  }
+  if (m->has_query) {
+    m->query_off = u.field_data[UF_QUERY].off;
+    m->query_len = u.field_data[UF_QUERY].len;
+  }
+  /* The byte after each piece is '?', '#' or the terminator: overwrite with NUL, in order. */
+  if (m->has_path) url[m->path_off + m->path_len] = '\0';
+  if (m->has_query) url[m->query_off + m->query_len] = '\0';
+  return 0;
+}
+
+/* The value of a kept header is complete: NUL-terminate it. */
+static int header_value_end(http_conn_t *c) {
+  http_msg_t *m = &c->msg;
+  if (m->hdr_cur == HTTP_HDR_NONE) return 0;
+  if (!buf_append(&c->req_buf, "", 1, HTTP_REQ_BUF_BYTES_INITIAL)) {
+    return parse_fail(c, HTTP_ERR_SILENT);
+  }
+  m->hdr_set[m->hdr_cur] = true;
+  m->hdr_cur = HTTP_HDR_NONE;
+  return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len) {
+  http_conn_t *c = p->data;
+  http_msg_t *m = &c->msg;
+  if (!m->url_done && url_finish(c) != 0) return -1;
+  m->header_bytes += len;
+  if (m->last_was_value) { /* a new header line */
+    if (header_value_end(c) != 0) return -1;
+    m->last_was_value = false;
+    m->hdr_name_len = 0;
+    m->header_bytes += HTTP_HEADER_LINE_OVERHEAD_BYTES;
+  }
+  if (m->header_bytes > HTTP_HEADER_BYTES_MAX) return parse_fail(c, 431);
+  if (m->hdr_name_len + len < sizeof m->hdr_name) {
+    memcpy(m->hdr_name + m->hdr_name_len, at, len);
+    m->hdr_name_len += len;
+  } else {
+    m->hdr_name_len = sizeof m->hdr_name; /* too long to be a kept header */
+  }
+  return 0;
+}
+
+static int header_match(const http_msg_t *m) {
+  for (int i = 0; i < HTTP_HDR_COUNT; i++) {
+    if (m->hdr_name_len == kept_headers[i].len &&
+        strncasecmp(m->hdr_name, kept_headers[i].name, m->hdr_name_len) == 0) {
+      return i;
+    }
+  }
+  return HTTP_HDR_NONE;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len) {
+  http_conn_t *c = p->data;
+  http_msg_t *m = &c->msg;
+  m->header_bytes += len;
+  if (m->header_bytes > HTTP_HEADER_BYTES_MAX) return parse_fail(c, 431);
+  if (!m->last_was_value) { /* first piece of this value; duplicates: the last one wins */
+    m->last_was_value = true;
+    m->hdr_cur = header_match(m);
+    if (m->hdr_cur != HTTP_HDR_NONE) {
+      m->hdr_off[m->hdr_cur] = c->req_buf.len;
+      m->hdr_len[m->hdr_cur] = 0;
+      m->hdr_set[m->hdr_cur] = false;
+    }
+  }
+  if (m->hdr_cur == HTTP_HDR_NONE) return 0;
+  if (!buf_append(&c->req_buf, at, len, HTTP_REQ_BUF_BYTES_INITIAL)) {
+    return parse_fail(c, HTTP_ERR_SILENT);
+  }
+  m->hdr_len[m->hdr_cur] += len;
+  return 0;
+}
+
+static int on_headers_complete(http_parser *p) {
+  http_conn_t *c = p->data;
+  const http_config_t *cfg = &c->loop->server->config;
+  if (!c->msg.url_done && url_finish(c) != 0) return -1;
+  if (header_value_end(c) != 0) return -1;
+  bool has_length = (p->flags & F_CONTENTLENGTH) != 0;
+  if (has_length && p->content_length > cfg->body_bytes_max) return parse_fail(c, 413);
+  c->msg.body_off = c->req_buf.len;
+  if (has_length && !buf_reserve(&c->req_buf, (size_t)p->content_length + 1,
+                                 HTTP_REQ_BUF_BYTES_INITIAL)) {
+    return parse_fail(c, HTTP_ERR_SILENT);
+  }
+  c->deadline_ms = c->loop->now_ms + cfg->idle_timeout_ms; /* body phase */
+  return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len) {
+  http_conn_t *c = p->data;
+  const http_config_t *cfg = &c->loop->server->config;
+  if (c->msg.body_len + len > cfg->body_bytes_max) return parse_fail(c, 413);
+  if (!buf_append(&c->req_buf, at, len, HTTP_REQ_BUF_BYTES_INITIAL)) {
+    return parse_fail(c, HTTP_ERR_SILENT);
+  }
+  c->msg.body_len += len;
+  c->deadline_ms = c->loop->now_ms + cfg->idle_timeout_ms;
+  return 0;
+}
+
+static int on_message_complete(http_parser *p) {
+  http_conn_t *c = p->data;
+  if (!buf_append(&c->req_buf, "", 1, HTTP_REQ_BUF_BYTES_INITIAL)) { /* body terminator */
+    return parse_fail(c, HTTP_ERR_SILENT);
+  }
+  c->keep_alive = http_should_keep_alive(p) && !p->upgrade;
+  c->http10 = p->http_major == 1 && p->http_minor == 0;
+  c->msg_active = false;
+  http_parser_pause(p, 1); /* one request at a time: resumed after dispatch */
+  return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---------------------------------------------------------------- dispatch */
+
+static http_method_t method_of(unsigned method) {
+  switch (method) {
+  case HTTP_GET: return HTTP_METHOD_GET;
+  case HTTP_HEAD: return HTTP_METHOD_HEAD;
+  case HTTP_POST: return HTTP_METHOD_POST;
+  case HTTP_PUT: return HTTP_METHOD_PUT;
+  case HTTP_DELETE: return HTTP_METHOD_DELETE;
+  case HTTP_PATCH: return HTTP_METHOD_PATCH;
+  default: return HTTP_METHOD_OTHER;
+  }
+}
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void conn_fill_request(http_conn_t *c) {
+  const http_msg_t *m = &c->msg;
+  char *base = c->req_buf.data;
+  HTTP_ASSERT(base != NULL && m->url_done);
+  http_request_t *r = &c->req;
+  *r = (http_request_t){0};
+  r->method = method_of(c->parser.method);
+  r->path = m->has_path ? base + m->path_off : "/";
+  r->path_len = m->has_path ? m->path_len : 1;
+  r->query = m->has_query ? base + m->query_off : "";
+  r->query_len = m->has_query ? m->query_len : 0;
+  r->body = base + m->body_off;
+  r->body_len = m->body_len;
+  HTTP_ASSERT(m->body_off + m->body_len < c->req_buf.len && r->body[r->body_len] == '\0');
+  const char **kept[HTTP_HDR_COUNT] = {
+      [HTTP_HDR_AUTHORIZATION] = &r->authorization,
+      [HTTP_HDR_IDEMPOTENCY_KEY] = &r->idempotency_key,
+      [HTTP_HDR_CONTENT_TYPE] = &r->content_type,
+      [HTTP_HDR_COOKIE] = &r->cookie,
+  };
+  for (int i = 0; i < HTTP_HDR_COUNT; i++) {
+    if (m->hdr_set[i]) *kept[i] = base + m->hdr_off[i];
+  }
+  r->remote_addr = c->remote_addr;
+  r->received_ns = now_ns();
+  r->loop = c->loop;
+  r->thread_index = c->loop->index;
+}
+
+static void conn_dispatch(http_conn_t *c) {
+  HTTP_ASSERT(!c->in_handler && !c->dead);
+  conn_fill_request(c);
+  c->is_head = c->req.method == HTTP_METHOD_HEAD;
+  c->in_handler = true;
+  c->deadline_ms = 0;
+  http__stat_inc(&c->loop->stat_requests);
+  const http_config_t *cfg = &c->loop->server->config;
+  cfg->handler(&c->req, cfg->handler_ctx);
+}
+
+/* ---------------------------------------------------------------- input */
+
+static bool conn_may_parse(const http_conn_t *c) {
+  return !c->in_handler && !c->closing && buf_pending(&c->out) < HTTP_OUT_PAUSE_BYTES;
+}
+
+static void conn_parse_failed(http_conn_t *c, enum http_errno err) {
+  int status = c->err_status;
+  if (status == HTTP_ERR_SILENT) {
+    c->closing = true;
+    c->out.off = c->out.len = 0;
+    return;
+  }
+  if (status == 0) status = err == HPE_HEADER_OVERFLOW ? 431 : 400;
+  conn_answer_error(c, status);
+}
+
+/* Parses and dispatches requests until the data ends or parsing must wait. Returns the bytes
+ * consumed. Runs with in_process set, so answers given meanwhile just queue output. */
+static size_t conn_parse(http_conn_t *c, const char *data, size_t len) {
+  HTTP_ASSERT(c->in_process);
+  size_t used = 0;
+  while (used < len && conn_may_parse(c)) {
+    size_t n = http_parser_execute(&c->parser, &parser_settings, data + used, len - used);
+    HTTP_ASSERT(n <= len - used);
+    used += n;
+    enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+    if (err == HPE_PAUSED) {
+      http_parser_pause(&c->parser, 0);
+      conn_dispatch(c);
+    } else if (err != HPE_OK || used < len) { /* used < len: an upgrade, which we refuse */
+      conn_parse_failed(c, err);
+      break;
+    }
+  }
+  return used;
+}
+
+/* Parses input kept from earlier reads, if parsing may go on. */
+static void conn_drain_in(http_conn_t *c) {
+  if (buf_pending(&c->in) == 0) return;
+  size_t used = conn_parse(c, c->in.data + c->in.off, buf_pending(&c->in));
+  c->in.off += used;
+  if (c->closing) c->in.off = c->in.len; /* nothing more will be parsed */
+  if (buf_pending(&c->in) == 0) buf_rewind(&c->in);
+}
+
+/* Reads once. Returns false if the peer is gone (the caller handles that). */
+static bool conn_read(http_conn_t *c) {
+  http_loop_t *loop = c->loop;
+  bool direct = buf_pending(&c->in) == 0;
+  char *dst = loop->read_buf;
+  size_t room = HTTP_READ_BYTES;
+  if (!direct) { /* parsing waits: keep appending to the connection's own buffer */
+    size_t pending = buf_pending(&c->in);
+    if (c->in.off > 0) memmove(c->in.data, c->in.data + c->in.off, pending);
+    c->in.off = 0;
+    c->in.len = pending;
+    HTTP_ASSERT(pending < HTTP_IN_PENDING_BYTES_MAX); /* EPOLLIN is off at the limit */
+    room = HTTP_IN_PENDING_BYTES_MAX - pending;
+    if (!buf_reserve(&c->in, room, HTTP_READ_BYTES)) return false;
+    dst = c->in.data + c->in.len;
+  }
+  ssize_t n = read(c->fd, dst, room);
+  if (n < 0) return errno == EAGAIN || errno == EINTR;
+  if (n == 0) return false;
+  if (!direct) {
+    c->in.len += (size_t)n;
+    conn_drain_in(c);
+    return true;
+  }
+  size_t used = conn_parse(c, dst, (size_t)n);
+  if (used < (size_t)n && !c->closing &&
+      !buf_append(&c->in, dst + used, (size_t)n - used, HTTP_READ_BYTES)) {
+    return false;
+  }
+  return true;
+}
+
+/* ---------------------------------------------------------------- output and interest */
+
+/* Sends what it can. False on a socket error. */
+static bool conn_flush(http_conn_t *c) {
+  size_t sent_total = 0;
+  while (buf_pending(&c->out) > 0) {
+    ssize_t n = send(c->fd, c->out.data + c->out.off, buf_pending(&c->out), MSG_NOSIGNAL);
+    if (n > 0) {
+      c->out.off += (size_t)n;
+      sent_total += (size_t)n;
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && errno == EAGAIN) {
+      break;
+    } else {
+      return false;
+    }
+  }
+  if (buf_pending(&c->out) == 0) {
+    buf_rewind(&c->out);
+  } else if (sent_total > 0) { /* a slow reader making progress is not idle */
+    uint64_t deadline_ms = c->loop->now_ms + c->loop->server->config.idle_timeout_ms;
+    if (c->deadline_ms != 0 && c->deadline_ms < deadline_ms) c->deadline_ms = deadline_ms;
+  }
+  return true;
+}
+
+static bool conn_update_events(http_conn_t *c) {
+  uint32_t want = EPOLLRDHUP;
+  if (!c->closing && buf_pending(&c->in) < HTTP_IN_PENDING_BYTES_MAX) want |= EPOLLIN;
+  if (buf_pending(&c->out) > 0) want |= EPOLLOUT;
+  if (want == c->events) return true;
+  struct epoll_event ev = {.events = want, .data.ptr = c};
+  if (epoll_ctl(c->loop->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) != 0) return false;
+  c->events = want;
+  return true;
+}
+
+/* After input or output work: send, close if done, fix the epoll interest. False if the
+ * connection was closed (and freed). */
+static bool conn_sync(http_conn_t *c) {
+  HTTP_ASSERT(c->fd >= 0 && !c->in_process);
+  bool ok = conn_flush(c);
+  if (ok && c->closing && buf_pending(&c->out) == 0 && !c->in_handler) ok = false;
+  if (ok) ok = conn_update_events(c);
+  if (!ok) conn_close(c);
+  return ok;
+}
+
+/* Parses input that waited (after an answer or after output drained), then syncs. */
+static void conn_resume(http_conn_t *c) {
+  HTTP_ASSERT(!c->dead);
+  c->in_process = true;
+  conn_drain_in(c);
+  c->in_process = false;
+  conn_sync(c);
+}
+
+/* ---------------------------------------------------------------- loop entry points */
+
+void http__conn_accepted(http_loop_t *loop, int fd, const struct sockaddr_storage *peer) {
+  http_conn_t *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    close(fd);
+    atomic_fetch_sub_explicit(&loop->server->connections_open, 1, memory_order_relaxed);
+    return;
+  }
+  c->loop = loop;
+  c->fd = fd;
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  c->deadline_ms = loop->now_ms + loop->server->config.header_timeout_ms;
+  const void *ip = peer->ss_family == AF_INET6
+                       ? (const void *)&((const struct sockaddr_in6 *)peer)->sin6_addr
+                       : (const void *)&((const struct sockaddr_in *)peer)->sin_addr;
+  if (inet_ntop(peer->ss_family, ip, c->remote_addr, sizeof c->remote_addr) == NULL) {
+    c->remote_addr[0] = '\0';
+  }
+  c->events = EPOLLIN | EPOLLRDHUP;
+  struct epoll_event ev = {.events = c->events, .data.ptr = c};
+  c->next = loop->conns;
+  if (loop->conns) loop->conns->prev = c;
+  loop->conns = c;
+  if (epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) conn_close(c);
+}
+
+void http__conn_on_event(http_conn_t *c, uint32_t events) {
+  HTTP_ASSERT(c->fd >= 0 && !c->dead);
+  if (events & (EPOLLERR | EPOLLHUP)) {
+    conn_peer_gone(c);
+    return;
+  }
+  if ((events & EPOLLIN) && (c->events & EPOLLIN)) {
+    c->in_process = true;
+    bool alive = conn_read(c);
+    c->in_process = false;
+    if (!alive) conn_peer_gone(c);
+    else conn_sync(c);
+    return;
+  }
+  if (events & EPOLLRDHUP) { /* half-closed while we are not reading: treat as gone */
+    conn_peer_gone(c);
+    return;
+  }
+  if (events & EPOLLOUT) conn_resume(c);
+}
+
+void http__loop_run_ready(http_loop_t *loop) {
+  while (loop->ready_head != NULL) {
+    http_conn_t *c = loop->ready_head;
+    ready_remove(loop, c);
+    conn_resume(c); /* may answer and queue others; the list drains to empty */
+  }
+}
+
+void http__loop_sweep(http_loop_t *loop) {
+  http_conn_t *next = NULL;
+  for (http_conn_t *c = loop->conns; c != NULL; c = next) {
+    next = c->next;
+    if (c->deadline_ms == 0 || c->deadline_ms > loop->now_ms) continue;
+    HTTP_ASSERT(!c->in_handler && !c->dead);
+    http__stat_inc(&loop->stat_timeouts);
+    conn_close(c);
+  }
+}
+
+/* Server stop: requests still with a handler are abandoned (see http.h). */
+void http__loop_close_all(http_loop_t *loop) {
+  while (loop->conns != NULL) conn_destroy(loop->conns);
+  HTTP_ASSERT(loop->ready_head == NULL && loop->ready_tail == NULL);
+}
+
+/* ---------------------------------------------------------------- public */
+
+void http_respond(http_request_t *req, int status, const char *content_type,
+                  const char *headers_extra, const char *body, size_t body_len) {
+  HTTP_ASSERT(req != NULL);
+  http_conn_t *c = (http_conn_t *)(void *)((char *)req - offsetof(http_conn_t, req));
+  HTTP_ASSERT(c->in_handler);
+  c->in_handler = false;
+  if (c->dead) { /* the peer left while the handler worked: nothing to send */
+    conn_destroy(c);
+    return;
+  }
+  bool closing = !c->keep_alive || c->closing;
+  if (!conn_append_response(c, status, content_type, headers_extra, body, body_len, closing)) {
+    c->out.off = c->out.len = 0; /* over HTTP_OUT_BYTES_MAX or out of memory: drop the peer */
+    closing = true;
+  }
+  if (c->req_buf.cap > HTTP_BUF_KEEP_BYTES_MAX) buf_free(&c->req_buf); /* after the copy */
+  c->closing = closing;
+  c->idle = true;
+  c->deadline_ms = c->loop->now_ms + c->loop->server->config.idle_timeout_ms;
+  if (!c->in_process) ready_push(c->loop, c);
+}
+
+const char *http_status_text(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 406: return "Not Acceptable";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 411: return "Length Required";
+  case 412: return "Precondition Failed";
+  case 413: return "Payload Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 422: return "Unprocessable Entity";
+  case 428: return "Precondition Required";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 507: return "Insufficient Storage";
+  default: return "Unknown";
+  }
+}

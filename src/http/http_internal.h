@@ -1,0 +1,165 @@
+/*
+ * http_internal.h — private to src/http: the loop, server and connection structures shared by
+ * http_server.c (threads, listeners, epoll loop, timers) and http_conn.c (one connection:
+ * parsing with libhttp-parser, dispatch, responses, output buffering).
+ *
+ * Threads: a loop and its connections are touched only by the loop's thread, except
+ * wake_pending/wake_fd (any thread), the stat_* counters (written by the loop's thread, read
+ * by http_server_stats) and the server's connections_open/stopping atomics.
+ */
+#ifndef LEDGER_HTTP_INTERNAL_H
+#define LEDGER_HTTP_INTERNAL_H
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <http_parser.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "http.h"
+
+/* Invariant checks stay on in every build (STYLE.md), so no NDEBUG-dependent assert. */
+#define HTTP_ASSERT(cond)                                                                     \
+  do {                                                                                        \
+    if (__builtin_expect(!(cond), 0)) http__assert_fail(#cond, __FILE__, __LINE__);         \
+  } while (0)
+_Noreturn void http__assert_fail(const char *expr, const char *file, int line);
+
+/* ---- limits (why beside each) ---- */
+/* One read() per readiness event into the loop's shared buffer: large enough that a 2 MiB
+ * body needs ~32 reads, small enough to stay in L2. Shared, so idle connections cost nothing. */
+#define HTTP_READ_BYTES (64 * 1024)
+/* Unparsed bytes a connection keeps while its parser waits (request in the handler or output
+ * backlog). Above this we stop reading and let TCP flow control push back on the client. */
+#define HTTP_IN_PENDING_BYTES_MAX (128 * 1024)
+/* A client that does not read its responses is closed once unsent output would pass this. */
+#define HTTP_OUT_BYTES_MAX (64u * 1024u * 1024u)
+/* No new pipelined request is dispatched while this much output is unsent. */
+#define HTTP_OUT_PAUSE_BYTES (1024 * 1024)
+/* Buffers grown past this (large bodies/responses) are freed once empty, so a connection that
+ * once carried 2 MiB does not keep it while idle. */
+#define HTTP_BUF_KEEP_BYTES_MAX (64 * 1024)
+#define HTTP_REQ_BUF_BYTES_INITIAL 1024 /* url + the four kept header values, typical request */
+#define HTTP_OUT_BUF_BYTES_INITIAL 4096 /* headers + a typical JSON answer */
+#define HTTP_SWEEP_INTERVAL_MS 100      /* timeout granularity; the sweep is O(connections) */
+#define HTTP_EVENTS_MAX 256             /* epoll events taken per wait */
+#define HTTP_ACCEPTS_PER_EVENT_MAX 64   /* bounded accept burst so one loop does not starve */
+#define HTTP_HEADER_NAME_BYTES_MAX 16   /* longest kept header name ("idempotency-key") + 1 */
+#define HTTP_HEADER_LINE_OVERHEAD_BYTES 4 /* ": " and CRLF, counted toward the header limit */
+
+static_assert(HTTP_PATH_BYTES_MAX < HTTP_HEADER_BYTES_MAX, "the target is part of the header");
+static_assert(HTTP_OUT_PAUSE_BYTES < HTTP_OUT_BYTES_MAX, "pause before the hard limit");
+static_assert(HTTP_READ_BYTES <= HTTP_IN_PENDING_BYTES_MAX, "a read's leftover must fit");
+
+enum {
+  HTTP_HDR_AUTHORIZATION,
+  HTTP_HDR_IDEMPOTENCY_KEY,
+  HTTP_HDR_CONTENT_TYPE,
+  HTTP_HDR_COOKIE,
+  HTTP_HDR_COUNT,
+  HTTP_HDR_NONE = -1,
+};
+
+/* A byte buffer; [off, len) is the live part (off is only used by in/out buffers). */
+typedef struct http_buf {
+  char *data;
+  size_t off;
+  size_t len;
+  size_t cap;
+} http_buf_t;
+
+typedef struct http_conn http_conn_t;
+
+/* Where the current message's pieces live in req_buf (offsets: req_buf may move). */
+typedef struct http_msg {
+  size_t url_len; /* the url starts at offset 0 */
+  size_t path_off, path_len;
+  size_t query_off, query_len;
+  size_t body_off, body_len;
+  size_t header_bytes;
+  size_t hdr_off[HTTP_HDR_COUNT];
+  size_t hdr_len[HTTP_HDR_COUNT];
+  bool hdr_set[HTTP_HDR_COUNT];
+  int hdr_cur; /* HTTP_HDR_* whose value is being appended, or HTTP_HDR_NONE */
+  char hdr_name[HTTP_HEADER_NAME_BYTES_MAX];
+  size_t hdr_name_len; /* > sizeof hdr_name - 1 means "too long to be one we keep" */
+  bool last_was_value;
+  bool url_done;
+  bool has_path, has_query;
+} http_msg_t;
+
+struct http_conn {
+  http_request_t req; /* handed to the handler; http_respond finds the conn from it */
+  http_loop_t *loop;
+  http_conn_t *prev, *next;             /* loop->conns, every connection incl. dead ones */
+  http_conn_t *ready_prev, *ready_next; /* loop ready list: answered, input to resume */
+  bool in_ready;
+  int fd;          /* -1 once dead (peer gone while the request was in the handler) */
+  uint32_t events; /* current epoll interest */
+  http_parser parser;
+  http_buf_t in;      /* unparsed input kept while parsing waits */
+  http_buf_t req_buf; /* url, kept header values and body of the current request */
+  http_buf_t out;     /* unsent response bytes */
+  http_msg_t msg;
+  uint64_t deadline_ms; /* CLOCK_MONOTONIC ms; 0 = no timeout (request in the handler) */
+  int err_status;       /* set by a parser callback before it fails the parse; -1 = no answer */
+  bool msg_active;      /* a request has begun and is not complete */
+  bool idle;            /* waiting for the next request after an answer (idle timeout) */
+  bool keep_alive, http10, is_head;
+  bool in_handler; /* the request is with the handler until http_respond */
+  bool in_process; /* the parse loop is running for this conn (respond must not recurse) */
+  bool closing;    /* close once output is flushed; read and parse no more */
+  bool dead;       /* socket closed; free on http_respond */
+  char remote_addr[INET6_ADDRSTRLEN];
+};
+
+struct http_loop {
+  http_server_t *server;
+  unsigned index;
+  int epoll_fd;
+  int listen_fd;
+  int wake_fd;
+  pthread_t thread;
+  bool thread_started;
+  atomic_bool wake_pending;
+  void (*wakeup_fn)(void *arg);
+  void *wakeup_arg;
+  http_conn_t *conns;
+  http_conn_t *ready_head, *ready_tail;
+  uint64_t now_ms;
+  uint64_t sweep_next_ms;
+  char *read_buf; /* HTTP_READ_BYTES */
+  _Atomic uint64_t stat_accepted, stat_rejected, stat_requests, stat_protocol_errors,
+      stat_timeouts;
+};
+
+struct http_server {
+  http_config_t config;
+  char *host;
+  struct sockaddr_storage addr;
+  socklen_t addr_len;
+  uint16_t port;
+  atomic_uint connections_open;
+  atomic_bool stopping;
+  http_loop_t *loops[HTTP_THREADS_MAX];
+};
+
+/* Counters have one writer (the loop's thread): a relaxed load+store is enough and costs no
+ * locked instruction on the request path. */
+static inline void http__stat_inc(_Atomic uint64_t *counter) {
+  atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+}
+
+/* http_conn.c, all on the loop's thread. */
+void http__conn_accepted(http_loop_t *loop, int fd, const struct sockaddr_storage *peer);
+void http__conn_on_event(http_conn_t *conn, uint32_t events);
+void http__loop_run_ready(http_loop_t *loop);
+void http__loop_sweep(http_loop_t *loop);
+void http__loop_close_all(http_loop_t *loop);
+
+#endif
