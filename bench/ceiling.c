@@ -36,7 +36,7 @@
 #define CEILING_BALANCE_START_MINOR 100000000000ll /* 1e9.00 USD in cents */
 
 /* One log record: what a durable transfer needs to be replayed and checked. */
-typedef struct record {
+typedef struct ceil_record {
   uint64_t seq;
   uint64_t debit_id;
   uint64_t credit_id;
@@ -47,13 +47,13 @@ typedef struct record {
   uint32_t flags;
   uint32_t reserved;
   uint32_t crc; /* crc32c of the 60 bytes before it */
-} record_t;
-static_assert(sizeof(record_t) == 64, "records are 64 bytes");
+} ceil_record_t;
+static_assert(sizeof(ceil_record_t) == 64, "records are 64 bytes");
 
 typedef struct ceiling {
   int64_t *balances_minor;
   uint32_t accounts;
-  record_t *buf;
+  ceil_record_t *buf;
   uint32_t batch;
   uint32_t buf_n;
   uint64_t seq;
@@ -68,41 +68,41 @@ typedef struct ceiling {
   uint64_t bytes_written;
 } ceiling_t;
 
-static uint64_t rng_state = 42;
-static uint64_t rng_next(void) {
-  uint64_t x = rng_state;
+static uint64_t ceil_rng_state = 42;
+static uint64_t ceil_rng_next(void) {
+  uint64_t x = ceil_rng_state;
   x ^= x >> 12;
   x ^= x << 25;
   x ^= x >> 27;
-  rng_state = x;
+  ceil_rng_state = x;
   return x * 2685821657736338717ull;
 }
 
-static void die(const char *what) {
+static void ceil_die(const char *what) {
   fprintf(stderr, "ledger-ceiling: %s: %s\n", what, strerror(errno));
   exit(1);
 }
 
-static void segment_open(ceiling_t *c) {
+static void ceil_segment_open(ceiling_t *c) {
   char path[4096];
   snprintf(path, sizeof path, "%s/log.%06u", c->dir, c->segment);
   c->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (c->fd < 0) die("open log segment");
+  if (c->fd < 0) ceil_die("open log segment");
   c->segment_bytes = 0;
 }
 
-static void segment_close_and_delete(ceiling_t *c) {
+static void ceil_segment_close_and_delete(ceiling_t *c) {
   char path[4096];
   snprintf(path, sizeof path, "%s/log.%06u", c->dir, c->segment);
   close(c->fd);
   c->fd = -1;
-  if (unlink(path) != 0) die("unlink log segment");
+  if (unlink(path) != 0) ceil_die("unlink log segment");
 }
 
 /* One group commit: one write() of the batch, one fdatasync(). */
-static void log_commit(ceiling_t *c) {
+static void ceil_log_commit(ceiling_t *c) {
   if (c->buf_n == 0) return;
-  size_t len = (size_t)c->buf_n * sizeof(record_t);
+  size_t len = (size_t)c->buf_n * sizeof(ceil_record_t);
   c->buf_n = 0;
   if (c->dir == NULL) return; /* pure-CPU run */
   const char *p = (const char *)c->buf;
@@ -111,27 +111,27 @@ static void log_commit(ceiling_t *c) {
     ssize_t w = write(c->fd, p + off, len - off);
     if (w < 0) {
       if (errno == EINTR) continue;
-      die("write");
+      ceil_die("write");
     }
     off += (size_t)w;
   }
   uint64_t t0 = time_mono_ns();
-  if (fdatasync(c->fd) != 0) die("fdatasync");
+  if (fdatasync(c->fd) != 0) ceil_die("fdatasync");
   if (c->syncs < CEILING_SYNCS_MAX) c->sync_ns[c->syncs++] = time_mono_ns() - t0;
   c->bytes_written += len;
   c->segment_bytes += len;
   if (c->segment_bytes >= CEILING_SEGMENT_BYTES) {
-    segment_close_and_delete(c);
+    ceil_segment_close_and_delete(c);
     c->segment++;
-    segment_open(c);
+    ceil_segment_open(c);
   }
 }
 
-static void apply_transfer(ceiling_t *c) {
-  uint32_t d = (uint32_t)(rng_next() % c->accounts);
-  uint32_t k = (uint32_t)(rng_next() % (c->accounts - 1u));
+static void ceil_apply_transfer(ceiling_t *c) {
+  uint32_t d = (uint32_t)(ceil_rng_next() % c->accounts);
+  uint32_t k = (uint32_t)(ceil_rng_next() % (c->accounts - 1u));
   if (k >= d) k++;
-  int64_t amount_minor = (int64_t)(rng_next() % 10000u) + 1;
+  int64_t amount_minor = (int64_t)(ceil_rng_next() % 10000u) + 1;
   int64_t db, cb;
   if (c->balances_minor[d] < amount_minor || !money_sub(c->balances_minor[d], amount_minor, &db) ||
       !money_add(c->balances_minor[k], amount_minor, &cb)) {
@@ -140,7 +140,7 @@ static void apply_transfer(ceiling_t *c) {
   }
   c->balances_minor[d] = db;
   c->balances_minor[k] = cb;
-  record_t *r = &c->buf[c->buf_n++];
+  ceil_record_t *r = &c->buf[c->buf_n++];
   r->seq = ++c->seq;
   r->debit_id = d + 1u;
   r->credit_id = k + 1u;
@@ -150,39 +150,39 @@ static void apply_transfer(ceiling_t *c) {
   r->currency = 1;
   r->flags = 0;
   r->reserved = 0;
-  r->crc = crc32c(0, r, offsetof(record_t, crc));
-  if (c->buf_n == c->batch) log_commit(c);
+  r->crc = crc32c(0, r, offsetof(ceil_record_t, crc));
+  if (c->buf_n == c->batch) ceil_log_commit(c);
 }
 
-static int cmp_u64(const void *a, const void *b) {
+static int ceil_cmp_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return x < y ? -1 : x > y;
 }
 
 /* Runs transfers until `count` were attempted or `seconds` passed (checked per batch). */
-static double run(ceiling_t *c, uint64_t count, double seconds, uint64_t *done_out) {
+static double ceil_run(ceiling_t *c, uint64_t count, double seconds, uint64_t *done_out) {
   uint64_t t0 = time_mono_ns();
   uint64_t deadline = seconds > 0 ? t0 + (uint64_t)(seconds * 1e9) : UINT64_MAX;
   uint64_t done = 0;
   while ((count == 0 || done < count) && time_mono_ns() < deadline) {
     uint64_t n = c->batch;
     if (count && count - done < n) n = count - done;
-    for (uint64_t i = 0; i < n; i++) apply_transfer(c);
+    for (uint64_t i = 0; i < n; i++) ceil_apply_transfer(c);
     done += n;
   }
-  log_commit(c);
+  ceil_log_commit(c);
   *done_out = done;
   return (double)(time_mono_ns() - t0) / 1e9;
 }
 
-static void check_sum(const ceiling_t *c) {
+static void ceil_check_sum(const ceiling_t *c) {
   /* Double entry: money only moves, so the total is what we started with. */
   int64_t sum = 0;
   for (uint32_t i = 0; i < c->accounts; i++) LEDGER_ASSERT(money_add(sum, c->balances_minor[i], &sum));
   LEDGER_ASSERT(sum == (int64_t)c->accounts * CEILING_BALANCE_START_MINOR);
 }
 
-static void usage(FILE *f) {
+static void ceil_usage(FILE *f) {
   fprintf(f,
           "usage: ledger-ceiling [-n TRANSFERS] [-d SECONDS] [-a ACCOUNTS] [-b BATCH]\n"
           "                      [--dir DIR] [--cpu N] [--no-io] [--cpu-only-seconds S]\n"
@@ -215,12 +215,12 @@ int main(int argc, char **argv) {
     case OPT_CPU: cpu = atoi(optarg); break;
     case OPT_NOIO: io = 0; break;
     case OPT_CPUS: cpu_seconds = strtod(optarg, NULL); break;
-    case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    case 'h': ceil_usage(stdout); return 0;
+    default: ceil_usage(stderr); return 2;
     }
   }
   if (optind != argc || accounts < 2 || batch == 0 || batch > CEILING_BATCH_MAX) {
-    usage(stderr);
+    ceil_usage(stderr);
     return 2;
   }
   if (seconds < 0) seconds = count ? 0 : 5;
@@ -230,30 +230,30 @@ int main(int argc, char **argv) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) != 0) die("sched_setaffinity");
+    if (sched_setaffinity(0, sizeof set, &set) != 0) ceil_die("sched_setaffinity");
   }
 
   ceiling_t c = {.accounts = accounts, .batch = batch, .fd = -1};
   c.balances_minor = malloc((size_t)accounts * sizeof *c.balances_minor);
-  c.buf = aligned_alloc(4096, ((size_t)batch * sizeof(record_t) + 4095u) & ~(size_t)4095u);
+  c.buf = aligned_alloc(4096, ((size_t)batch * sizeof(ceil_record_t) + 4095u) & ~(size_t)4095u);
   c.sync_ns = malloc(CEILING_SYNCS_MAX * sizeof *c.sync_ns);
-  if (!c.balances_minor || !c.buf || !c.sync_ns) die("malloc");
+  if (!c.balances_minor || !c.buf || !c.sync_ns) ceil_die("malloc");
   for (uint32_t i = 0; i < accounts; i++) c.balances_minor[i] = CEILING_BALANCE_START_MINOR;
 
   char dir[4096];
   if (io) {
     snprintf(dir, sizeof dir, "%s/ledger-ceiling.XXXXXX", parent);
-    if (mkdtemp(dir) == NULL) die("mkdtemp");
+    if (mkdtemp(dir) == NULL) ceil_die("mkdtemp");
     c.dir = dir;
-    segment_open(&c);
+    ceil_segment_open(&c);
     uint64_t done;
-    double s = run(&c, count, seconds, &done);
-    segment_close_and_delete(&c);
-    if (rmdir(dir) != 0) die("rmdir");
+    double s = ceil_run(&c, count, seconds, &done);
+    ceil_segment_close_and_delete(&c);
+    if (rmdir(dir) != 0) ceil_die("rmdir");
     c.dir = NULL;
     uint64_t p50 = 0, p99 = 0, pmax = 0;
     if (c.syncs) {
-      qsort(c.sync_ns, c.syncs, sizeof *c.sync_ns, cmp_u64);
+      qsort(c.sync_ns, c.syncs, sizeof *c.sync_ns, ceil_cmp_u64);
       p50 = c.sync_ns[(c.syncs - 1) / 2];
       p99 = c.sync_ns[(c.syncs * 99 - 1) / 100];
       pmax = c.sync_ns[c.syncs - 1];
@@ -268,12 +268,12 @@ int main(int argc, char **argv) {
   uint64_t cpu_count = cpu_seconds > 0 ? 0 : count;
   if (cpu_seconds > 0 || cpu_count > 0) {
     uint64_t done;
-    double s = run(&c, cpu_count, cpu_seconds, &done);
+    double s = ceil_run(&c, cpu_count, cpu_seconds, &done);
     printf("ceiling_cpu transfers_per_s=%.0f transfers=%" PRIu64 " seconds=%.3f accounts=%u"
            " rejected=%" PRIu64 "\n",
            (double)done / s, done, s, accounts, c.rejected);
   }
-  check_sum(&c);
+  ceil_check_sum(&c);
   free(c.balances_minor);
   free(c.buf);
   free(c.sync_ns);

@@ -156,14 +156,14 @@ H=$(kv "$HEALTH" req_per_s); T=$(kv "$TRANSFER" transfers_per_s); B=$(kv "$BATCH
 O=$(kv "$HOT" transfers_per_s); C=$(kv "$CEIL" transfers_per_s); CC=$(kv "$CEIL_CPU" transfers_per_s)
 row "GET /healthz req/s (64 conns, ledger-bench)" "$(fmt "$H")" "wrk -t1 -c64: $(fmt "$WRK_RPS")" "$WRK_RPS"
 row "POST /v1/transfers transfers/s (256 conns)" "$(fmt "$T")" "health req/s: $(fmt "$H")" "$H"
-row "  p50 / p99 / p99.9 latency (µs)" "$(kv "$TRANSFER" p50_us)/$(kv "$TRANSFER" p99_us)/$(kv "$TRANSFER" p999_us)" "" ""
+row "  p50 / p99 / p99.9 latency (us)" "$(kv "$TRANSFER" p50_us)/$(kv "$TRANSFER" p99_us)/$(kv "$TRANSFER" p999_us)" "" ""
 row "transfers/s open loop at $HALF req/s" "$(fmt "$(kv "$OPEN" transfers_per_s)")" "offered: $HALF" "$HALF"
-row "  p50 / p99 / p99.9 latency (µs)" "$(kv "$OPEN" p50_us)/$(kv "$OPEN" p99_us)/$(kv "$OPEN" p999_us)" "" ""
+row "  p50 / p99 / p99.9 latency (us)" "$(kv "$OPEN" p50_us)/$(kv "$OPEN" p99_us)/$(kv "$OPEN" p999_us)" "" ""
 row "batch (8190/request) transfers/s (8 conns)" "$(fmt "$B")" "ceiling: $(fmt "$C")" "$C"
-row "  p50 / p99 request latency (µs)" "$(kv "$BATCH" p50_us)/$(kv "$BATCH" p99_us)" "" ""
+row "  p50 / p99 request latency (us)" "$(kv "$BATCH" p50_us)/$(kv "$BATCH" p99_us)" "" ""
 row "hot account transfers/s (256 conns)" "$(fmt "$O")" "spread transfers/s: $(fmt "$T")" "$T"
 row "ceiling: memory + log, fdatasync/10k" "$(fmt "$C")" "same without I/O: $(fmt "$CC")" "$CC"
-row "  fdatasync p50 / p99 (µs)" "$(kv "$CEIL" fdatasync_p50_us)/$(kv "$CEIL" fdatasync_p99_us)" "" ""
+row "  fdatasync p50 / p99 (us)" "$(kv "$CEIL" fdatasync_p50_us)/$(kv "$CEIL" fdatasync_p99_us)" "" ""
 ERRS=0
 for l in "$HEALTH" "$TRANSFER" "$BATCH" "$HOT" "$OPEN"; do
   e=$(kv "$l" errors); ERRS=$((ERRS + ${e:-1}))  # a missing summary line counts as an error

@@ -58,51 +58,51 @@
 #define BENCH_DEPOSIT_AMOUNT "1000000000.00"
 
 /* ---- histogram: log-linear, 32 sub-buckets per power of two (<= 3.1% error) ---- */
-#define HIST_SUB_BITS 5u
-#define HIST_SUB (1u << HIST_SUB_BITS)
-#define HIST_BUCKETS (64u * HIST_SUB)
+#define LAT_HIST_SUB_BITS 5u
+#define LAT_HIST_SUB (1u << LAT_HIST_SUB_BITS)
+#define LAT_HIST_BUCKETS (64u * LAT_HIST_SUB)
 
-typedef struct hist {
-  uint64_t counts[HIST_BUCKETS];
+typedef struct lat_hist {
+  uint64_t counts[LAT_HIST_BUCKETS];
   uint64_t total;
   uint64_t max_ns;
-} hist_t;
+} lat_hist_t;
 
-static unsigned hist_index(uint64_t v) {
-  if (v < HIST_SUB) return (unsigned)v;
-  unsigned e = 63u - (unsigned)__builtin_clzll(v); /* >= HIST_SUB_BITS */
-  unsigned sub = (unsigned)(v >> (e - HIST_SUB_BITS)) & (HIST_SUB - 1u);
-  unsigned idx = (e - HIST_SUB_BITS + 1u) * HIST_SUB + sub;
-  LEDGER_ASSERT(idx < HIST_BUCKETS);
+static unsigned lat_hist_index(uint64_t v) {
+  if (v < LAT_HIST_SUB) return (unsigned)v;
+  unsigned e = 63u - (unsigned)__builtin_clzll(v); /* >= LAT_HIST_SUB_BITS */
+  unsigned sub = (unsigned)(v >> (e - LAT_HIST_SUB_BITS)) & (LAT_HIST_SUB - 1u);
+  unsigned idx = (e - LAT_HIST_SUB_BITS + 1u) * LAT_HIST_SUB + sub;
+  LEDGER_ASSERT(idx < LAT_HIST_BUCKETS);
   return idx;
 }
 
 /* Midpoint of the bucket's range: the value reported for every sample in it. */
-static uint64_t hist_value(unsigned idx) {
-  if (idx < HIST_SUB) return idx;
-  unsigned e = idx / HIST_SUB + HIST_SUB_BITS - 1u;
-  uint64_t sub = idx % HIST_SUB;
-  uint64_t width = 1ull << (e - HIST_SUB_BITS);
+static uint64_t lat_hist_value(unsigned idx) {
+  if (idx < LAT_HIST_SUB) return idx;
+  unsigned e = idx / LAT_HIST_SUB + LAT_HIST_SUB_BITS - 1u;
+  uint64_t sub = idx % LAT_HIST_SUB;
+  uint64_t width = 1ull << (e - LAT_HIST_SUB_BITS);
   uint64_t low = (1ull << e) + sub * width;
   return low + width / 2u;
 }
 
-static void hist_record(hist_t *h, uint64_t v) {
-  h->counts[hist_index(v)]++;
+static void lat_hist_record(lat_hist_t *h, uint64_t v) {
+  h->counts[lat_hist_index(v)]++;
   h->total++;
   if (v > h->max_ns) h->max_ns = v;
 }
 
 /* per_100k: 50000 = p50, 99000 = p99, 99900 = p99.9 (integers: no float rounding). */
-static uint64_t hist_quantile(const hist_t *h, uint64_t per_100k) {
+static uint64_t lat_hist_quantile(const lat_hist_t *h, uint64_t per_100k) {
   if (h->total == 0) return 0;
   uint64_t rank = (h->total * per_100k + 99999u) / 100000u; /* ceil, 1-based */
   if (rank == 0) rank = 1;
   uint64_t seen = 0;
-  for (unsigned i = 0; i < HIST_BUCKETS; i++) {
+  for (unsigned i = 0; i < LAT_HIST_BUCKETS; i++) {
     seen += h->counts[i];
     if (seen >= rank) {
-      uint64_t v = hist_value(i);
+      uint64_t v = lat_hist_value(i);
       return v < h->max_ns ? v : h->max_ns;
     }
   }
@@ -110,18 +110,18 @@ static uint64_t hist_quantile(const hist_t *h, uint64_t per_100k) {
 }
 
 /* ---- deterministic random numbers (xorshift64*): fixed seed -> same requests every run ---- */
-static uint64_t rng_state = 42;
-static uint64_t rng_next(void) {
-  uint64_t x = rng_state;
+static uint64_t bench_rng_state = 42;
+static uint64_t bench_rng_next(void) {
+  uint64_t x = bench_rng_state;
   x ^= x >> 12;
   x ^= x << 25;
   x ^= x >> 27;
-  rng_state = x;
+  bench_rng_state = x;
   return x * 2685821657736338717ull;
 }
-static uint64_t rng_below(uint64_t n) {
+static uint64_t bench_rng_below(uint64_t n) {
   LEDGER_ASSERT(n > 0);
-  return rng_next() % n;
+  return bench_rng_next() % n;
 }
 
 /* ---- request sets: prebuilt HTTP requests in one arena ---- */
@@ -136,10 +136,10 @@ typedef struct reqset {
   int status_expected;
   uint32_t transfers_per_req; /* 0 for non-transfer routes */
   bool count_posted;          /* batch: count "posted" results in each body */
-  bool capture_id;            /* account creation: read "id" from each body */
+  bool bench_capture_id;            /* account creation: read "id" from each body */
 } reqset_t;
 
-static void *xrealloc(void *p, size_t n) {
+static void *bench_xrealloc(void *p, size_t n) {
   void *q = realloc(p, n);
   if (q == NULL) {
     fprintf(stderr, "ledger-bench: out of memory (%zu bytes)\n", n);
@@ -151,8 +151,8 @@ static void *xrealloc(void *p, size_t n) {
 static void reqset_init(reqset_t *rs, size_t cap, int status_expected) {
   memset(rs, 0, sizeof *rs);
   rs->cap = cap;
-  rs->offs = xrealloc(NULL, cap * sizeof *rs->offs);
-  rs->lens = xrealloc(NULL, cap * sizeof *rs->lens);
+  rs->offs = bench_xrealloc(NULL, cap * sizeof *rs->offs);
+  rs->lens = bench_xrealloc(NULL, cap * sizeof *rs->lens);
   rs->status_expected = status_expected;
 }
 
@@ -163,7 +163,7 @@ static void reqset_free(reqset_t *rs) {
   memset(rs, 0, sizeof *rs);
 }
 
-static char host_header[128];
+static char bench_host_header[128];
 
 /* Appends one request (method, path, optional JSON body) to the set. */
 static void reqset_add(reqset_t *rs, const char *method, const char *path, const char *body,
@@ -175,10 +175,10 @@ static void reqset_add(reqset_t *rs, const char *method, const char *path, const
     head_len = snprintf(head, sizeof head,
                         "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                         "Content-Length: %zu\r\n\r\n",
-                        method, path, host_header, body_len);
+                        method, path, bench_host_header, body_len);
   } else {
     head_len = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: %s\r\n\r\n", method, path,
-                        host_header);
+                        bench_host_header);
     body_len = 0;
   }
   LEDGER_ASSERT(head_len > 0 && (size_t)head_len < sizeof head);
@@ -187,7 +187,7 @@ static void reqset_add(reqset_t *rs, const char *method, const char *path, const
   if (rs->arena_len + need > rs->arena_cap) {
     size_t cap = rs->arena_cap ? rs->arena_cap : 1u << 20;
     while (cap < rs->arena_len + need) cap *= 2u;
-    rs->arena = xrealloc(rs->arena, cap);
+    rs->arena = bench_xrealloc(rs->arena, cap);
     rs->arena_cap = cap;
   }
   memcpy(rs->arena + rs->arena_len, head, (size_t)head_len);
@@ -228,7 +228,7 @@ typedef struct stats {
   uint64_t transfers_ok; /* transfers the server says it posted */
   uint64_t backlog_max;  /* open loop: most requests due but not yet sent */
   uint64_t t_start_ns, t_last_ns;
-  hist_t hist;
+  lat_hist_t hist;
 } stats_t;
 
 typedef struct bench {
@@ -247,13 +247,13 @@ typedef struct bench {
   unsigned err_samples;
   unsigned rr;  /* open loop: round-robin cursor */
   bool stalled; /* open loop: requests are due but every connection is full */
-  uint64_t *ids_out; /* capture_id: ids in completion order */
+  uint64_t *ids_out; /* bench_capture_id: ids in completion order */
   size_t ids_n;
   stats_t st;
 } bench_t;
 
 static volatile sig_atomic_t interrupted;
-static void on_sigint(int sig) {
+static void bench_on_sigint(int sig) {
   (void)sig;
   interrupted = 1;
 }
@@ -305,7 +305,7 @@ static int conn_open(bench_t *b, conn_t *c, unsigned index, const struct sockadd
   memset(c, 0, sizeof *c);
   c->fd = fd;
   c->alive = true;
-  c->rbuf = xrealloc(NULL, BENCH_RBUF_BYTES);
+  c->rbuf = bench_xrealloc(NULL, BENCH_RBUF_BYTES);
   return 0;
 }
 
@@ -364,13 +364,13 @@ static void conn_enqueue(bench_t *b, conn_t *c, uint64_t start_ns) {
   b->inflight++;
 }
 
-static void on_response(bench_t *b, conn_t *c, uint64_t now) {
+static void bench_on_response(bench_t *b, conn_t *c, uint64_t now) {
   LEDGER_ASSERT(c->if_n > 0 && b->inflight > 0);
   uint64_t start = c->start_ns[c->if_head];
   c->if_head = (c->if_head + 1u) % BENCH_DEPTH_MAX;
   c->if_n--;
   b->inflight--;
-  hist_record(&b->st.hist, now > start ? now - start : 0);
+  lat_hist_record(&b->st.hist, now > start ? now - start : 0);
   b->st.completed++;
   b->st.t_last_ns = now;
   int s = c->status;
@@ -386,7 +386,7 @@ static void on_response(bench_t *b, conn_t *c, uint64_t now) {
 }
 
 /* Streams the body bytes through a matcher for the JSON string "posted" (batch results). */
-static void scan_posted(conn_t *c, const char *p, size_t n) {
+static void bench_scan_posted(conn_t *c, const char *p, size_t n) {
   static const char pat[] = "\"posted\"";
   const unsigned pat_len = sizeof pat - 1u;
   unsigned m = c->posted_match;
@@ -405,7 +405,7 @@ static void scan_posted(conn_t *c, const char *p, size_t n) {
   c->posted_match = m;
 }
 
-static bool parse_u64(const char *p, const char *end, uint64_t *out) {
+static bool bench_parse_u64(const char *p, const char *end, uint64_t *out) {
   uint64_t v = 0;
   const char *q = p;
   while (q < end && *q >= '0' && *q <= '9') {
@@ -418,20 +418,20 @@ static bool parse_u64(const char *p, const char *end, uint64_t *out) {
   return true;
 }
 
-static void capture_id(bench_t *b, const char *body, size_t len) {
+static void bench_capture_id(bench_t *b, const char *body, size_t len) {
   const char *end = body + len;
   const char *p = memmem(body, len, "\"id\"", 4);
   uint64_t id = 0;
   if (p != NULL) {
     p += 4;
     while (p < end && (*p == ' ' || *p == ':' || *p == '\t')) p++;
-    if (!parse_u64(p, end, &id)) id = 0;
+    if (!bench_parse_u64(p, end, &id)) id = 0;
   }
   if (id != 0 && b->ids_out != NULL && b->ids_n < b->requests_max) b->ids_out[b->ids_n++] = id;
 }
 
 /* Parses the header block [p, p+hlen). Returns 0, or -1 when it is not a response we read. */
-static int parse_head(conn_t *c, const char *p, size_t hlen, size_t *content_length) {
+static int bench_parse_head(conn_t *c, const char *p, size_t hlen, size_t *content_length) {
   if (hlen < 16 || memcmp(p, "HTTP/1.", 7) != 0) return -1;
   if (p[9] < '1' || p[9] > '5' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9')
     return -1;
@@ -447,7 +447,7 @@ static int parse_head(conn_t *c, const char *p, size_t hlen, size_t *content_len
       const char *v = line + 15;
       while (v < eol && (*v == ' ' || *v == '\t')) v++;
       uint64_t cl;
-      if (!parse_u64(v, eol, &cl)) return -1;
+      if (!bench_parse_u64(v, eol, &cl)) return -1;
       *content_length = cl;
       have_len = true;
     } else if (n > 18 && strncasecmp(line, "transfer-encoding:", 18) == 0) {
@@ -462,7 +462,7 @@ static int parse_head(conn_t *c, const char *p, size_t hlen, size_t *content_len
   return 0;
 }
 
-static void sample_unexpected(bench_t *b, const conn_t *c, const char *p, size_t avail,
+static void bench_sample_unexpected(bench_t *b, const conn_t *c, const char *p, size_t avail,
                               size_t hlen, size_t cl) {
   if (b->err_samples >= BENCH_ERR_SAMPLES_MAX) return;
   b->err_samples++;
@@ -487,9 +487,9 @@ static int conn_parse(bench_t *b, conn_t *c, uint64_t now) {
       }
       size_t hlen = (size_t)(hend + 4 - p);
       size_t cl = 0;
-      if (c->if_n == 0 || parse_head(c, p, hlen, &cl) != 0) return -1;
-      if (c->status != rs->status_expected) sample_unexpected(b, c, p, avail, hlen, cl);
-      if (rs->capture_id && cl > BENCH_RBUF_BYTES) return -1;
+      if (c->if_n == 0 || bench_parse_head(c, p, hlen, &cl) != 0) return -1;
+      if (c->status != rs->status_expected) bench_sample_unexpected(b, c, p, avail, hlen, cl);
+      if (rs->bench_capture_id && cl > BENCH_RBUF_BYTES) return -1;
       c->rpos += hlen;
       c->in_body = true;
       c->body_left = cl;
@@ -497,20 +497,20 @@ static int conn_parse(bench_t *b, conn_t *c, uint64_t now) {
       c->posted_match = 0;
     }
     size_t avail = c->rlen - c->rpos;
-    if (rs->capture_id) {
+    if (rs->bench_capture_id) {
       if (avail < c->body_left) break; /* the whole body must be in the buffer */
-      if (c->status == rs->status_expected) capture_id(b, c->rbuf + c->rpos, c->body_left);
+      if (c->status == rs->status_expected) bench_capture_id(b, c->rbuf + c->rpos, c->body_left);
       c->rpos += c->body_left;
       c->body_left = 0;
     } else {
       size_t take = avail < c->body_left ? avail : c->body_left;
-      if (rs->count_posted) scan_posted(c, c->rbuf + c->rpos, take);
+      if (rs->count_posted) bench_scan_posted(c, c->rbuf + c->rpos, take);
       c->rpos += take;
       c->body_left -= take;
       if (c->body_left > 0) break;
     }
     c->in_body = false;
-    on_response(b, c, now);
+    bench_on_response(b, c, now);
   }
   if (c->rpos == c->rlen) {
     c->rpos = c->rlen = 0;
@@ -557,7 +557,9 @@ static void bench_issue_scheduled(bench_t *b, uint64_t now) {
       }
     }
     if (c == NULL) { /* every connection is full: the backlog is charged to latency */
-      uint64_t backlog = (now - b->next_sched_ns) / b->interval_ns + 1u;
+      uint64_t due_until = b->deadline_ns && b->deadline_ns < now ? b->deadline_ns : now;
+      uint64_t backlog =
+          due_until > b->next_sched_ns ? (due_until - b->next_sched_ns) / b->interval_ns + 1u : 1u;
       if (backlog > b->st.backlog_max) b->st.backlog_max = backlog;
       b->stalled = true; /* wait for a response, not for the (past) schedule */
       return;
@@ -605,7 +607,8 @@ static void bench_run(bench_t *b, const reqset_t *rs, uint64_t requests_max, dou
   struct epoll_event evs[BENCH_EVENTS_MAX];
   for (;;) {
     now = time_mono_ns();
-    bool issuing = bench_may_issue(b, now);
+    /* Open loop: requests scheduled before the deadline are still owed, even late. */
+    bool issuing = bench_may_issue(b, b->interval_ns ? b->next_sched_ns : now);
     if (!issuing && stop_ns == 0) stop_ns = now;
     if (!issuing && b->inflight == 0) break;
     if (b->alive == 0) break;
@@ -648,14 +651,14 @@ static void bench_run(bench_t *b, const reqset_t *rs, uint64_t requests_max, dou
 }
 
 /* ---- request builders ---- */
-static char body_buf[BENCH_REQ_BYTES_MAX];
+static char bench_body_buf[BENCH_REQ_BYTES_MAX];
 
 typedef struct accounts {
   uint64_t *ids;
   size_t n;
 } accounts_t;
 
-static int transfer_json(char *out, size_t cap, uint64_t debit, uint64_t credit,
+static int bench_transfer_json(char *out, size_t cap, uint64_t debit, uint64_t credit,
                          const char *amount) {
   int n = snprintf(out, cap,
                    "{\"debit_account_id\":%" PRIu64 ",\"credit_account_id\":%" PRIu64
@@ -665,60 +668,60 @@ static int transfer_json(char *out, size_t cap, uint64_t debit, uint64_t credit,
   return n;
 }
 
-static void pick_pair(const accounts_t *acc, bool hot, uint64_t *debit, uint64_t *credit) {
+static void bench_pick_pair(const accounts_t *acc, bool hot, uint64_t *debit, uint64_t *credit) {
   LEDGER_ASSERT(acc->n >= 2);
   if (hot) {
     *debit = acc->ids[0];
-    *credit = acc->ids[1 + rng_below(acc->n - 1)];
+    *credit = acc->ids[1 + bench_rng_below(acc->n - 1)];
     return;
   }
-  size_t d = (size_t)rng_below(acc->n);
-  size_t k = (size_t)rng_below(acc->n - 1);
+  size_t d = (size_t)bench_rng_below(acc->n);
+  size_t k = (size_t)bench_rng_below(acc->n - 1);
   if (k >= d) k++;
   *debit = acc->ids[d];
   *credit = acc->ids[k];
 }
 
-static void build_transfers(reqset_t *rs, size_t ring, const accounts_t *acc, bool hot,
+static void bench_build_transfers(reqset_t *rs, size_t ring, const accounts_t *acc, bool hot,
                             const char *amount) {
   reqset_init(rs, ring, 201);
   rs->transfers_per_req = 1;
   for (size_t i = 0; i < ring; i++) {
     uint64_t d, c;
-    pick_pair(acc, hot, &d, &c);
-    int n = transfer_json(body_buf, sizeof body_buf, d, c, amount);
-    reqset_add(rs, "POST", "/v1/transfers", body_buf, (size_t)n);
+    bench_pick_pair(acc, hot, &d, &c);
+    int n = bench_transfer_json(bench_body_buf, sizeof bench_body_buf, d, c, amount);
+    reqset_add(rs, "POST", "/v1/transfers", bench_body_buf, (size_t)n);
   }
 }
 
-static void build_batches(reqset_t *rs, size_t ring, const accounts_t *acc, unsigned per_req,
+static void bench_build_batches(reqset_t *rs, size_t ring, const accounts_t *acc, unsigned per_req,
                           const char *amount) {
   reqset_init(rs, ring, 200);
   rs->transfers_per_req = per_req;
   rs->count_posted = true;
   for (size_t i = 0; i < ring; i++) {
     size_t len = 0;
-    len += (size_t)snprintf(body_buf, sizeof body_buf, "{\"transfers\":[");
+    len += (size_t)snprintf(bench_body_buf, sizeof bench_body_buf, "{\"transfers\":[");
     for (unsigned k = 0; k < per_req; k++) {
       uint64_t d, c;
-      pick_pair(acc, false, &d, &c);
-      if (k) body_buf[len++] = ',';
-      LEDGER_ASSERT(len + 256 < sizeof body_buf);
-      len += (size_t)transfer_json(body_buf + len, sizeof body_buf - len, d, c, amount);
+      bench_pick_pair(acc, false, &d, &c);
+      if (k) bench_body_buf[len++] = ',';
+      LEDGER_ASSERT(len + 256 < sizeof bench_body_buf);
+      len += (size_t)bench_transfer_json(bench_body_buf + len, sizeof bench_body_buf - len, d, c, amount);
     }
-    LEDGER_ASSERT(len + 2 < sizeof body_buf);
-    body_buf[len++] = ']';
-    body_buf[len++] = '}';
-    reqset_add(rs, "POST", "/v1/transfers/batch", body_buf, len);
+    LEDGER_ASSERT(len + 2 < sizeof bench_body_buf);
+    bench_body_buf[len++] = ']';
+    bench_body_buf[len++] = '}';
+    reqset_add(rs, "POST", "/v1/transfers/batch", bench_body_buf, len);
   }
 }
 
-static double run_seconds(const stats_t *st) {
+static double bench_run_seconds(const stats_t *st) {
   uint64_t ns = st->t_last_ns > st->t_start_ns ? st->t_last_ns - st->t_start_ns : 1;
   return (double)ns / 1e9;
 }
 
-static int cmp_u64(const void *a, const void *b) {
+static int bench_cmp_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return x < y ? -1 : x > y;
 }
@@ -728,10 +731,10 @@ static int bench_setup(bench_t *b, size_t n, accounts_t *acc) {
   reqset_t rs;
   uint64_t t0 = time_mono_ns();
   reqset_init(&rs, 1, 201);
-  rs.capture_id = true;
+  rs.bench_capture_id = true;
   const char *body = "{\"currency\":\"USD\"}";
   reqset_add(&rs, "POST", "/v1/accounts", body, strlen(body));
-  acc->ids = xrealloc(NULL, n * sizeof *acc->ids);
+  acc->ids = bench_xrealloc(NULL, n * sizeof *acc->ids);
   acc->n = 0;
   b->ids_out = acc->ids;
   b->ids_n = 0;
@@ -744,15 +747,15 @@ static int bench_setup(bench_t *b, size_t n, accounts_t *acc) {
             PRIu64 " lost)\n", acc->n, n, b->st.unexpected, b->st.lost);
     return -1;
   }
-  double create_s = run_seconds(&b->st);
-  qsort(acc->ids, acc->n, sizeof *acc->ids, cmp_u64);
+  double create_s = bench_run_seconds(&b->st);
+  qsort(acc->ids, acc->n, sizeof *acc->ids, bench_cmp_u64);
 
   reqset_init(&rs, n, 201);
   for (size_t i = 0; i < n; i++) {
-    int len = snprintf(body_buf, sizeof body_buf,
+    int len = snprintf(bench_body_buf, sizeof bench_body_buf,
                        "{\"account_id\":%" PRIu64 ",\"amount\":\"" BENCH_DEPOSIT_AMOUNT "\"}",
                        acc->ids[i]);
-    reqset_add(&rs, "POST", "/v1/deposits", body_buf, (size_t)len);
+    reqset_add(&rs, "POST", "/v1/deposits", bench_body_buf, (size_t)len);
   }
   bench_run(b, &rs, n, 0, 0);
   reqset_free(&rs);
@@ -761,7 +764,7 @@ static int bench_setup(bench_t *b, size_t n, accounts_t *acc) {
             n);
     return -1;
   }
-  double deposit_s = run_seconds(&b->st);
+  double deposit_s = bench_run_seconds(&b->st);
   bool contiguous = acc->ids[n - 1] - acc->ids[0] + 1u == n;
   printf("setup accounts=%zu first=%" PRIu64 " last=%" PRIu64
          " contiguous=%d create_s=%.3f deposit_s=%.3f seconds=%.3f\n",
@@ -771,7 +774,7 @@ static int bench_setup(bench_t *b, size_t n, accounts_t *acc) {
   return 0;
 }
 
-static const char *mode_name(mode_t_ m) {
+static const char *bench_mode_name(mode_t_ m) {
   switch (m) {
   case MODE_HEALTH: return "health";
   case MODE_TRANSFER: return "transfer";
@@ -782,19 +785,19 @@ static const char *mode_name(mode_t_ m) {
   return "none";
 }
 
-static void print_summary(const bench_t *b, mode_t_ mode, unsigned batch, double rate) {
+static void bench_print_summary(const bench_t *b, mode_t_ mode, unsigned batch, double rate) {
   const stats_t *st = &b->st;
-  double s = run_seconds(st);
+  double s = bench_run_seconds(st);
   uint64_t errors = st->unexpected + st->conn_errors + st->lost;
   printf("mode=%s conns=%u depth=%u batch=%u rate=%.0f requests=%" PRIu64 " transfers=%" PRIu64
          " seconds=%.3f req_per_s=%.0f transfers_per_s=%.0f p50_us=%.1f p99_us=%.1f"
          " p999_us=%.1f max_us=%.1f s2xx=%" PRIu64 " s4xx=%" PRIu64 " s5xx=%" PRIu64
          " unexpected=%" PRIu64 " conn_errors=%" PRIu64 " lost=%" PRIu64 " errors=%" PRIu64 "\n",
-         mode_name(mode), b->nconns, b->depth, mode == MODE_BATCH ? batch : 0u, rate,
+         bench_mode_name(mode), b->nconns, b->depth, mode == MODE_BATCH ? batch : 0u, rate,
          st->completed, st->transfers_ok, s, (double)st->completed / s,
-         (double)st->transfers_ok / s, (double)hist_quantile(&st->hist, 50000) / 1e3,
-         (double)hist_quantile(&st->hist, 99000) / 1e3,
-         (double)hist_quantile(&st->hist, 99900) / 1e3, (double)st->hist.max_ns / 1e3,
+         (double)st->transfers_ok / s, (double)lat_hist_quantile(&st->hist, 50000) / 1e3,
+         (double)lat_hist_quantile(&st->hist, 99000) / 1e3,
+         (double)lat_hist_quantile(&st->hist, 99900) / 1e3, (double)st->hist.max_ns / 1e3,
          st->s2xx, st->s4xx, st->s5xx, st->unexpected, st->conn_errors, st->lost, errors);
   if (st->backlog_max) {
     fprintf(stderr, "ledger-bench: open loop fell behind: up to %" PRIu64 " requests waited"
@@ -803,7 +806,7 @@ static void print_summary(const bench_t *b, mode_t_ mode, unsigned batch, double
   fflush(stdout);
 }
 
-static void usage(FILE *f) {
+static void bench_usage(FILE *f) {
   fprintf(f,
           "usage: ledger-bench -p PORT [options]\n"
           "  -H, --host ADDR        server address (127.0.0.1)\n"
@@ -825,7 +828,7 @@ static void usage(FILE *f) {
           BENCH_DEPTH_MAX, BENCH_BATCH_MAX, BENCH_DEPOSIT_AMOUNT);
 }
 
-static uint64_t arg_u64(const char *opt, const char *s) {
+static uint64_t bench_arg_u64(const char *opt, const char *s) {
   char *end;
   errno = 0;
   unsigned long long v = strtoull(s, &end, 10);
@@ -836,7 +839,7 @@ static uint64_t arg_u64(const char *opt, const char *s) {
   return v;
 }
 
-static double arg_double(const char *opt, const char *s) {
+static double bench_arg_double(const char *opt, const char *s) {
   char *end;
   double v = strtod(s, &end);
   if (end == s || *end || !(v >= 0)) {
@@ -870,7 +873,7 @@ int main(int argc, char **argv) {
   while ((o = getopt_long(argc, argv, "H:p:m:c:P:d:n:r:b:S:A:w:h", opts, NULL)) != -1) {
     switch (o) {
     case 'H': host = optarg; break;
-    case 'p': port = (unsigned)arg_u64("--port", optarg); break;
+    case 'p': port = (unsigned)bench_arg_u64("--port", optarg); break;
     case 'm':
       if (strcmp(optarg, "health") == 0) mode = MODE_HEALTH;
       else if (strcmp(optarg, "transfer") == 0) mode = MODE_TRANSFER;
@@ -881,14 +884,14 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
-    case 'c': conns = (unsigned)arg_u64("--conns", optarg); break;
-    case 'P': depth = (unsigned)arg_u64("--pipeline", optarg); break;
-    case 'd': seconds = arg_double("--duration", optarg); break;
-    case 'n': requests = arg_u64("--requests", optarg); break;
-    case 'r': rate = arg_double("--rate", optarg); break;
-    case 'b': batch = (unsigned)arg_u64("--batch", optarg); break;
-    case 'S': setup_n = arg_u64("--setup", optarg); break;
-    case 'w': warmup = arg_double("--warmup", optarg); break;
+    case 'c': conns = (unsigned)bench_arg_u64("--conns", optarg); break;
+    case 'P': depth = (unsigned)bench_arg_u64("--pipeline", optarg); break;
+    case 'd': seconds = bench_arg_double("--duration", optarg); break;
+    case 'n': requests = bench_arg_u64("--requests", optarg); break;
+    case 'r': rate = bench_arg_double("--rate", optarg); break;
+    case 'b': batch = (unsigned)bench_arg_u64("--batch", optarg); break;
+    case 'S': setup_n = bench_arg_u64("--setup", optarg); break;
+    case 'w': warmup = bench_arg_double("--warmup", optarg); break;
     case 'A': {
       char *dash = strchr(optarg, '-');
       if (dash == NULL) {
@@ -896,23 +899,23 @@ int main(int argc, char **argv) {
         return 2;
       }
       *dash = '\0';
-      first = arg_u64("--accounts", optarg);
-      last = arg_u64("--accounts", dash + 1);
+      first = bench_arg_u64("--accounts", optarg);
+      last = bench_arg_u64("--accounts", dash + 1);
       break;
     }
     case OPT_AMOUNT: amount = optarg; break;
-    case OPT_RING: ring = arg_u64("--ring", optarg); break;
-    case OPT_SEED: rng_state = arg_u64("--seed", optarg) | 1u; break;
-    case OPT_CPU: cpu = (int)arg_u64("--cpu", optarg); break;
-    case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    case OPT_RING: ring = bench_arg_u64("--ring", optarg); break;
+    case OPT_SEED: bench_rng_state = bench_arg_u64("--seed", optarg) | 1u; break;
+    case OPT_CPU: cpu = (int)bench_arg_u64("--cpu", optarg); break;
+    case 'h': bench_usage(stdout); return 0;
+    default: bench_usage(stderr); return 2;
     }
   }
   if (optind != argc || port == 0 || port > 65535 || conns == 0 || conns > BENCH_CONNS_MAX ||
       depth == 0 || depth > BENCH_DEPTH_MAX || batch == 0 || batch > BENCH_BATCH_MAX ||
       (mode == MODE_NONE && setup_n == 0) || (setup_n && first) || first > last ||
       strlen(amount) > 32) {
-    usage(stderr);
+    bench_usage(stderr);
     return 2;
   }
   if (seconds < 0) seconds = requests ? 0 : 10;
@@ -927,11 +930,11 @@ int main(int argc, char **argv) {
     }
   }
   signal(SIGPIPE, SIG_IGN);
-  struct sigaction sa = {.sa_handler = on_sigint};
+  struct sigaction sa = {.sa_handler = bench_on_sigint};
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
 
-  snprintf(host_header, sizeof host_header, "%s:%u", host, port);
+  snprintf(bench_host_header, sizeof bench_host_header, "%s:%u", host, port);
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
     fprintf(stderr, "ledger-bench: --host wants an IPv4 address: %s\n", host);
@@ -963,7 +966,7 @@ int main(int argc, char **argv) {
     if (bench_setup(b, (size_t)setup_n, &acc) != 0) return 1;
   } else if (first) {
     acc.n = (size_t)(last - first + 1u);
-    acc.ids = xrealloc(NULL, acc.n * sizeof *acc.ids);
+    acc.ids = bench_xrealloc(NULL, acc.n * sizeof *acc.ids);
     for (size_t i = 0; i < acc.n; i++) acc.ids[i] = first + i;
   }
   if (mode == MODE_NONE) return 0;
@@ -979,17 +982,17 @@ int main(int argc, char **argv) {
   case MODE_BATCH:
     if (acc.n < 2) {
       fprintf(stderr, "ledger-bench: mode %s needs --setup N or --accounts FIRST-LAST\n",
-              mode_name(mode));
+              bench_mode_name(mode));
       return 2;
     }
-    if (mode == MODE_BATCH) build_batches(&rs, ring ? ring : BENCH_RING_BATCH_DEFAULT, &acc, batch, amount);
-    else build_transfers(&rs, ring ? ring : BENCH_RING_SINGLE_DEFAULT, &acc, mode == MODE_HOT, amount);
+    if (mode == MODE_BATCH) bench_build_batches(&rs, ring ? ring : BENCH_RING_BATCH_DEFAULT, &acc, batch, amount);
+    else bench_build_transfers(&rs, ring ? ring : BENCH_RING_SINGLE_DEFAULT, &acc, mode == MODE_HOT, amount);
     break;
   case MODE_NONE: return 0;
   }
   if (warmup > 0) bench_run(b, &rs, 0, warmup, rate);
   bench_run(b, &rs, requests, seconds, rate);
-  print_summary(b, mode, batch, rate);
+  bench_print_summary(b, mode, batch, rate);
   reqset_free(&rs);
   free(acc.ids);
   const stats_t *st = &b->st;

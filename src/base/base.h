@@ -5,6 +5,7 @@
 #ifndef LEDGER_BASE_H
 #define LEDGER_BASE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -57,6 +58,14 @@ ledger_currency_id_t ledger_currency_find(const char *code, size_t len);
  * int64 minor units -> LEDGER_ERANGE; anything else malformed -> LEDGER_EINVAL. */
 LEDGER_MUST_USE int money_parse(const char *text, size_t len, uint8_t exponent,
                                 int64_t *amount_minor_out);
+/* Parses a non-negative decimal ("12.340") into digits and scale without knowing the currency:
+ * digits=12340, scale=3. Same grammar as money_parse, at most 18 fraction digits. */
+LEDGER_MUST_USE int money_parse_decimal(const char *text, size_t len, int64_t *digits_out,
+                                        uint8_t *scale_out);
+/* Converts digits*10^-scale to minor units of a currency with `exponent`: LEDGER_EINVAL if
+ * scale > exponent, LEDGER_ERANGE on overflow. */
+LEDGER_MUST_USE int money_to_minor(int64_t digits, uint8_t scale, uint8_t exponent,
+                                   int64_t *amount_minor_out);
 /* Writes amount_minor as a decimal with exactly `exponent` fraction digits ("-12.50").
  * buf must hold MONEY_TEXT_BYTES_MAX. Returns the length written (no NUL counted). */
 #define MONEY_TEXT_BYTES_MAX 32u
@@ -108,6 +117,15 @@ void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(prin
 #define LOG_INFO(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define LOG_WARN(...) log_msg(LOG_WARN, __VA_ARGS__)
 #define LOG_ERROR(...) log_msg(LOG_ERROR, __VA_ARGS__)
+
+/* ---- histograms: power-of-two buckets, lock-free (relaxed atomics), any thread ---- */
+#define HIST_BUCKETS 40u
+typedef struct ledger_hist {
+  _Atomic uint64_t buckets[HIST_BUCKETS]; /* bucket i counts values < 2^i (and >= 2^(i-1)) */
+  _Atomic uint64_t count;
+  _Atomic uint64_t sum;
+} ledger_hist_t;
+void hist_record(ledger_hist_t *h, uint64_t value);
 
 /* ---- bounded MPSC/MPMC queue of pointers (Vyukov), lock-free ----
  * capacity is a power of two; push fails (false) when full — the caller answers 503. */

@@ -197,6 +197,14 @@ uint32_t crc32c(uint32_t crc, const void *data, size_t len) {
   return ~crc;
 }
 
+void hist_record(ledger_hist_t *h, uint64_t value) {
+  unsigned b = value == 0 ? 0 : 64u - (unsigned)__builtin_clzll(value);
+  if (b >= HIST_BUCKETS) b = HIST_BUCKETS - 1;
+  atomic_fetch_add_explicit(&h->buckets[b], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&h->sum, value, memory_order_relaxed);
+}
+
 ledger_hash128_t ledger_hash128(const void *data, size_t len, uint64_t seed) {
   XXH128_hash_t h = XXH3_128bits_withSeed(data, len, seed);
   return (ledger_hash128_t){h.low64, h.high64};

@@ -61,6 +61,27 @@ int money_parse(const char *text, size_t len, uint8_t exponent, int64_t *amount_
   return LEDGER_OK;
 }
 
+int money_parse_decimal(const char *text, size_t len, int64_t *digits_out, uint8_t *scale_out) {
+  if (text == NULL || len == 0 || len > 64) return LEDGER_EINVAL;
+  const char *dot = memchr(text, '.', len);
+  size_t scale = dot ? len - (size_t)(dot - text) - 1 : 0;
+  if (scale > 18) return LEDGER_EINVAL;
+  int rc = money_parse(text, len, (uint8_t)scale, digits_out);
+  if (rc == 0 && dot && scale == 0) return LEDGER_EINVAL;
+  *scale_out = (uint8_t)scale;
+  return rc;
+}
+
+int money_to_minor(int64_t digits, uint8_t scale, uint8_t exponent, int64_t *amount_minor_out) {
+  if (scale > exponent) return LEDGER_EINVAL;
+  int64_t v = digits;
+  for (uint8_t i = scale; i < exponent; i++) {
+    if (__builtin_mul_overflow(v, 10, &v)) return LEDGER_ERANGE;
+  }
+  *amount_minor_out = v;
+  return LEDGER_OK;
+}
+
 size_t money_format(int64_t amount_minor, uint8_t exponent, char *buf) {
   LEDGER_ASSERT(exponent <= 18);
   char digits[24];

@@ -45,6 +45,8 @@ struct engine {
   _Atomic uint64_t batches_total, commands_total, transfers_total, last_seq, rejected_full_total,
       log_bytes, accounts, fsync_ns_last;
   _Atomic bool ready;
+  ledger_hist_t hist_batch_commands;
+  ledger_hist_t hist_fsync_ns;
 };
 
 static bool is_write(const engine_cmd_t *c) { return c->kind < ENGINE_CMD_ACCOUNT_GET; }
@@ -136,7 +138,9 @@ static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {
                 ledger_strerror(rc));
       abort();
     }
-    atomic_store_explicit(&e->fsync_ns_last, time_mono_ns() - t0, memory_order_relaxed);
+    uint64_t fsync_ns = time_mono_ns() - t0;
+    atomic_store_explicit(&e->fsync_ns_last, fsync_ns, memory_order_relaxed);
+    hist_record(&e->hist_fsync_ns, fsync_ns);
     st->last_seq = seq;
     st->last_time_ms = time_ms;
     atomic_fetch_add_explicit(&e->batches_total, 1, memory_order_relaxed);
@@ -144,6 +148,7 @@ static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {
     atomic_store_explicit(&e->log_bytes, store_log_end(e->store), memory_order_relaxed);
   }
   atomic_fetch_add_explicit(&e->commands_total, n, memory_order_relaxed);
+  if (n > 0) hist_record(&e->hist_batch_commands, n);
   atomic_fetch_add_explicit(&e->transfers_total, st->transfer_count - transfers_before, memory_order_relaxed);
   atomic_store_explicit(&e->accounts, st->account_count, memory_order_relaxed);
   complete(e, cmds, n);
@@ -370,4 +375,6 @@ void engine_get_stats(const engine_t *e, engine_stats_t *o) {
   o->accounts = atomic_load_explicit(&e->accounts, memory_order_relaxed);
   o->fsync_ns_last = atomic_load_explicit(&e->fsync_ns_last, memory_order_relaxed);
   o->ready = atomic_load(&e->ready);
+  o->batch_commands = &e->hist_batch_commands;
+  o->fsync_ns = &e->hist_fsync_ns;
 }

@@ -42,6 +42,7 @@ typedef enum {
   ENGINE_R_INVALID_OPERATION,
   ENGINE_R_CAPACITY_EXHAUSTED,
   ENGINE_R_IDEMPOTENCY_EXPIRED,
+  ENGINE_R_INVALID_AMOUNT, /* more fraction digits than the currency has, or overflow */
   ENGINE_R_COUNT
 } engine_result_t;
 /* Stable machine code for a result ("insufficient_funds"). */
@@ -110,6 +111,7 @@ typedef struct engine_transfer {
   uint64_t prev_debit_no, prev_credit_no; /* history chains of both accounts */
   uint64_t next_debit_no, next_credit_no;
   uint64_t pending_no; /* settlement entry: the pending transfer it settles */
+  int64_t pending_created_ms; /* ... and its creation time (with pending_no, its id) */
   uint64_t extra_pos;  /* log offset of description/metadata JSON, 0 = none */
   uint32_t extra_len;
   uint32_t timeout_s;
@@ -119,7 +121,7 @@ typedef struct engine_transfer {
   uint8_t flags;
   uint8_t pad[4];
 } engine_transfer_t;
-static_assert(sizeof(engine_transfer_t) == 144, "transfer record size");
+static_assert(sizeof(engine_transfer_t) == 152, "transfer record size");
 
 /* ---- commands ---- */
 typedef enum {
@@ -143,13 +145,17 @@ typedef enum {
 typedef struct engine_transfer_in {
   uint64_t debit_account_id;  /* 0 for a deposit: the cash account of the credit's currency */
   uint64_t credit_account_id; /* 0 for a withdrawal: the cash account of the debit's currency */
-  int64_t amount_minor;       /* > 0 */
-  uint32_t timeout_s;         /* pending only; 0 = none */
-  uint32_t extra_len;         /* bytes of `extra` (description/metadata JSON) */
-  uint8_t currency;           /* 0 = take it from the accounts */
-  uint8_t kind;               /* engine_transfer_kind_t */
-  uint8_t pending;            /* 1 = two-phase */
-  uint8_t pad[5];
+  /* The amount as the client wrote it: amount_digits * 10^-amount_scale major units. The
+   * engine turns it into minor units with the currency's exponent (only it knows the
+   * accounts' currency), so "1.005" USD is rejected there as ENGINE_R_INVALID_AMOUNT. */
+  int64_t amount_digits; /* > 0 */
+  uint32_t timeout_s;    /* pending only; 0 = none */
+  uint32_t extra_len;    /* bytes of `extra` (description/metadata JSON) */
+  uint8_t currency;      /* 0 = take it from the accounts */
+  uint8_t kind;          /* engine_transfer_kind_t */
+  uint8_t pending;       /* 1 = two-phase */
+  uint8_t amount_scale;  /* fraction digits written, 0..18 */
+  uint8_t pad[4];
   const char *extra; /* not stored as a pointer: the bytes follow in the log */
 } engine_transfer_in_t;
 
@@ -189,7 +195,8 @@ struct engine_cmd {
     struct {
       uint64_t no;
       int64_t created_ms;
-      int64_t amount_minor; /* post: 0 = the whole pending amount */
+      int64_t amount_digits; /* post: 0 = the whole pending amount */
+      uint8_t amount_scale;
     } settle;               /* POST and VOID */
     struct {
       uint64_t account_id;
@@ -283,6 +290,8 @@ typedef struct engine_stats {
   uint64_t accounts;
   uint64_t fsync_ns_last;
   bool ready;
+  const ledger_hist_t *batch_commands; /* commands per batch */
+  const ledger_hist_t *fsync_ns;       /* write + fdatasync per batch */
 } engine_stats_t;
 void engine_get_stats(const engine_t *engine, engine_stats_t *out);
 

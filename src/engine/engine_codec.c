@@ -37,7 +37,7 @@ static size_t body_bytes(const engine_cmd_t *c) {
       return 16 + strlen(c->u.account_create.region) + c->u.account_create.extra_len;
     case ENGINE_CMD_TRANSFER: return ITEM_WIRE_BYTES + c->u.transfer.extra_len;
     case ENGINE_CMD_TRANSFER_POST:
-    case ENGINE_CMD_TRANSFER_VOID: return 24;
+    case ENGINE_CMD_TRANSFER_VOID: return 25;
     case ENGINE_CMD_ACCOUNT_FREEZE:
     case ENGINE_CMD_ACCOUNT_UNFREEZE: return 8;
     case ENGINE_CMD_TRANSFER_BATCH: {
@@ -55,10 +55,10 @@ size_t codec_cmd_bytes(const engine_cmd_t *c) {
 }
 
 static uint8_t *put_item(uint8_t *p, const engine_transfer_in_t *in) {
-  uint8_t tail[8] = {in->currency, in->kind, in->pending, 0, 0, 0, 0, 0};
+  uint8_t tail[8] = {in->currency, in->kind, in->pending, in->amount_scale, 0, 0, 0, 0};
   p = put(p, &in->debit_account_id, 8);
   p = put(p, &in->credit_account_id, 8);
-  p = put(p, &in->amount_minor, 8);
+  p = put(p, &in->amount_digits, 8);
   p = put(p, &in->timeout_s, 4);
   p = put(p, &in->extra_len, 4);
   return put(p, tail, 8);
@@ -69,13 +69,14 @@ static const uint8_t *get_item(const uint8_t *p, engine_transfer_in_t *in) {
   memset(in, 0, sizeof *in);
   p = get(p, &in->debit_account_id, 8);
   p = get(p, &in->credit_account_id, 8);
-  p = get(p, &in->amount_minor, 8);
+  p = get(p, &in->amount_digits, 8);
   p = get(p, &in->timeout_s, 4);
   p = get(p, &in->extra_len, 4);
   p = get(p, tail, 8);
   in->currency = tail[0];
   in->kind = tail[1];
   in->pending = tail[2];
+  in->amount_scale = tail[3];
   return p;
 }
 
@@ -115,7 +116,8 @@ size_t codec_encode_cmd(encoder_t *enc, const engine_cmd_t *c) {
     case ENGINE_CMD_TRANSFER_VOID:
       p = put(p, &c->u.settle.no, 8);
       p = put(p, &c->u.settle.created_ms, 8);
-      p = put(p, &c->u.settle.amount_minor, 8);
+      p = put(p, &c->u.settle.amount_digits, 8);
+      p = put(p, &c->u.settle.amount_scale, 1);
       break;
     case ENGINE_CMD_ACCOUNT_FREEZE:
     case ENGINE_CMD_ACCOUNT_UNFREEZE: p = put(p, &c->u.account.account_id, 8); break;
@@ -186,10 +188,11 @@ size_t codec_decode_cmd(const uint8_t *p0, size_t avail, engine_cmd_t *c, engine
       break;
     case ENGINE_CMD_TRANSFER_POST:
     case ENGINE_CMD_TRANSFER_VOID:
-      if (end - p < 24) return 0;
+      if (end - p < 25) return 0;
       p = get(p, &c->u.settle.no, 8);
       p = get(p, &c->u.settle.created_ms, 8);
-      p = get(p, &c->u.settle.amount_minor, 8);
+      p = get(p, &c->u.settle.amount_digits, 8);
+      p = get(p, &c->u.settle.amount_scale, 1);
       break;
     case ENGINE_CMD_ACCOUNT_FREEZE:
     case ENGINE_CMD_ACCOUNT_UNFREEZE:

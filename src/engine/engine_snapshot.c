@@ -55,7 +55,7 @@ int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *f
   if (fd < 0) return LEDGER_EIO;
   sink_t s = {fd, 0, 0};
   uint64_t idem_count = 0;
-  for (uint64_t i = 0; i < ENGINE_IDEM_SLOTS && st->idem_used; i++)
+  for (uint64_t i = 0; i < st->idem_slots && st->idem_used; i++)
     idem_count += (st->idem[i].key.lo | st->idem[i].key.hi) != 0;
   snap_header_t h = {SNAP_MAGIC, st->last_seq, st->last_time_ms, log_pos, st->account_count,
                      st->transfer_count, idem_count, st->pending_count, st->codes_total,
@@ -66,7 +66,7 @@ int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *f
   sink_put(&s, st->transfers, h.transfer_count * sizeof(engine_transfer_t));
   idem_entry_t chunk[1024];
   size_t n = 0;
-  for (uint64_t i = 0; i < ENGINE_IDEM_SLOTS && idem_count; i++) {
+  for (uint64_t i = 0; i < st->idem_slots && idem_count; i++) {
     if ((st->idem[i].key.lo | st->idem[i].key.hi) == 0) continue;
     chunk[n++] = st->idem[i];
     if (n == LEDGER_ARRAY_LEN(chunk)) {
@@ -124,14 +124,11 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
     src_get(&s, st->regions, h.region_count * sizeof st->regions[0]);
     src_get(&s, st->accounts, h.account_count * sizeof(engine_account_t));
     src_get(&s, st->transfers, h.transfer_count * sizeof(engine_transfer_t));
-    /* The state is fresh from state_init: every idempotency slot is empty. */
-    uint64_t mask = ENGINE_IDEM_SLOTS - 1;
+    /* The state is fresh from state_init: the table is empty and grows as entries return. */
     for (uint64_t i = 0; i < h.idem_count && s.rc == 0; i++) {
       idem_entry_t e;
       src_get(&s, &e, sizeof e);
-      uint64_t j = e.key.lo & mask;
-      while ((st->idem[j].key.lo | st->idem[j].key.hi) != 0) j = (j + 1) & mask;
-      st->idem[j] = e;
+      if (s.rc == 0 && ((e.key.lo | e.key.hi) == 0 || !state_idem_restore(st, &e))) s.rc = LEDGER_ECORRUPT;
     }
     src_get(&s, st->pending, h.pending_count * sizeof(pending_slot_t));
     for (uint64_t pos = h.codes_total - h.codes_saved; pos < h.codes_total && s.rc == 0;) {
@@ -148,7 +145,6 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
   if (s.rc != 0) return s.rc;
   st->account_count = h.account_count;
   st->transfer_count = h.transfer_count;
-  st->idem_used = h.idem_count;
   st->pending_count = h.pending_count;
   st->codes_total = h.codes_total;
   atomic_store(&st->region_count, (uint32_t)h.region_count);

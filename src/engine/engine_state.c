@@ -24,7 +24,8 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   st->idem_retention_ms = idem_retention_ms;
   st->accounts = reserve((size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
   st->transfers = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t));
-  st->idem = reserve((size_t)ENGINE_IDEM_SLOTS * sizeof(idem_entry_t));
+  st->idem_slots = ENGINE_IDEM_SLOTS_MIN;
+  st->idem = reserve((size_t)st->idem_slots * sizeof(idem_entry_t));
   st->pending = reserve((size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
   if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes) {
@@ -50,7 +51,7 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
 void state_free(engine_state_t *st) {
   if (st->accounts) munmap(st->accounts, (size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
   if (st->transfers) munmap(st->transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t));
-  if (st->idem) munmap(st->idem, (size_t)ENGINE_IDEM_SLOTS * sizeof(idem_entry_t));
+  if (st->idem) munmap(st->idem, (size_t)st->idem_slots * sizeof(idem_entry_t));
   if (st->pending) munmap(st->pending, (size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
   memset(st, 0, sizeof *st);
@@ -215,29 +216,32 @@ static int transfer_apply(engine_state_t *st, const engine_transfer_in_t *in, ui
   resolved_t r;
   int res = resolve(st, in, &r);
   if (res != ENGINE_OK) return res;
-  if (in->amount_minor <= 0) return ENGINE_R_INVALID_OPERATION;
+  int64_t amount;
+  if (in->amount_digits <= 0 ||
+      money_to_minor(in->amount_digits, in->amount_scale, ledger_currency_get(r.dr->currency)->exponent, &amount) != 0)
+    return ENGINE_R_INVALID_AMOUNT;
   int64_t avail, new_dr, new_cr;
   if (!money_sub(r.dr->balance_minor, r.dr->pending_debits_minor, &avail) ||
-      !money_sub(avail, in->amount_minor, &avail))
+      !money_sub(avail, amount, &avail))
     return ENGINE_R_LIMIT_EXCEEDED;
   if (floored(r.dr) && avail < 0) return ENGINE_R_INSUFFICIENT_FUNDS;
   if (st->transfer_count >= ENGINE_TRANSFERS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
   if (in->pending) {
-    if (!money_add(r.dr->pending_debits_minor, in->amount_minor, &new_dr) ||
-        !money_add(r.cr->pending_credits_minor, in->amount_minor, &new_cr))
+    if (!money_add(r.dr->pending_debits_minor, amount, &new_dr) ||
+        !money_add(r.cr->pending_credits_minor, amount, &new_cr))
       return ENGINE_R_LIMIT_EXCEEDED;
     if (in->timeout_s && st->pending_count >= ENGINE_PENDING_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
     r.dr->pending_debits_minor = new_dr;
     r.cr->pending_credits_minor = new_cr;
   } else {
-    if (!money_sub(r.dr->balance_minor, in->amount_minor, &new_dr) ||
-        !money_add(r.cr->balance_minor, in->amount_minor, &new_cr))
+    if (!money_sub(r.dr->balance_minor, amount, &new_dr) ||
+        !money_add(r.cr->balance_minor, amount, &new_cr))
       return ENGINE_R_LIMIT_EXCEEDED;
     r.dr->balance_minor = new_dr;
     r.cr->balance_minor = new_cr;
   }
   engine_transfer_t *t = transfer_append(st, r.dr, r.cr);
-  t->amount_minor = in->amount_minor;
+  t->amount_minor = amount;
   t->kind = in->kind;
   t->status = in->pending ? ENGINE_STATUS_PENDING : ENGINE_STATUS_POSTED;
   t->flags = in->pending ? ENGINE_TF_PENDING : 0;
@@ -319,6 +323,7 @@ static int settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t a
   e->flags = ENGINE_TF_SETTLEMENT | (expired ? ENGINE_TF_EXPIRED : 0);
   e->amount_minor = post ? amount : p->amount_minor;
   e->pending_no = p->no;
+  e->pending_created_ms = p->created_ms;
   e->debit_balance_after = dr->balance_minor;
   e->credit_balance_after = cr->balance_minor;
   if (entry_out) *entry_out = e;
@@ -352,10 +357,9 @@ static bool key_eq(ledger_hash128_t a, ledger_hash128_t b) { return a.lo == b.lo
 
 /* Finds a live entry for key; *slot_out is where a new one goes (first free or expired slot). */
 static idem_entry_t *idem_find(engine_state_t *st, ledger_hash128_t key, idem_entry_t **slot_out) {
-  uint64_t mask = ENGINE_IDEM_SLOTS - 1;
-  static_assert((ENGINE_IDEM_SLOTS & (ENGINE_IDEM_SLOTS - 1)) == 0, "power of two");
+  uint64_t mask = st->idem_slots - 1;
   idem_entry_t *free_slot = NULL;
-  for (uint64_t i = key.lo & mask, n = 0; n < ENGINE_IDEM_SLOTS; i = (i + 1) & mask, n++) {
+  for (uint64_t i = key.lo & mask, n = 0; n < st->idem_slots; i = (i + 1) & mask, n++) {
     idem_entry_t *e = &st->idem[i];
     if ((e->key.lo | e->key.hi) == 0) {
       if (!free_slot) free_slot = e;
@@ -372,36 +376,53 @@ static idem_entry_t *idem_find(engine_state_t *st, ledger_hash128_t key, idem_en
   return NULL;
 }
 
-/* Drops expired entries by rebuilding the table in place (rare: only when it fills up). */
-static void idem_compact(engine_state_t *st) {
-  uint64_t mask = ENGINE_IDEM_SLOTS - 1, live = 0;
-  /* Pass 1: clear expired. Pass 2: re-insert every survivor to close probe gaps. */
-  for (uint64_t i = 0; i < ENGINE_IDEM_SLOTS; i++) {
-    idem_entry_t *e = &st->idem[i];
-    if ((e->key.lo | e->key.hi) != 0 && !idem_live(st, e)) memset(e, 0, sizeof *e);
-  }
-  for (uint64_t i = 0; i < ENGINE_IDEM_SLOTS; i++) {
-    idem_entry_t *e = &st->idem[i];
-    if ((e->key.lo | e->key.hi) == 0) continue;
-    idem_entry_t copy = *e;
-    memset(e, 0, sizeof *e);
-    uint64_t j = copy.key.lo & mask;
-    while ((st->idem[j].key.lo | st->idem[j].key.hi) != 0) j = (j + 1) & mask;
-    st->idem[j] = copy;
+/* Rebuilds the table with `slots` slots, dropping expired entries. O(slots): it runs when
+ * the table is half full, so its cost is amortised over the inserts that filled it. */
+static bool idem_rebuild(engine_state_t *st, uint64_t slots) {
+  idem_entry_t *fresh = reserve((size_t)slots * sizeof(idem_entry_t));
+  if (!fresh) return false;
+  uint64_t mask = slots - 1, live = 0;
+  for (uint64_t i = 0; i < st->idem_slots; i++) {
+    const idem_entry_t *e = &st->idem[i];
+    if ((e->key.lo | e->key.hi) == 0 || !idem_live(st, e)) continue;
+    uint64_t j = e->key.lo & mask;
+    while ((fresh[j].key.lo | fresh[j].key.hi) != 0) j = (j + 1) & mask;
+    fresh[j] = *e;
     live++;
   }
+  munmap(st->idem, (size_t)st->idem_slots * sizeof(idem_entry_t));
+  st->idem = fresh;
+  st->idem_slots = slots;
   st->idem_used = live;
+  return true;
+}
+
+/* Inserts a previously saved entry (snapshot load), growing the table as needed. */
+bool state_idem_restore(engine_state_t *st, const idem_entry_t *e) {
+  if (2 * (st->idem_used + 1) > st->idem_slots &&
+      (st->idem_slots >= ENGINE_IDEM_SLOTS_MAX || !idem_rebuild(st, st->idem_slots * 2)))
+    return false;
+  uint64_t mask = st->idem_slots - 1, j = e->key.lo & mask;
+  while ((st->idem[j].key.lo | st->idem[j].key.hi) != 0) j = (j + 1) & mask;
+  st->idem[j] = *e;
+  st->idem_used++;
+  return true;
 }
 
 static idem_entry_t *idem_slot_for_insert(engine_state_t *st, ledger_hash128_t key) {
   idem_entry_t *slot = NULL;
   idem_entry_t *e = idem_find(st, key, &slot);
   if (e) return e; /* replay of the log: the same key again (cannot happen live) */
-  if (!slot || st->idem_used >= ENGINE_IDEMPOTENCY_KEYS_MAX) {
-    idem_compact(st);
+  if (!slot || 2 * (st->idem_used + 1) > st->idem_slots) {
+    /* Half full: drop the expired, and double if that did not make room. */
+    uint64_t live = 0;
+    for (uint64_t i = 0; i < st->idem_slots; i++) live += idem_live(st, &st->idem[i]);
+    uint64_t slots = st->idem_slots;
+    while (2 * (live + 1) > slots / 2 && slots < ENGINE_IDEM_SLOTS_MAX) slots *= 2;
+    if (!idem_rebuild(st, slots)) return NULL;
     e = idem_find(st, key, &slot);
     if (e) return e;
-    if (!slot || st->idem_used >= ENGINE_IDEMPOTENCY_KEYS_MAX) return NULL;
+    if (!slot || 2 * (st->idem_used + 1) > st->idem_slots) return NULL;
   }
   if ((slot->key.lo | slot->key.hi) == 0) st->idem_used++;
   return slot;
@@ -462,7 +483,13 @@ static int apply_freeze(engine_state_t *st, engine_cmd_t *cmd, bool freeze) {
 static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
   engine_transfer_t *p = transfer_at(st, cmd->u.settle.no, cmd->u.settle.created_ms);
   if (!p || (p->flags & ENGINE_TF_SETTLEMENT)) return ENGINE_R_TRANSFER_NOT_FOUND;
-  int res = settle(st, p, post, post ? cmd->u.settle.amount_minor : 0, false, NULL);
+  int64_t amount = 0;
+  if (post && cmd->u.settle.amount_digits != 0 &&
+      (cmd->u.settle.amount_digits < 0 ||
+       money_to_minor(cmd->u.settle.amount_digits, cmd->u.settle.amount_scale,
+                      ledger_currency_get(p->currency)->exponent, &amount) != 0))
+    return ENGINE_R_INVALID_AMOUNT;
+  int res = settle(st, p, post, amount, false, NULL);
   cmd->transfer = *p;
   return res;
 }
@@ -623,7 +650,7 @@ bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
                  (cmd->result == ENGINE_OK);
   if (slot) {
     /* Capacity is not a business outcome: a retry later must be able to succeed. */
-    if (cmd->result == ENGINE_R_CAPACITY_EXHAUSTED) return changed;
+    if (cmd->result == ENGINE_R_CAPACITY_EXHAUSTED || cmd->result == ENGINE_R_INVALID_AMOUNT) return changed;
     idem_record(st, slot, cmd, first_no);
     return true;
   }

@@ -34,7 +34,9 @@ typedef struct pending_slot {
   uint64_t no;
 } pending_slot_t;
 
-#define ENGINE_IDEM_SLOTS (2u * ENGINE_IDEMPOTENCY_KEYS_MAX)
+/* The table starts small and doubles (rehash) while under half full, up to 2x the key limit. */
+#define ENGINE_IDEM_SLOTS_MIN (64u * 1024u)
+#define ENGINE_IDEM_SLOTS_MAX (2u * ENGINE_IDEMPOTENCY_KEYS_MAX)
 /* Per-item result codes of batch requests that carried an Idempotency-Key, in a ring. */
 #define ENGINE_CODES_RING_BYTES (64u * 1024u * 1024u)
 
@@ -43,7 +45,8 @@ typedef struct engine_state {
   uint64_t account_count;
   engine_transfer_t *transfers; /* [no - 1] */
   uint64_t transfer_count;
-  idem_entry_t *idem; /* ENGINE_IDEM_SLOTS slots, linear probing */
+  idem_entry_t *idem; /* idem_slots slots (a power of two), linear probing */
+  uint64_t idem_slots;
   uint64_t idem_used; /* occupied slots (live or expired) */
   pending_slot_t *pending; /* min-heap on deadline */
   uint64_t pending_count;
@@ -77,6 +80,8 @@ void state_read(const engine_state_t *st, engine_cmd_t *cmd);
 
 /* Region interning: returns the id (1..), or 0 when the table is full. */
 uint16_t state_region_intern(engine_state_t *st, const char *name);
+/* Snapshot load: re-inserts a saved idempotency entry. False if the table is full. */
+bool state_idem_restore(engine_state_t *st, const idem_entry_t *e);
 uint16_t state_region_find(const engine_state_t *st, const char *name);
 
 /* Invariant checks for verify and tests: zero sum per currency, floors, history chains.

@@ -27,6 +27,7 @@ const char *engine_result_code(int result) {
       [ENGINE_R_INVALID_OPERATION] = "invalid_operation",
       [ENGINE_R_CAPACITY_EXHAUSTED] = "capacity_exhausted",
       [ENGINE_R_IDEMPOTENCY_EXPIRED] = "idempotency_expired",
+      [ENGINE_R_INVALID_AMOUNT] = "invalid_amount",
   };
   if (result < 0 || result >= ENGINE_R_COUNT) return "internal";
   return codes[result];

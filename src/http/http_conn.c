@@ -228,6 +228,7 @@ static void conn_answer_error(http_conn_t *c, int status) {
   http__stat_inc(&c->loop->stat_protocol_errors);
   c->is_head = false;
   c->closing = true;
+  c->linger_after = true;
   if (!conn_append_response(c, status, "application/json", NULL, body, strlen(body), true)) {
     c->out.off = c->out.len = 0; /* closing anyway; nothing more can be said */
   }
@@ -516,9 +517,18 @@ static void conn_drain_in(http_conn_t *c) {
   if (buf_pending(&c->in) == 0) buf_rewind(&c->in);
 }
 
+/* Lingering after an error answer: read and drop input until EOF or the limits. */
+static bool conn_read_discard(http_conn_t *c) {
+  ssize_t n = read(c->fd, c->loop->read_buf, HTTP_READ_BYTES);
+  if (n < 0) return errno == EAGAIN || errno == EINTR;
+  c->linger_bytes += (size_t)n;
+  return n > 0 && c->linger_bytes <= HTTP_LINGER_BYTES_MAX;
+}
+
 /* Reads once. Returns false if the peer is gone (the caller handles that). */
 static bool conn_read(http_conn_t *c) {
   http_loop_t *loop = c->loop;
+  if (c->lingering) return conn_read_discard(c);
   bool direct = buf_pending(&c->in) == 0;
   char *dst = loop->read_buf;
   size_t room = HTTP_READ_BYTES;
@@ -577,7 +587,9 @@ static bool conn_flush(http_conn_t *c) {
 
 static bool conn_update_events(http_conn_t *c) {
   uint32_t want = EPOLLRDHUP;
-  if (!c->closing && buf_pending(&c->in) < HTTP_IN_PENDING_BYTES_MAX) want |= EPOLLIN;
+  if (c->lingering || (!c->closing && buf_pending(&c->in) < HTTP_IN_PENDING_BYTES_MAX)) {
+    want |= EPOLLIN;
+  }
   if (buf_pending(&c->out) > 0) want |= EPOLLOUT;
   if (want == c->events) return true;
   struct epoll_event ev = {.events = want, .data.ptr = c};
@@ -586,12 +598,22 @@ static bool conn_update_events(http_conn_t *c) {
   return true;
 }
 
+static bool conn_linger_start(http_conn_t *c) {
+  if (shutdown(c->fd, SHUT_WR) != 0) return false;
+  c->lingering = true;
+  c->in.off = c->in.len = 0;
+  c->deadline_ms = c->loop->now_ms + HTTP_LINGER_MS;
+  return true;
+}
+
 /* After input or output work: send, close if done, fix the epoll interest. False if the
  * connection was closed (and freed). */
 static bool conn_sync(http_conn_t *c) {
   HTTP_ASSERT(c->fd >= 0 && !c->in_process);
   bool ok = conn_flush(c);
-  if (ok && c->closing && buf_pending(&c->out) == 0 && !c->in_handler) ok = false;
+  if (ok && c->closing && !c->lingering && buf_pending(&c->out) == 0 && !c->in_handler) {
+    ok = c->linger_after && conn_linger_start(c);
+  }
   if (ok) ok = conn_update_events(c);
   if (!ok) conn_close(c);
   return ok;
@@ -669,7 +691,7 @@ void http__loop_sweep(http_loop_t *loop) {
     next = c->next;
     if (c->deadline_ms == 0 || c->deadline_ms > loop->now_ms) continue;
     HTTP_ASSERT(!c->in_handler && !c->dead);
-    http__stat_inc(&loop->stat_timeouts);
+    if (!c->lingering) http__stat_inc(&loop->stat_timeouts);
     conn_close(c);
   }
 }

@@ -45,6 +45,11 @@ _Noreturn void http__assert_fail(const char *expr, const char *file, int line);
 #define HTTP_BUF_KEEP_BYTES_MAX (64 * 1024)
 #define HTTP_REQ_BUF_BYTES_INITIAL 1024 /* url + the four kept header values, typical request */
 #define HTTP_OUT_BUF_BYTES_INITIAL 4096 /* headers + a typical JSON answer */
+/* After an error answer (413...) the client may still be sending; closing with unread input
+ * would reset the connection and could destroy the answer before it is read. So we shut down
+ * our side and discard input for at most this long / this much before closing. */
+#define HTTP_LINGER_MS 2000
+#define HTTP_LINGER_BYTES_MAX (4 * 1024 * 1024)
 #define HTTP_SWEEP_INTERVAL_MS 100      /* timeout granularity; the sweep is O(connections) */
 #define HTTP_EVENTS_MAX 256             /* epoll events taken per wait */
 #define HTTP_ACCEPTS_PER_EVENT_MAX 64   /* bounded accept burst so one loop does not starve */
@@ -114,6 +119,9 @@ struct http_conn {
   bool in_process; /* the parse loop is running for this conn (respond must not recurse) */
   bool closing;    /* close once output is flushed; read and parse no more */
   bool dead;       /* socket closed; free on http_respond */
+  bool linger_after; /* an error was answered: linger before closing */
+  bool lingering;    /* our side is shut down; input is read and discarded */
+  size_t linger_bytes;
   char remote_addr[INET6_ADDRSTRLEN];
 };
 

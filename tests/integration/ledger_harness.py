@@ -210,6 +210,13 @@ class Client:
     def _connect(self):
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
+    def connect(self):
+        """Opens the TCP connection now (so a test can hold many connections at once)."""
+        if self.conn is None:
+            self._connect()
+        if self.conn.sock is None:
+            self.conn.connect()
+
     def close(self):
         if self.conn is not None:
             self.conn.close()
@@ -236,9 +243,10 @@ class Client:
             self.conn.request(method, path, body=data, headers=h)
             r = self.conn.getresponse()
             payload = r.read()
-        except Exception:
+        except Exception as e:
             self.close()
-            raise
+            raise ConnectionError(f"{type(e).__name__}: {e} during {method} {path} "
+                                  f"{(data or b'')[:200]!r} key={key!r}") from e
         hdrs = {k.lower(): v for k, v in r.getheaders()}
         if r.will_close:
             self.close()

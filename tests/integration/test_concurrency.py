@@ -44,6 +44,12 @@ def main(ck):
                 cl = srv.client(timeout=60)
                 out = results[i]
                 try:
+                    try:
+                        cl.connect()
+                    except OSError as e:
+                        out.append(("exception", f"connect: {e!r}", None))
+                        barrier.abort()
+                        return
                     barrier.wait(60)
                     for _ in range(per):
                         try:

@@ -460,11 +460,27 @@ static void test_limits(void) {
   memcpy(chunk + h + BODY_BYTES_MAX / 2, "\r\n", 2);
   bool sent = true;
   for (int i = 0; i < 3 && sent; i++) sent = send_all(&c, chunk, (size_t)h + BODY_BYTES_MAX / 2 + 2);
+  CHECK(sent, "the server drains the rest of the body after its 413");
   CHECK(read_response(&c, &r), "read chunked 413");
   CHECK(r.status == 413, "chunked 413: %d", r.status);
   response_free(&r);
-  free(chunk);
+  CHECK(expect_closed(&c), "closed after chunked 413");
   client_close(&c);
+
+  /* Declared too large and sent anyway: the 413 must still arrive (no reset). */
+  CHECK(client_connect(&c) == 0, "connect");
+  char head[128];
+  snprintf(head, sizeof head, "POST /echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n",
+           3 * (BODY_BYTES_MAX / 2));
+  sent = send_str(&c, head);
+  for (int i = 0; i < 3 && sent; i++) sent = send_all(&c, chunk + h, BODY_BYTES_MAX / 2);
+  CHECK(sent, "body sent");
+  CHECK(read_response(&c, &r), "read declared 413");
+  CHECK(r.status == 413 && r.conn_close, "declared 413: %d", r.status);
+  response_free(&r);
+  CHECK(expect_closed(&c), "closed after declared 413");
+  client_close(&c);
+  free(chunk);
 }
 
 static void test_timeouts(void) {

@@ -1,0 +1,54 @@
+/*
+ * api_internal.h — private to src/api: the JSON writer, request context and helpers.
+ * Net threads only (each request lives on its connection's thread).
+ */
+#ifndef LEDGER_API_INTERNAL_H
+#define LEDGER_API_INTERNAL_H
+
+#include <cjson/cJSON.h>
+
+#include "api/api.h"
+
+/* ---- JSON writer: append-only, bounded by API_RESPONSE_BYTES_MAX ---- */
+typedef struct jw {
+  char *buf;
+  size_t len, cap;
+  bool overflow;
+} jw_t;
+void jw_reset(jw_t *w);
+void jw_raw(jw_t *w, const char *s, size_t n);
+void jw_lit(jw_t *w, const char *s); /* NUL-terminated raw text */
+void jw_str(jw_t *w, const char *s, size_t n); /* quoted, escaped */
+void jw_key(jw_t *w, const char *key);         /* "key": (with a leading comma if needed) */
+void jw_u64(jw_t *w, uint64_t v);
+void jw_money(jw_t *w, int64_t minor, uint8_t exponent); /* "12.50" as a string */
+void jw_time(jw_t *w, int64_t ms);                     /* "2026-...Z" */
+void jw_open(jw_t *w, char c);                          /* { or [ */
+void jw_close(jw_t *w, char c);
+void jw_comma_if(jw_t *w); /* a comma unless right after { or [ */
+
+/* ---- input validation: each returns 0 or fills an error (code, message) ---- */
+typedef struct api_error {
+  int status;
+  const char *code;
+  char message[160];
+} api_error_t;
+void api_err(api_error_t *e, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Fields allowed in an object; unknown or duplicate keys are errors. */
+bool json_check_fields(const cJSON *obj, const char *const *allowed, api_error_t *e);
+/* A required or optional account id: integer 1..2^53-1. */
+bool json_get_id(const cJSON *obj, const char *name, bool required, uint64_t *out, api_error_t *e);
+bool json_get_amount(const cJSON *obj, const char *name, bool required, int64_t *digits, uint8_t *scale,
+                     api_error_t *e);
+bool json_get_bool(const cJSON *obj, const char *name, bool *out, api_error_t *e);
+bool json_get_currency(const cJSON *obj, const char *name, bool required, uint8_t *out, api_error_t *e);
+/* description/metadata → compact JSON text `{"description":...,"metadata":{...}}` in buf
+ * (cap LEDGER_EXTRA_BYTES_MAX); *len_out 0 when neither is present. */
+bool json_get_extra(const cJSON *obj, char *buf, uint32_t *len_out, api_error_t *e);
+
+/* Query strings: finds key, percent-decodes its value into buf. Returns false if absent. */
+bool query_get(const char *query, size_t query_len, const char *key, char *buf, size_t cap, bool *too_long);
+
+#endif
