@@ -60,6 +60,7 @@ echo "# ledgerd benchmark ($PROFILE) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "# cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $NCPU CPUs"
 echo "# kernel: $(uname -r)"
 echo "# placement: $PLACEMENT"
+echo "# load average before the run: $(cut -d" " -f1-3 /proc/loadavg) (other processes skew every figure)"
 echo "# file system of the data dir: $(df -PT "$WORK" | awk 'NR==2 {print $2, $1}')"
 echo "# git: $(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo none)"
 

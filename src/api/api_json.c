@@ -149,7 +149,7 @@ bool json_check_fields(const cJSON *obj, const char *const *allowed, api_error_t
 
 bool json_get_id(const cJSON *obj, const char *name, bool required, uint64_t *out, api_error_t *e) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!v || cJSON_IsNull(v)) {
+  if (!v || (cJSON_IsNull(v) && !required)) {
     if (required) api_err(e, 400, "invalid_request", "'%s' is required", name);
     *out = 0;
     return !required;
@@ -203,7 +203,11 @@ bool json_get_currency(const cJSON *obj, const char *name, bool required, uint8_
     if (required) api_err(e, 400, "invalid_request", "'%s' is required", name);
     return !required;
   }
-  if (!cJSON_IsString(v) || (*out = ledger_currency_find(v->valuestring, strlen(v->valuestring))) == 0) {
+  if (!cJSON_IsString(v)) {
+    api_err(e, 400, "invalid_request", "'%s' must be a string such as \"USD\"", name);
+    return false;
+  }
+  if ((*out = ledger_currency_find(v->valuestring, strlen(v->valuestring))) == 0) {
     api_err(e, 400, "invalid_currency", "'%s' must be a supported ISO 4217 code such as \"USD\"", name);
     return false;
   }

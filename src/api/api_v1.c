@@ -434,8 +434,8 @@ static void complete(api_req_t *r) {
   engine_cmd_t *c = &r->cmd;
   if (c->result < 0) {
     fail(r, 503, "not_ready", "the ledger stopped; the outcome is unknown: retry with the same Idempotency-Key");
-  } else if (c->result == ENGINE_OK) {
-    complete_ok(r);
+  } else if (c->result == ENGINE_OK || (r->route == R_TRANSFERS_BATCH && c->result == ENGINE_R_BATCH_ABORTED)) {
+    complete_ok(r); /* a batch always answers 200 with per-item results */
   } else {
     const char *code = engine_result_code(c->result);
     if (c->replayed) {
@@ -521,6 +521,11 @@ static cJSON *parse_body(api_req_t *r, api_error_t *e) {
   }
   /* Content-Type is not checked: the body must be JSON whatever it says (curl -d sends a
    * form type by default; refusing that helps nobody). */
+  /* cJSON turns \u0000 into a NUL that would silently cut a string short: refuse it. */
+  if (memmem(h->body, h->body_len, "\\u0000", 6) != NULL) {
+    api_err(e, 400, "invalid_json", "strings must not contain NUL (\\u0000)");
+    return NULL;
+  }
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(h->body, h->body_len, &end, false);
   if (!root) {
@@ -602,7 +607,9 @@ static bool build_batch(api_req_t *r, const cJSON *body, api_error_t *e) {
   }
   r->items = calloc((size_t)n, sizeof *r->items);
   r->results = calloc((size_t)n, sizeof *r->results);
-  r->batch_extra = malloc(LEDGER_BODY_BYTES_MAX);
+  /* Stored extras are never longer than their JSON in the body plus the member names. */
+  size_t extra_cap = r->http->body_len + (size_t)n * 64u;
+  r->batch_extra = malloc(extra_cap);
   if (!r->items || !r->results || !r->batch_extra) {
     api_err(e, 503, "overloaded", "out of memory");
     return false;
@@ -617,7 +624,7 @@ static bool build_batch(api_req_t *r, const cJSON *body, api_error_t *e) {
       return false;
     }
     uint32_t len = r->items[i].extra_len;
-    if (extra_used + len > LEDGER_BODY_BYTES_MAX) {
+    if (extra_used + len > extra_cap) {
       api_err(e, 413, "payload_too_large", "descriptions and metadata too large in total");
       return false;
     }
@@ -712,9 +719,11 @@ static bool parse_account_ref(seg_t s, uint64_t *id) {
   return v >= 1 && v < (1ull << 53);
 }
 
-static bool parse_transfer_ref(seg_t s, uint64_t *no, int64_t *created_ms) {
+/* -1: not a UUID; 0: a UUID this ledger never issued; 1: ok. */
+static int parse_transfer_ref(seg_t s, uint64_t *no, int64_t *created_ms) {
   ledger_uuid_t u;
-  return uuid_parse(s.p, s.n, &u) == 0 && uuid_to_transfer(&u, created_ms, no);
+  if (uuid_parse(s.p, s.n, &u) != 0) return -1;
+  return uuid_to_transfer(&u, created_ms, no) ? 1 : 0;
 }
 
 static route_t route_of(const http_request_t *h, seg_t *segs, size_t *nseg) {
@@ -810,8 +819,9 @@ static bool build_list(api_req_t *r, api_error_t *e) {
   if (query_get(h->query, h->query_len, "owner_id", v, sizeof v, &too_long)) {
     char *end;
     c->u.list.owner_id = strtoull(v, &end, 10);
-    if (too_long || *end || v[0] < '0' || v[0] > '9' || c->u.list.owner_id == 0) {
-      api_err(e, 400, "invalid_parameter", "'owner_id' must be a positive integer");
+    c->u.list.has_owner = true;
+    if (too_long || *end || v[0] < '0' || v[0] > '9' || strlen(v) > 16) {
+      api_err(e, 400, "invalid_parameter", "'owner_id' must be an integer (0: the system accounts)");
       return false;
     }
   }
@@ -1007,9 +1017,10 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
     case R_TRANSFER_VOID: {
       uint64_t no;
       int64_t created;
-      if (!parse_transfer_ref(segs[2], &no, &created)) {
-        api_err(e, segs[2].n == 36 ? 404 : 400, segs[2].n == 36 ? "transfer_not_found" : "invalid_id",
-                segs[2].n == 36 ? "no such transfer" : "a transfer id is a UUID");
+      int ref = parse_transfer_ref(segs[2], &no, &created);
+      if (ref <= 0) {
+        if (ref < 0) api_err(e, 400, "invalid_id", "a transfer id is a UUID such as 01a2035a-5ebf-7000-8000-000000000001");
+        else api_err(e, 404, "transfer_not_found", "no such transfer");
         break;
       }
       if (r->route == R_TRANSFER_GET) {

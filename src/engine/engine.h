@@ -212,7 +212,8 @@ struct engine_cmd {
       int64_t created_ms;
     } transfer_get;
     struct {
-      uint64_t owner_id; /* 0 = any */
+      uint64_t owner_id; /* with has_owner */
+      bool has_owner;
       uint16_t region;   /* 0 = any; interned id from engine_region_find */
       const char *region_name;
       uint8_t currency; /* 0 = any */

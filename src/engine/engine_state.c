@@ -705,7 +705,7 @@ static void read_list(const engine_state_t *st, engine_cmd_t *cmd) {
   while (id >= 1 && id <= st->account_count && scanned < scan_max) {
     const engine_account_t *a = &st->accounts[id - 1];
     scanned++;
-    bool match = (!cmd->u.list.owner_id || a->owner_id == cmd->u.list.owner_id) &&
+    bool match = (!cmd->u.list.has_owner || a->owner_id == cmd->u.list.owner_id) &&
                  (!cmd->u.list.currency || a->currency == cmd->u.list.currency) &&
                  (!cmd->u.list.region_name || a->region == cmd->u.list.region);
     if (match) {

@@ -3,6 +3,7 @@
  * See store.h for the format. Threads: appends and scans from one thread; reads from any.
  */
 #include <dirent.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -21,7 +22,7 @@ struct store {
   int lock_fd;
   int log_fd;
   bool read_only;
-  uint64_t log_end;
+  _Atomic uint64_t log_end; /* written by the engine thread, read by readers (pread bound) */
 };
 
 static uint32_t load_u32(const uint8_t *p) {
@@ -57,7 +58,7 @@ int store_open(const char *dir, bool read_only, store_t **out) {
   }
   struct stat st;
   if (fstat(s->log_fd, &st) != 0) goto fail;
-  s->log_end = (uint64_t)st.st_size;
+  atomic_store(&s->log_end, (uint64_t)st.st_size);
   if (!read_only && fsync(s->dir_fd) != 0) goto fail; /* the log file's directory entry */
   *out = s;
   return LEDGER_OK;
@@ -75,7 +76,7 @@ void store_close(store_t *s) {
 }
 
 const char *store_dir(const store_t *s) { return s->dir; }
-uint64_t store_log_end(const store_t *s) { return s->log_end; }
+uint64_t store_log_end(const store_t *s) { return atomic_load_explicit(&s->log_end, memory_order_acquire); }
 
 void store_record_seal(void *buf, uint32_t payload_len) {
   LEDGER_ASSERT(payload_len <= STORE_RECORD_PAYLOAD_BYTES_MAX);
@@ -106,7 +107,7 @@ int store_write_all(int fd, const void *buf, size_t len) {
 int store_log_append(store_t *s, const void *buf, size_t len, bool sync) {
   LEDGER_ASSERT(!s->read_only);
   const char *p = buf;
-  uint64_t pos = s->log_end;
+  uint64_t pos = atomic_load_explicit(&s->log_end, memory_order_relaxed);
   size_t left = len;
   while (left > 0) {
     ssize_t n = pwrite(s->log_fd, p, left, (off_t)pos);
@@ -119,12 +120,12 @@ int store_log_append(store_t *s, const void *buf, size_t len, bool sync) {
     left -= (size_t)n;
   }
   if (sync && fdatasync(s->log_fd) != 0) return LEDGER_EIO;
-  s->log_end = pos;
+  atomic_store_explicit(&s->log_end, pos, memory_order_release);
   return LEDGER_OK;
 }
 
 int store_log_read(const store_t *s, uint64_t pos, void *buf, size_t len) {
-  if (pos + len > s->log_end && !s->read_only) return LEDGER_EINVAL;
+  if (pos + len > store_log_end(s) && !s->read_only) return LEDGER_EINVAL;
   char *p = buf;
   while (len > 0) {
     ssize_t n = pread(s->log_fd, p, len, (off_t)pos);
@@ -145,7 +146,7 @@ static int cut_tail(store_t *s, uint64_t pos, bool *torn_out) {
   if (!s->read_only) {
     if (ftruncate(s->log_fd, (off_t)pos) != 0 || fdatasync(s->log_fd) != 0) return LEDGER_EIO;
   }
-  s->log_end = pos;
+  atomic_store(&s->log_end, pos);
   return LEDGER_OK;
 }
 
@@ -205,7 +206,7 @@ int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool
     if (rc != 0) break;
     pos = end;
   }
-  if (rc == LEDGER_OK && !*torn_out) s->log_end = size;
+  if (rc == LEDGER_OK && !*torn_out) atomic_store(&s->log_end, size);
   free(buf);
   return rc;
 }
