@@ -58,6 +58,9 @@
 #define ENGINE_PENDING_TIMEOUT_S_MAX (30u * 24u * 3600u)
 /* Regions are interned: a short, bounded list configured by use. */
 #define ENGINE_REGIONS_MAX 256u
+/* Records a list or history read may step over on the engine thread before it answers with
+ * a short page and a cursor (~1 ms of work): reads never stall the writer for long. */
+#define ENGINE_SCAN_STEPS_MAX 100000u
 /* The engine wakes at least this often to expire pending transfers. */
 #define ENGINE_TICK_MS 100u
 /* A checkpoint (snapshot) is taken after this many log bytes since the last one. */

@@ -670,8 +670,11 @@ static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
                                          : (asc ? a->history_first_no : a->history_last_no);
   if (no > st->transfer_count) no = 0;
   uint32_t n = 0;
-  /* Every entry is in time order along the chain, so the walk stops at the window's end. */
-  while (no != 0) {
+  /* Every entry is in time order along the chain, so the walk stops at the window's end.
+   * Entries outside the window are skipped at most ENGINE_SCAN_STEPS_MAX per request: a
+   * short page and a cursor come back rather than the engine stalling on a long history. */
+  uint64_t steps = 0;
+  while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
     const engine_transfer_t *t = &st->transfers[no - 1];
     bool is_debit = t->debit_account_id == a->id;
     if (!is_debit && t->credit_account_id != a->id) break; /* bad cursor: not this account */
@@ -701,7 +704,7 @@ static void read_list(const engine_state_t *st, engine_cmd_t *cmd) {
   uint64_t id = cmd->u.list.cursor_id ? cmd->u.list.cursor_id : (asc ? 1 : st->account_count);
   uint32_t n = 0;
   /* Bounded scan: a filter that matches little returns a short page and a cursor. */
-  uint64_t scanned = 0, scan_max = 100000u + (uint64_t)cmd->u.list.limit * 64u;
+  uint64_t scanned = 0, scan_max = ENGINE_SCAN_STEPS_MAX;
   while (id >= 1 && id <= st->account_count && scanned < scan_max) {
     const engine_account_t *a = &st->accounts[id - 1];
     scanned++;
