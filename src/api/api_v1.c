@@ -68,7 +68,7 @@ static const int tracked_statuses[] = {200, 201, 204, 400, 401, 403, 404, 405, 4
 static const char *const error_codes[] = {
     "invalid_json", "invalid_request", "unknown_field", "invalid_amount", "invalid_currency",
     "invalid_id", "invalid_idempotency_key", "invalid_cursor", "invalid_parameter", "not_found",
-    "method_not_allowed", "payload_too_large", "unsupported_media_type", "account_not_found",
+    "method_not_allowed", "payload_too_large", "account_not_found",
     "transfer_not_found", "insufficient_funds", "currency_mismatch", "same_account", "account_frozen",
     "limit_exceeded", "transfer_not_pending", "amount_exceeds_pending", "idempotency_conflict",
     "batch_aborted", "invalid_operation", "capacity_exhausted", "idempotency_expired", "overloaded",
