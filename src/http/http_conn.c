@@ -126,7 +126,18 @@ static void conn_destroy(http_conn_t *c) {
   buf_free(&c->in);
   buf_free(&c->req_buf);
   buf_free(&c->out);
-  free(c);
+  HTTP_ASSERT(!c->buried);
+  c->buried = true;
+  c->grave_next = loop->graveyard;
+  loop->graveyard = c;
+}
+
+void http__loop_bury(http_loop_t *loop) {
+  while (loop->graveyard != NULL) {
+    http_conn_t *c = loop->graveyard;
+    loop->graveyard = c->grave_next;
+    free(c);
+  }
 }
 
 /* Closes and frees; the request must not be with the handler. */
@@ -657,7 +668,8 @@ void http__conn_accepted(http_loop_t *loop, int fd, const struct sockaddr_storag
 }
 
 void http__conn_on_event(http_conn_t *c, uint32_t events) {
-  HTTP_ASSERT(c->fd >= 0 && !c->dead);
+  /* An event fetched in the same epoll batch as the one that closed this connection. */
+  if (c->buried || c->dead || c->fd < 0) return;
   if (events & (EPOLLERR | EPOLLHUP)) {
     conn_peer_gone(c);
     return;
@@ -700,6 +712,7 @@ void http__loop_sweep(http_loop_t *loop) {
 void http__loop_close_all(http_loop_t *loop) {
   while (loop->conns != NULL) conn_destroy(loop->conns);
   HTTP_ASSERT(loop->ready_head == NULL && loop->ready_tail == NULL);
+  http__loop_bury(loop);
 }
 
 /* ---------------------------------------------------------------- public */

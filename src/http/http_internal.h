@@ -102,6 +102,8 @@ struct http_conn {
   http_loop_t *loop;
   http_conn_t *prev, *next;             /* loop->conns, every connection incl. dead ones */
   http_conn_t *ready_prev, *ready_next; /* loop ready list: answered, input to resume */
+  http_conn_t *grave_next; /* loop->graveyard: closed, freed after the event batch */
+  bool buried;
   bool in_ready;
   int fd;          /* -1 once dead (peer gone while the request was in the handler) */
   uint32_t events; /* current epoll interest */
@@ -138,12 +140,18 @@ struct http_loop {
   void *wakeup_arg;
   http_conn_t *conns;
   http_conn_t *ready_head, *ready_tail;
+  /* Connections closed while an epoll batch is dispatched: a later event of the same batch
+   * may still point at them, so they are freed only when the batch is done. */
+  http_conn_t *graveyard;
   uint64_t now_ms;
   uint64_t sweep_next_ms;
   char *read_buf; /* HTTP_READ_BYTES */
   _Atomic uint64_t stat_accepted, stat_rejected, stat_requests, stat_protocol_errors,
       stat_timeouts;
 };
+
+/* Frees the connections closed during the last event batch. */
+void http__loop_bury(http_loop_t *loop);
 
 struct http_server {
   http_config_t config;

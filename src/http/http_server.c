@@ -185,6 +185,7 @@ static void loop_run(http_loop_t *loop) {
       http__loop_sweep(loop);
       loop->sweep_next_ms = loop->now_ms + HTTP_SWEEP_INTERVAL_MS;
     }
+    http__loop_bury(loop);
   }
 }
 
