@@ -20,7 +20,7 @@
 static void usage(void) {
   fprintf(stderr,
           "usage: ledgerd --listen HOST:PORT --data-dir DIR [--threads N]\n"
-          "               [--idempotency-retention-s S] [--snapshot-log-mb MB]\n"
+          "               [--idempotency-retention-s S] [--snapshot-log-mb MB] [--engine-queue N]\n"
           "  --listen 127.0.0.1:0 picks a free port; the line 'listening on http://ADDR:PORT'\n"
           "  is printed once ready. Authentication is not built yet: listen on loopback only.\n");
 }
@@ -36,6 +36,7 @@ static bool parse_u64(const char *s, uint64_t max, uint64_t *out) {
 
 int main(int argc, char **argv) {
   const char *listen = "127.0.0.1:8080", *data_dir = NULL;
+  uint64_t queue_max = ENGINE_QUEUE_COMMANDS_MAX;
   uint64_t threads = 0, retention_s = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT / 1000, snapshot_mb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -45,6 +46,8 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--threads") == 0 && v) ok = parse_u64(v, HTTP_THREADS_MAX, &threads) && threads > 0;
     else if (strcmp(a, "--idempotency-retention-s") == 0 && v) ok = parse_u64(v, 90ull * 86400, &retention_s) && retention_s > 0;
     else if (strcmp(a, "--snapshot-log-mb") == 0 && v) ok = parse_u64(v, 1u << 20, &snapshot_mb);
+    else if (strcmp(a, "--engine-queue") == 0 && v)
+      ok = parse_u64(v, ENGINE_QUEUE_COMMANDS_MAX, &queue_max) && queue_max >= 2 && (queue_max & (queue_max - 1)) == 0;
     else if (strcmp(a, "--config") == 0 || strcmp(a, "--compat") == 0 || strcmp(a, "--compat-open") == 0) {
       fprintf(stderr, "ledgerd: %s is not supported yet (see docs/api.md)\n", a);
       return 2;
@@ -99,7 +102,8 @@ int main(int argc, char **argv) {
   engine_config_t ec = {.data_dir = data_dir,
                         .idempotency_retention_ms = retention_s * 1000,
                         .snapshot_log_bytes = snapshot_mb * 1024 * 1024,
-                        .fsync = true};
+                        .fsync = true,
+                        .queue_commands_max = (uint32_t)queue_max};
   engine_t *engine = NULL;
   int rc = engine_open(&ec, &engine);
   if (rc != 0) {

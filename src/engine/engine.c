@@ -286,7 +286,12 @@ int engine_open(const engine_config_t *config, engine_t **out) {
   e->enc.buf = malloc(e->enc.cap);
   e->batch = calloc(ENGINE_BATCH_COMMANDS_MAX, sizeof *e->batch);
   if (!e->enc.buf || !e->batch) goto fail;
-  if ((rc = mpmc_queue_create(ENGINE_QUEUE_COMMANDS_MAX, &e->queue)) != 0) goto fail;
+  uint32_t queue_max = config->queue_commands_max ? config->queue_commands_max : ENGINE_QUEUE_COMMANDS_MAX;
+  if (queue_max > ENGINE_QUEUE_COMMANDS_MAX) {
+    rc = LEDGER_EINVAL;
+    goto fail;
+  }
+  if ((rc = mpmc_queue_create(queue_max, &e->queue)) != 0) goto fail;
   e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (e->wake_fd < 0) {
     rc = LEDGER_EIO;

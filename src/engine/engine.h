@@ -254,6 +254,7 @@ typedef struct engine_config {
   uint64_t idempotency_retention_ms;
   uint64_t snapshot_log_bytes; /* checkpoint after this many log bytes; 0 = default */
   bool fsync;                  /* false only for tests that measure CPU */
+  uint32_t queue_commands_max; /* power of two, 2..ENGINE_QUEUE_COMMANDS_MAX; 0 = that */
 } engine_config_t;
 
 /* Opens (or creates) the data directory, takes its lock, recovers state from the newest
