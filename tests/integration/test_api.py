@@ -10,10 +10,11 @@ import sys
 import time
 import uuid
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ledger_harness import (CASH_ID, CURRENCIES, EXPONENT, INT64_MAX, TIME_RE, UUID7_RE,  # noqa: E402
-                            Server, fmt, idem_key, log, raw_request, run_main, seed_from_env,
-                            to_minor, urlquote, final_server_checks)
+                            Server, final_server_checks, fmt, log, raw_request, run_main, seed_from_env,
+                            to_minor)
 
 ACCOUNT_FIELDS = {"id", "owner_id", "currency", "region", "kind", "balance", "pending_debits",
                   "pending_credits", "available", "allow_overdraft", "status", "created_at",
@@ -38,6 +39,11 @@ def main(ck):
         with ck.section("server still up after every bad input"):
             ck.status("GET /healthz after all tests", c.get("/healthz"), 200)
             ck.check("no 500 answered during the whole run", not c.seen_500, "; ".join(c.seen_500[:5]))
+        with ck.section("ledgerctl refuses a live data dir"):
+            rc, out = srv.verify(timeout=60)
+            ck.check("ledgerctl verify while the server runs exits non-zero with a reason",
+                     rc not in (0, None) and out.strip() != "", f"rc={rc} out={out[-300:]!r}")
+            ck.status("server unaffected by the refused ledgerctl", c.get("/healthz"), 200)
         c.close()
         final_server_checks(ck, srv)
     finally:
@@ -63,6 +69,79 @@ def run_all(ck, srv, c, rnd):
         bad = [l for l in text.splitlines() if l and not l.startswith("#")
                and not re.match(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})? [-+0-9.eEInfNa]+( \d+)?$", l)]
         ck.check("/metrics lines are Prometheus text format", not bad, repr(bad[:3]))
+
+    with ck.section("metrics move"):
+        def req_total():
+            t = c.get("/metrics").body.decode(errors="replace")
+            names = re.findall(r"(?m)^# TYPE (\S*request\S*) counter", t)
+            if not names:
+                return None
+            return sum(float(m.group(2)) for m in re.finditer(
+                rf"(?m)^{re.escape(names[0])}(\{{[^}}]*\}})? ([0-9.eE+]+)", t))
+        n0 = req_total()
+        for _ in range(5):
+            c.get("/healthz")
+        n1 = req_total()
+        ck.check("requests counter grows by at least 5 after 5 requests", n0 is not None and n1 is not None
+                 and n1 - n0 >= 5, f"{n0} -> {n1}")
+
+    with ck.section("HTTP/1.1 pipelining and limits"):
+        import socket
+        s = socket.create_connection((srv.host, srv.port), timeout=30)
+        reqs = b"".join(f"GET /v1/accounts/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in (1, 4, 5))
+        s.sendall(reqs)
+        buf = b""
+        deadline = time.monotonic() + 30
+        while buf.count(b"HTTP/1.1 ") < 3 or not buf.rstrip().endswith(b"}"):
+            if time.monotonic() > deadline:
+                break
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        s.close()
+        ids = [int(m) for m in re.findall(rb'"id":\s*(\d+)', buf)]
+        ck.eq("three pipelined requests answered in order", ids, [1, 4, 5])
+        r = c.get("/healthz", headers={"X-Big": "a" * (20 * 1024)})
+        ck.check("a 20 KiB header is refused with a 4xx (431)", 400 <= r.status < 500, r.describe())
+        c.close()
+        r = c.get("/v1/accounts/1?pad=" + "p" * 5000)
+        ck.check("a 5 KB request target is refused with a 4xx or served (no 5xx)", r.status < 500, r.describe())
+        c.close()
+        acct = c.new_account("USD")
+        body = b'{"account_id": %d, "amount": "1.00"}' % acct
+        req = (b"POST /v1/deposits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        s = socket.create_connection((srv.host, srv.port), timeout=30)
+        for piece in (req[:7], req[7:40], req[40:-5], req[-5:]):
+            s.sendall(piece)
+            time.sleep(0.1)
+        data = s.recv(65536)
+        s.close()
+        ck.check("a request split across slow TCP writes -> 201", data.startswith(b"HTTP/1.1 201"), data[:80])
+        chunked = (b"POST /v1/deposits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        s = socket.create_connection((srv.host, srv.port), timeout=30)
+        s.sendall(chunked)
+        data = s.recv(65536)
+        s.close()
+        ck.check("a chunked request body -> 201", data.startswith(b"HTTP/1.1 201"), data[:80])
+        ck.eq("both deposits applied once", c.balance(acct), "2.00")
+        s = socket.create_connection((srv.host, srv.port), timeout=30)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        ck.check("Connection: close -> answered, then closed", data.startswith(b"HTTP/1.1 200"), data[:80])
+        s = socket.create_connection((srv.host, srv.port), timeout=30)
+        s.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        data = s.recv(4096)
+        s.close()
+        ck.check("garbage request line -> 400", data.startswith(b"HTTP/1.1 400"), data[:80])
 
     # ------------------------------------------------------------ system accounts
     with ck.section("system accounts"):
@@ -151,9 +230,8 @@ def run_all(ck, srv, c, rnd):
                   400, "invalid_json")
         ck.status("JSON array body -> 400 invalid_request", c.post("/v1/accounts", raw='["USD"]'),
                   400, "invalid_request")
-        ck.status("text/plain body -> 415 unsupported_media_type",
-                  c.post("/v1/accounts", raw='{"currency":"USD"}', content_type="text/plain"),
-                  415, "unsupported_media_type")
+        ck.status("text/plain content-type is not checked: JSON body -> 201 (docs/api.md)",
+                  c.post("/v1/accounts", raw='{"currency":"USD"}', content_type="text/plain"), 201)
         ck.status("content-type with charset parameter -> 201",
                   c.post("/v1/accounts", raw='{"currency":"USD"}', content_type="application/json; charset=utf-8"), 201)
         ck.status("no content-type -> accepted 201",
@@ -226,6 +304,8 @@ def run_all(ck, srv, c, rnd):
         ck.eq("JPY balance '5'", c.balance(j), "5")
         ck.status("JPY '5.0' -> 400 invalid_amount", c.deposit(j, "5.0"), 400, "invalid_amount")
         ck.status("JPY '0.5' -> 400 invalid_amount", c.deposit(j, "0.5"), 400, "invalid_amount")
+        ck.status("JPY '9223372036854775808' (2^63) -> 400 invalid_amount", c.deposit(j, str(2**63)), 400, "invalid_amount")
+        ck.status("JPY '99999999999999999999' -> 400 invalid_amount", c.deposit(j, "9" * 20), 400, "invalid_amount")
         bh = c.new_account("BHD")
         r = c.deposit(bh, "1.25")
         ck.eq("BHD '1.25' prints '1.250'", r.json and r.json.get("amount"), "1.250")
@@ -244,9 +324,10 @@ def run_all(ck, srv, c, rnd):
         c.deposit(u, "1.00")
         bad = ["-5.00", "0", "0.00", "+5.00", "1e3", "1E2", " 5.00", "5.00 ", "", "abc", "5,00",
                "99999999999999999999", "92233720368547758.08", "1.2.3", "0x10", "--1", "NaN",
-               "Infinity", "5.00\u0000"]
+               "Infinity"]
         for amt in bad:
             ck.status(f"deposit amount {amt!r} -> 400 invalid_amount", c.deposit(u, amt), 400, "invalid_amount")
+        ck.status("deposit amount with an embedded NUL -> 400", c.deposit(u, "5.00\u0000"), 400)
         for raw_amt in ("10", "10.5", "1e400", "-1", "0", "99999999999999999999"):
             r = c.post("/v1/deposits", raw=f'{{"account_id": {u}, "amount": {raw_amt}}}')
             ck.status(f"deposit amount as JSON number {raw_amt} -> 400 invalid_amount", r, 400, "invalid_amount")
@@ -262,16 +343,27 @@ def run_all(ck, srv, c, rnd):
         ck.status("deposit of int64-max minor units overflowing cash:CAD -> 422 limit_exceeded", r, 422, "limit_exceeded")
         ck.eq("nothing changed after limit_exceeded (credit)", c.balance(y), "0.00")
         ck.eq("nothing changed after limit_exceeded (cash)", c.balance(CASH_ID["CAD"]), cash_cad)
+        z = c.new_account("CNY")
+        r = c.deposit(z, fmt(INT64_MAX, "CNY"))
+        ck.status("deposit of exactly int64-max minor units into a fresh currency -> 201", r, 201)
+        ck.eq("balance prints int64 max", c.balance(z), "92233720368547758.07")
+        ck.eq("cash:CNY prints -int64 max", c.balance(CASH_ID["CNY"]), "-92233720368547758.07")
+        ck.status("one more cent overflows the credit balance -> 422 limit_exceeded", c.deposit(z, "0.01"),
+                  422, "limit_exceeded")
+        ck.eq("nothing changed after the overflow", c.balance(z), "92233720368547758.07")
 
     with ck.section("invalid ids, types, fields"):
         a = c.new_account("USD")
         c.deposit(a, "5.00")
         b = c.new_account("USD")
-        for raw_id in ('"%d"' % a, "1.5", "-1", "0", "1e400", str(2**53), "null", "true", "[1]"):
+        for raw_id in ('"%d"' % a, "1.5", "-1", "0", "1e400", str(2**53), "99999999999999999999", "null", "true",
+                       "[1]", "{}"):
             r = c.post("/v1/transfers", raw=f'{{"debit_account_id": {raw_id}, "credit_account_id": {b}, "amount": "1.00"}}')
             ck.status(f"debit_account_id {raw_id} -> 400 invalid_id", r, 400, "invalid_id")
         r = c.post("/v1/deposits", raw=f'{{"account_id": {a}.0, "amount": "1.00"}}')
         ck.status("account_id written as N.0 is accepted -> 201", r, 201)
+        r = c.post("/v1/deposits", raw=f'{{"account_id": {2**53 - 1}, "amount": "1.00"}}')
+        ck.status("account_id 2^53-1 (valid, unknown) -> 404 account_not_found", r, 404, "account_not_found")
         ck.status("transfer missing amount -> 400 invalid_request",
                   c.post("/v1/transfers", {"debit_account_id": a, "credit_account_id": b}), 400, "invalid_request")
         ck.status("transfer missing credit -> 400 invalid_request",
@@ -443,6 +535,10 @@ def run_all(ck, srv, c, rnd):
         ck.eq("after timeout: balance '50.00'", ap["balance"], "50.00")
         ck.eq("after timeout: credit pending_credits '0.00'", aq["pending_credits"], "0.00")
         ck.eq("after timeout: credit balance '0.00'", aq["balance"], "0.00")
+        h, _ = c.paginate(f"/v1/accounts/{p}/transfers")
+        ck.check("the expiry appears in the history as a void entry with pending_id",
+                 any(e["transfer"].get("pending_id") == t.get("id") and e["transfer"].get("status") == "voided"
+                     and e["balance_after"] == "50.00" for e in h), h[:3])
         ck.status("post an expired transfer -> 422 transfer_not_pending", c.post(f"/v1/transfers/{t.get('id')}/post", {}),
                   422, "transfer_not_pending")
 
@@ -486,6 +582,11 @@ def run_all(ck, srv, c, rnd):
         ck.eq("atomic success: all posted", [x.get("status") for x in res], ["posted", "posted"])
         ck.eq("atomic success: a '8.00'", c.balance(a), "8.00")
         ck.eq("atomic success: b '2.00'", c.balance(b), "2.00")
+        r = c.post("/v1/transfers/batch", {"transfers": [item(a, b, "1.00", pending=True)]})
+        res = (r.json or {}).get("results", [{}])
+        ck.eq("batch item with pending: true -> status pending", res[0].get("status"), "pending")
+        ck.eq("batch pending item reserves", c.account(a)["pending_debits"], "1.00")
+        ck.status("void the batch's pending item", c.post(f"/v1/transfers/{res[0].get('id')}/void"), 200)
         r = c.post("/v1/transfers/batch", {"transfers": [item(a, b, "1.00"), item(a, b, 5)]})
         ck.status("malformed item -> 400", r, 400)
         ck.check("malformed item: message names index 1", "1" in r.message, r.describe())
@@ -555,35 +656,22 @@ def run_all(ck, srv, c, rnd):
         ck.eq("history to year 2000 is empty", (r.json or {}).get("data", "missing"), [])
         items, _ = c.paginate(f"/v1/accounts/{h}/transfers?from=2000-01-01&to=2999-01-01", limit=1000)
         ck.eq("history from 2000 to 2999 has all entries", len(items), len(expected))
+        ck.status("history from=garbage -> 400", c.get(f"/v1/accounts/{h}/transfers?from=yesterday"), 400)
         ck.status("history of unknown account -> 404 account_not_found", c.get("/v1/accounts/987654321/transfers"),
                   404, "account_not_found")
 
     # ------------------------------------------------------------ transfer search + receipt
-    with ck.section("transfer search and receipt"):
-        s = c.new_account("GBP")
-        r1 = c.deposit(s, "5.00")
-        r2 = c.withdraw(s, "1.00")
-        t = c.new_account("GBP")
-        r3 = c.transfer(s, t, "2.00", description="unicorn-food", metadata={"tag": "zebra-42"})
-        ids = [r1.json["id"], r2.json["id"], r3.json["id"]]
-        r = c.get(f"/v1/transfers?account_id={s}")
-        ck.status("GET /v1/transfers?account_id= 200", r, 200)
-        got = [x.get("id") for x in (r.json or {}).get("data", [])]
-        ck.eq("search by account: all three, newest first", got, list(reversed(ids)))
-        r = c.get(f"/v1/transfers?account_id={s}&kind=deposit")
-        ck.eq("search kind=deposit", [x.get("id") for x in (r.json or {}).get("data", [])], [ids[0]])
-        r = c.get("/v1/transfers?q=unicorn-food")
-        ck.eq("search q matches description", [x.get("id") for x in (r.json or {}).get("data", [])], [ids[2]])
-        r = c.get("/v1/transfers?q=zebra-42")
-        ck.eq("search q matches metadata value", [x.get("id") for x in (r.json or {}).get("data", [])], [ids[2]])
-        r = c.get(f"/v1/transfers?account_id={s}&min_amount=3.00")
-        ck.eq("search min_amount=3.00", [x.get("id") for x in (r.json or {}).get("data", [])], [ids[0]])
-        ck.status("search limit=0 -> 400 invalid_parameter", c.get("/v1/transfers?limit=0"), 400, "invalid_parameter")
-        r = c.get(f"/v1/transfers/{ids[2]}/receipt")
-        ck.status("GET receipt 200", r, 200)
-        ctype = r.headers.get("content-type", "")
-        ck.check("receipt is HTML or PDF", ctype.startswith("text/html") or ctype.startswith("application/pdf"), ctype)
-        ck.check("receipt mentions the amount", b"2.00" in r.body or ctype.startswith("application/pdf"), r.body[:200])
+    # Search and receipts belong to the risk/search issue; until then the documented answers
+    # are 501 not_implemented for search and 404 for the receipt route (docs/api.md). The full
+    # search/receipt checks written for that issue are in git history (commit "tests: search
+    # checks parked") and come back with it.
+    with ck.section("transfer search and receipt (not built yet)"):
+        ck.status("GET /v1/transfers -> 501 not_implemented", c.get("/v1/transfers?account_id=11"), 501,
+                  "not_implemented")
+        s_acc = c.new_account("GBP")
+        dep = c.deposit(s_acc, "5.00")
+        ck.status("GET receipt -> 404 not_found (route not built)", c.get(f"/v1/transfers/{dep.json['id']}/receipt"),
+                  404, "not_found")
 
     # ------------------------------------------------------------ account list
     with ck.section("account list"):
@@ -607,7 +695,11 @@ def run_all(ck, srv, c, rnd):
         ck.status("list bad cursor -> 400 invalid_cursor", c.get("/v1/accounts?cursor=nonsense"), 400, "invalid_cursor")
         ck.status("list owner_id=0 gives the system accounts", c.get("/v1/accounts?owner_id=0"), 200)
         items, _ = c.paginate("/v1/accounts?owner_id=0")
-        ck.eq("owner_id=0 lists the 10 system accounts", sorted(x["id"] for x in items), list(range(1, 11)))
+        ck.check("owner_id=0 lists only owner 0, including the 10 system accounts",
+                 all(x["owner_id"] == 0 for x in items) and set(range(1, 11)) <= {x["id"] for x in items},
+                 [(x["id"], x["owner_id"]) for x in items][:12])
+        r = c.get("/v1/accounts?owner_id=987654321")
+        ck.eq("owner_id of nobody lists nothing", (r.json or {}).get("data", "missing"), [])
 
     # ------------------------------------------------------------ routes, methods, sizes, keys
     with ck.section("routes and methods"):
@@ -718,6 +810,27 @@ def run_all(ck, srv, c, rnd):
         ck.check("sum of all balances is zero per currency", all(v == 0 for v in sums.values()),
                  {k: v for k, v in sums.items() if v})
         ck.check("the list contains all 10 system accounts", set(range(1, 11)) <= {x["id"] for x in all_acc})
+
+    with ck.section("region limit (256 distinct regions)"):
+        regions = {x["region"] for x in c.all_accounts()}
+        n_before = len(c.all_accounts())
+        made = 0
+        refused = None
+        for i in range(300):
+            r = c.create_account("USD", region=f"rl-{i}")
+            if r.status == 201:
+                made += 1
+                regions.add(f"rl-{i}")
+                continue
+            refused = (len(regions), r)
+            break
+        ck.check("a new region past the limit is refused", refused is not None, f"{len(regions)} regions accepted")
+        if refused is not None:
+            ck.status("refusal is 422 limit_exceeded", refused[1], 422, "limit_exceeded")
+            ck.check("the limit is 256 distinct regions (counting 'system' or not)", refused[0] in (255, 256),
+                     f"refused with {refused[0]} distinct regions in use")
+            ck.eq("the refused create made no account", len(c.all_accounts()), n_before + made)
+            ck.status("an existing region still works after the limit", c.create_account("USD", region="rl-0"), 201)
 
 
 if __name__ == "__main__":

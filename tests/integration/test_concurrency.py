@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ledger_harness import Server, final_server_checks, fmt, log, run_main, seed_from_env, to_minor  # noqa: E402
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Crash safety: repeatedly run concurrent load, kill -9 the server at a random moment, restart
+"""Crash safety: repeatedly run concurrent load, kill -9 the server at a random moment (every 5th
+round a SIGTERM instead, which must exit 0), restart
 it on the same data dir, and check that nothing acknowledged is lost or doubled:
   - every acknowledged transfer is readable with the same amount and accounts, and replaying
     its Idempotency-Key returns the same id without a second transfer;
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ledger_harness import (CASH_ID, Server, fmt, idem_key, log, run_main, seed_from_env,  # noqa: E402
                             to_minor)
@@ -25,10 +27,16 @@ REPLAY_SAMPLE = 150  # acknowledged requests re-sent per iteration (all are GET-
 
 
 class Req:
-    __slots__ = ("path", "body", "key", "effects", "status", "json", "acked", "applied")
+    """One POST of the load. kind: 'plain' (makes one history entry per customer account in
+    accts), 'batch', 'pending' (a two-phase reservation: history entry, no balance effect),
+    'settle' (post/void of `parent`: a settlement history entry with pending_id)."""
+    __slots__ = ("path", "body", "key", "effects", "status", "json", "acked", "applied", "kind", "accts",
+                 "parent", "child")
 
-    def __init__(self, path, body, key, effects):
+    def __init__(self, path, body, key, effects, kind="plain", accts=(), parent=None):
         self.path, self.body, self.key, self.effects = path, body, key, effects
+        self.kind, self.accts, self.parent = kind, accts, parent
+        self.child = None
         self.status = None
         self.json = None
         self.acked = False
@@ -48,6 +56,7 @@ def main(ck):
         cur_of = {a: cur for cur, ids in accts.items() for a in ids}
         model = {a: 0 for a in cur_of}
         applied_ids = {a: [] for a in cur_of}  # transfer ids expected in each history
+        settled_ids = {a: [] for a in cur_of}  # pending ids whose post/void entry is in the history
         for a, cur in cur_of.items():
             amt = 100000 if cur == "USD" else 50000
             r = c.deposit(a, fmt(amt, cur), key=idem_key())
@@ -66,7 +75,7 @@ def main(ck):
                 ck.check("at least 20 iterations within the time budget", it >= 20, f"only {it}")
                 break
             with ck.section(f"iteration {it + 1}"):
-                iteration(ck, srv, rnd, it + 1, accts, cur_of, model, applied_ids, totals)
+                iteration(ck, srv, rnd, it + 1, accts, cur_of, model, applied_ids, settled_ids, totals)
         log(f"# totals: {totals}")
 
         with ck.section("final: histories hold every applied transfer exactly once"):
@@ -75,9 +84,12 @@ def main(ck):
             c = srv.client()
             for a in cur_of:
                 h, _ = c.paginate(f"/v1/accounts/{a}/transfers", limit=1000)
-                got = sorted(e["transfer"]["id"] for e in h)
+                got = sorted(e["transfer"]["id"] for e in h if not e["transfer"].get("pending_id"))
                 ck.eq(f"account {a}: history = applied transfers (count {len(applied_ids[a])})",
                       got, sorted(applied_ids[a]))
+                got = sorted(e["transfer"]["pending_id"] for e in h if e["transfer"].get("pending_id"))
+                ck.eq(f"account {a}: one settlement entry per settled pending transfer ({len(settled_ids[a])})",
+                      got, sorted(settled_ids[a]))
                 ck.eq(f"account {a}: balance matches model", c.balance(a), fmt(model[a], cur_of[a]))
             ck.check("no 500 answered", not c.seen_500, c.seen_500[:3])
             c.close()
@@ -99,23 +111,45 @@ def make_request(r_, accts, cur_of):
     op = r_.random()
     key = idem_key()
     if op < 0.3:
-        return Req("/v1/deposits", {"account_id": x, "amount": fmt(amt, cur)}, key, [[(x, amt)]])
-    if op < 0.5:
-        return Req("/v1/withdrawals", {"account_id": x, "amount": fmt(amt, cur)}, key, [[(x, -amt)]])
-    if op < 0.9:
+        return Req("/v1/deposits", {"account_id": x, "amount": fmt(amt, cur)}, key, [[(x, amt)]], accts=(x,))
+    if op < 0.45:
+        return Req("/v1/withdrawals", {"account_id": x, "amount": fmt(amt, cur)}, key, [[(x, -amt)]], accts=(x,))
+    if op < 0.8:
         y = r_.choice([i for i in ids if i != x])
         return Req("/v1/transfers", {"debit_account_id": x, "credit_account_id": y, "amount": fmt(amt, cur)},
-                   key, [[(x, -amt), (y, amt)]])
+                   key, [[(x, -amt), (y, amt)]], accts=(x, y))
+    if op < 0.9:
+        y = r_.choice([i for i in ids if i != x])
+        return Req("/v1/transfers", {"debit_account_id": x, "credit_account_id": y, "amount": fmt(amt, cur),
+                                     "pending": True}, key, [], kind="pending", accts=(x, y))
     items, effects = [], []
     for _ in range(r_.randrange(2, 5)):
         x, y = r_.sample(ids, 2)
         amt = r_.randrange(1, 3000)
         items.append({"debit_account_id": x, "credit_account_id": y, "amount": fmt(amt, cur)})
         effects.append([(x, -amt), (y, amt)])
-    return Req("/v1/transfers/batch", {"atomic": True, "transfers": items}, key, effects)
+    return Req("/v1/transfers/batch", {"atomic": True, "transfers": items}, key, effects, kind="batch")
 
 
-def iteration(ck, srv, rnd, n, accts, cur_of, model, applied_ids, totals):
+def make_settlement(r_, q):
+    """The post (partial or full) or void of the pending transfer q just created."""
+    tid = q.json["id"]
+    x, y = q.accts
+    cur = q.json["currency"]
+    amt = to_minor(q.json["amount"], cur)
+    if r_.random() < 0.3:
+        s = Req(f"/v1/transfers/{tid}/void", {}, idem_key(), [], kind="settle", accts=(x, y), parent=q)
+    else:
+        part = r_.randrange(1, amt + 1)
+        s = Req(f"/v1/transfers/{tid}/post", {"amount": fmt(part, cur)}, idem_key(), [[(x, -part), (y, part)]],
+                kind="settle", accts=(x, y), parent=q)
+    q.child = s
+    return s
+
+
+def iteration(ck, srv, rnd, n, accts, cur_of, model, applied_ids, settled_ids, totals):
+    # odd rounds take checkpoints (snapshots) often, so kills also land during/after snapshots
+    srv.extra_args = ["--snapshot-log-mb", "1"] if n % 2 else []
     srv.start()
     reqs = [[] for _ in range(THREADS)]
     stop = threading.Event()
@@ -128,19 +162,24 @@ def iteration(ck, srv, rnd, n, accts, cur_of, model, applied_ids, totals):
         try:
             while not stop.is_set():
                 q = make_request(r_, accts, cur_of)
-                reqs[i].append(q)
-                try:
-                    resp = cl.post(q.path, q.body, key=q.key)
-                except Exception:  # noqa: BLE001 - connection died: the outcome is unknown
-                    return
-                q.status, q.json = resp.status, resp.json
-                if resp.status in (200, 201, 422):
-                    q.acked = True
-                elif resp.status == 503:
-                    q.acked = False  # outcome unknown by contract; resolved by replay below
-                else:
-                    bad.append(f"{q.path} {q.body} -> {resp.describe()}")
-                    q.acked = False
+                while q is not None:
+                    reqs[i].append(q)
+                    try:
+                        resp = cl.post(q.path, q.body, key=q.key)
+                    except Exception:  # noqa: BLE001 - connection died: the outcome is unknown
+                        return
+                    q.status, q.json = resp.status, resp.json
+                    if resp.status in (200, 201, 422):
+                        q.acked = True
+                    elif resp.status == 503:
+                        q.acked = False  # outcome unknown by contract; resolved by replay below
+                    else:
+                        bad.append(f"{q.path} {q.body} -> {resp.describe()}")
+                        q.acked = False
+                    nxt = None
+                    if q.kind == "pending" and resp.status == 201 and not stop.is_set():
+                        nxt = make_settlement(r_, q)
+                    q = nxt
         finally:
             cl.close()
 
@@ -149,7 +188,12 @@ def iteration(ck, srv, rnd, n, accts, cur_of, model, applied_ids, totals):
         t.start()
     delay = rnd.uniform(0.2, 1.5)
     time.sleep(delay)
-    srv.kill()
+    graceful = n % 5 == 0  # every 5th round: SIGTERM under load instead of kill -9
+    if graceful:
+        rc = srv.stop(timeout=10)
+        ck.eq(f"it{n}: SIGTERM under load exits 0 within 10 s", rc, 0, srv.stderr_tail(300))
+    else:
+        srv.kill()
     stop.set()
     for t in ts:
         t.join(60)
@@ -158,10 +202,26 @@ def iteration(ck, srv, rnd, n, accts, cur_of, model, applied_ids, totals):
     flat = [q for lst in reqs for q in lst]
     acked = [q for q in flat if q.acked]
     unacked = [q for q in flat if not q.acked]
-    log(f"# it{n}: killed after {delay:.2f}s, {len(acked)} acknowledged, {len(unacked)} unacknowledged")
+    log(f"# it{n}: {'SIGTERM' if graceful else 'SIGKILL'} after {delay:.2f}s, {len(acked)} acknowledged, {len(unacked)} unacknowledged")
     totals["acked"] += len(acked)
     totals["unacked"] += len(unacked)
 
+    torn = not graceful and n % 3 == 0
+    if torn:
+        # a torn, unacknowledged write at the end of the log: recovery must drop it
+        logs = [f for f in os.listdir(srv.data_dir) if f.endswith(".log")]
+        if logs:
+            path = os.path.join(srv.data_dir, sorted(logs)[-1])
+            junk = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 300)))
+            with open(path, "ab") as fh:
+                fh.write(junk if n % 2 else b"\0" * len(junk))
+            log(f"# it{n}: appended {len(junk)} {'random' if n % 2 else 'zero'} bytes to {os.path.basename(path)}")
+    if not graceful and n % 4 == 2:
+        # crash again during recovery
+        srv.start()
+        time.sleep(rnd.uniform(0.0, 0.2))
+        srv.kill()
+        log(f"# it{n}: killed again right after restart")
     srv.start()
     ck.check(f"it{n}: ready after restart", srv.wait_ready(30))
     c = srv.client()
@@ -195,7 +255,12 @@ def iteration(ck, srv, rnd, n, accts, cur_of, model, applied_ids, totals):
             continue
         t = g.json
         exp = q.json
-        for f in ("amount", "debit_account_id", "credit_account_id", "kind", "status", "currency"):
+        fields = ["amount", "debit_account_id", "credit_account_id", "kind", "currency"]
+        if q.kind != "pending":
+            fields.append("status")  # a pending transfer may have been posted/voided since
+        if q.kind == "settle" and q.path.endswith("/post"):
+            fields.append("posted_amount")
+        for f in fields:
             if t.get(f) != exp.get(f):
                 wrong.append(f"{tid}.{f}: after restart {t.get(f)!r}, acknowledged {exp.get(f)!r}")
     ck.check(f"it{n}: every acknowledged transfer present after kill -9 ({len(acked)})", not missing, missing[:3])
@@ -222,7 +287,7 @@ def iteration(ck, srv, rnd, n, accts, cur_of, model, applied_ids, totals):
             if posted and not q.applied:
                 unres.append(f"atomic batch partly posted on replay: {r.json}")
             q.json, q.status = r.json, r.status
-        elif r.status == 201:
+        elif r.status in (200, 201):
             q.applied, q.json, q.status = True, r.json, r.status
         elif r.status == 422 and r.code == "insufficient_funds":
             q.applied = False
@@ -236,24 +301,46 @@ def iteration(ck, srv, rnd, n, accts, cur_of, model, applied_ids, totals):
             unres.append(f"second replay differs: {r.describe()} vs {r2.describe()}")
     ck.check(f"it{n}: every unacknowledged request resolves by replay ({len(unacked)})", not unres, unres[:3])
 
+    # 2b. pending transfers left without a settlement (the thread died first): void them now
+    left = []
+    for q in flat:
+        if q.kind == "pending" and q.applied and (q.child is None or not q.child.applied):
+            if q.child is not None:
+                left.append(f"settlement of {q.json.get('id')} not applied: {q.child.status} {q.child.json}")
+                continue
+            v = Req(f"/v1/transfers/{q.json['id']}/void", {}, idem_key(), [], kind="settle", accts=q.accts, parent=q)
+            r = c.post(v.path, v.body, key=v.key)
+            if r.status != 200:
+                left.append(f"void of leftover pending {q.json['id']} -> {r.describe()}")
+                continue
+            v.applied, v.json, v.status = True, r.json, r.status
+            q.child = v
+            flat.append(v)
+    ck.check(f"it{n}: every leftover pending transfer can be voided after restart", not left, left[:3])
+
     # 3. model
     for q in flat:
         if q.applied:
             for eff in q.effects:
                 for a, d in eff:
                     model[a] += d
-            if q.path == "/v1/transfers/batch":
+            if q.kind == "batch":
                 for x, eff in zip(q.json.get("results", []), q.effects):
                     for a, _ in eff:
                         applied_ids[a].append(x.get("id"))
+            elif q.kind == "settle":
+                for a in q.accts:
+                    settled_ids[a].append(q.parent.json.get("id"))
             else:
-                for a, _ in q.effects[0]:
+                for a in q.accts:
                     applied_ids[a].append(q.json.get("id"))
     diffs = []
     for a, cur in cur_of.items():
-        got = c.balance(a)
-        if got != fmt(model[a], cur):
-            diffs.append(f"account {a}: {got}, expected {fmt(model[a], cur)}")
+        acc = c.account(a)
+        if acc["balance"] != fmt(model[a], cur):
+            diffs.append(f"account {a}: {acc['balance']}, expected {fmt(model[a], cur)}")
+        if to_minor(acc["pending_debits"], cur) or to_minor(acc["pending_credits"], cur):
+            diffs.append(f"account {a}: reservations left {acc['pending_debits']} / {acc['pending_credits']}")
     ck.check(f"it{n}: balances equal the resolved model", not diffs, diffs)
     ck.check(f"it{n}: no customer balance below zero", all(model[a] >= 0 for a in model))
     sums = c.sums_by_currency()

@@ -7,7 +7,9 @@ concurrent requests with one key make exactly one transfer."""
 import os
 import sys
 import threading
+import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ledger_harness import Server, final_server_checks, idem_key, run_main, seed_from_env  # noqa: E402
 
@@ -20,12 +22,36 @@ def main(ck):
         c = srv.client()
         replays = run_before_restart(ck, srv, c)
         c.close()
-        with ck.section("restart keeps keys"):
+        with ck.section("restart keeps keys and state"):
+            a = c.new_account("USD")
+            b = c.new_account("USD")
+            fz = c.new_account("USD")
+            c.deposit(a, "50.00")
+            ck.status("freeze before restart", c.post(f"/v1/accounts/{fz}/freeze"), 200)
+            p_keep = c.transfer(a, b, "10.00", pending=True).json["id"]
+            p_exp = c.transfer(a, b, "5.00", pending=True, timeout_s=2).json["id"]
+            p_exp_created = time.monotonic()
+            before_accounts = c.all_accounts()
+            before_transfers = {t: c.get(f"/v1/transfers/{t}").json for t in (p_keep, p_exp)}
+            c.close()
             rc = srv.stop()
             ck.eq("SIGTERM exits 0 before restart", rc, 0)
             srv.start()
             ck.check("ready after restart", srv.wait_ready(30))
             c = srv.client()
+            ck.eq("every account identical after restart", c.all_accounts(), before_accounts)
+            ck.eq("pending transfers identical after restart",
+                  {t: c.get(f"/v1/transfers/{t}").json for t in (p_keep, p_exp)}, before_transfers)
+            ck.status("frozen account still frozen after restart", c.deposit(fz, "1.00"), 422, "account_frozen")
+            r = c.post(f"/v1/transfers/{p_keep}/post", {"amount": "4.00"})
+            ck.status("post a pending transfer made before the restart 200", r, 200)
+            time.sleep(max(0.0, 3.0 - (time.monotonic() - p_exp_created)))
+            g = c.get(f"/v1/transfers/{p_exp}")
+            ck.eq("pending with timeout expires after a restart", (g.json or {}).get("status"), "voided")
+            acc = c.account(a)
+            ck.eq("after post + expiry: balance", acc["balance"], "46.00")
+            ck.eq("after post + expiry: nothing reserved", acc["pending_debits"], "0.00")
+            ck.eq("credit side after post + expiry", c.account(b)["balance"], "4.00")
             for name, (path, body, key, status, payload, watch) in replays.items():
                 before = {a: c.balance(a) for a in watch}
                 r = c.post(path, body, key=key)
