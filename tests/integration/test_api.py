@@ -663,8 +663,8 @@ def run_all(ck, srv, c, rnd):
     # ------------------------------------------------------------ transfer search + receipt
     # Search and receipts belong to the risk/search issue; until then the documented answers
     # are 501 not_implemented for search and 404 for the receipt route (docs/api.md). The full
-    # search/receipt checks written for that issue are in git history (commit "tests: search
-    # checks parked") and come back with it.
+    # search/receipt checks written for that issue are in git history
+    # (git show a8f1d84:tests/integration/test_api.py) and come back with it.
     with ck.section("transfer search and receipt (not built yet)"):
         ck.status("GET /v1/transfers -> 501 not_implemented", c.get("/v1/transfers?account_id=11"), 501,
                   "not_implemented")
