@@ -89,7 +89,9 @@ int time_parse_ms(const char *s, size_t len, int64_t *unix_ms_out) {
   if (!read_num(s, len, &p, 4, &y) || !expect(s, len, &p, '-') || !read_num(s, len, &p, 2, &mo) ||
       !expect(s, len, &p, '-') || !read_num(s, len, &p, 2, &d))
     return LEDGER_EINVAL;
-  if (mo < 1 || mo > 12 || d < 1 || d > 31) return LEDGER_EINVAL;
+  static const unsigned mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap ? 1u : 0u)) return LEDGER_EINVAL;
   int64_t offset_min = 0;
   if (p < len) {
     if (s[p] != 'T' && s[p] != 't') return LEDGER_EINVAL;

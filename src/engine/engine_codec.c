@@ -157,6 +157,7 @@ size_t codec_decode_cmd(const uint8_t *p0, size_t avail, engine_cmd_t *c, engine
     if (end - p < 32) return 0;
     p = get(p, &c->idempotency_key, 16);
     p = get(p, &c->body_hash, 16);
+    if ((c->idempotency_key.lo | c->idempotency_key.hi) == 0) return 0; /* never written */
   }
   *extra_off_out = 0;
   switch (c->kind) {
@@ -258,7 +259,8 @@ int replay_record(void *ctx, const uint8_t *payload, uint32_t len, uint64_t payl
   memcpy(&seq, payload, 8);
   memcpy(&time_ms, payload + 8, 8);
   memcpy(&count, payload + 16, 4);
-  if (seq != st->last_seq + 1 || time_ms < st->last_time_ms) {
+  /* Times must fit a UUIDv7's 48 bits with room for deadlines (2^47 ms is year 6429). */
+  if (seq != st->last_seq + 1 || time_ms < st->last_time_ms || time_ms >= (1ll << 47)) {
     snprintf(rc->problem, sizeof rc->problem, "record at %llu: seq %llu after %llu (gap or reorder)",
              (unsigned long long)payload_pos, (unsigned long long)seq, (unsigned long long)st->last_seq);
     return LEDGER_ECORRUPT;

@@ -28,7 +28,8 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   st->idem = reserve((size_t)st->idem_slots * sizeof(idem_entry_t));
   st->pending = reserve((size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
-  if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes) {
+  st->saved_times = reserve(2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
+  if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes || !st->saved_times) {
     state_free(st);
     return LEDGER_ENOMEM;
   }
@@ -54,6 +55,7 @@ void state_free(engine_state_t *st) {
   if (st->idem) munmap(st->idem, (size_t)st->idem_slots * sizeof(idem_entry_t));
   if (st->pending) munmap(st->pending, (size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
+  if (st->saved_times) munmap(st->saved_times, 2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
   memset(st, 0, sizeof *st);
 }
 
@@ -497,12 +499,18 @@ static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
 /* A batch request: each item applied in order; atomic = all or none. Successful items get
  * consecutive transfer numbers (nothing else runs in between), which idempotent replays use. */
 static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
-  uint32_t n = cmd->u.batch.item_count, failed = 0;
+  uint32_t n = cmd->u.batch.item_count, failed = 0, saved = 0;
   uint64_t first_no = st->transfer_count + 1;
+  LEDGER_ASSERT(n <= ENGINE_BATCH_TRANSFERS_MAX);
   for (uint32_t i = 0; i < n; i++) {
     const engine_transfer_in_t *in = &cmd->u.batch.items[i];
     engine_item_result_t *r = &cmd->u.batch.results[i];
     engine_transfer_t *t = NULL;
+    resolved_t acc;
+    if (cmd->u.batch.atomic && resolve(st, in, &acc) == ENGINE_OK) {
+      st->saved_times[saved++] = (struct saved_time){acc.dr->id, acc.dr->updated_ms};
+      st->saved_times[saved++] = (struct saved_time){acc.cr->id, acc.cr->updated_ms};
+    }
     int res = transfer_apply(st, in, extra_pos, &t);
     extra_pos += in->extra_len;
     memset(r, 0, sizeof *r);
@@ -517,6 +525,10 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
   }
   if (cmd->u.batch.atomic && failed > 0) {
     while (st->transfer_count >= first_no) transfer_undo(st);
+    while (saved > 0) { /* newest first: each account ends with its time before the batch */
+      saved--;
+      account_at(st, st->saved_times[saved].account_id)->updated_ms = st->saved_times[saved].updated_ms;
+    }
     for (uint32_t i = 0; i < n; i++) {
       engine_item_result_t *r = &cmd->u.batch.results[i];
       if (r->result == ENGINE_OK) r->result = ENGINE_R_BATCH_ABORTED;
@@ -677,7 +689,10 @@ static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
   while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
     const engine_transfer_t *t = &st->transfers[no - 1];
     bool is_debit = t->debit_account_id == a->id;
-    if (!is_debit && t->credit_account_id != a->id) break; /* bad cursor: not this account */
+    if (!is_debit && t->credit_account_id != a->id) { /* a cursor of another account */
+      no = 0;
+      break;
+    }
     uint64_t next = asc ? (is_debit ? t->next_debit_no : t->next_credit_no)
                         : (is_debit ? t->prev_debit_no : t->prev_credit_no);
     if (asc ? t->created_ms >= cmd->u.history.to_ms : t->created_ms < cmd->u.history.from_ms) {
@@ -747,19 +762,17 @@ void state_read(const engine_state_t *st, engine_cmd_t *cmd) {
 /* ---------------------------------------------------------------- invariants */
 
 int state_check(const engine_state_t *st, char *problem, size_t cap) {
-  int64_t sum[LEDGER_CURRENCIES_MAX] = {0}, pend[LEDGER_CURRENCIES_MAX] = {0};
+  /* 128-bit sums: a valid ledger's running sum may pass int64 on the way to zero. */
+  __extension__ typedef __int128 wide_t;
+  wide_t sum[LEDGER_CURRENCIES_MAX] = {0}, pend[LEDGER_CURRENCIES_MAX] = {0};
   for (uint64_t i = 0; i < st->account_count; i++) {
     const engine_account_t *a = &st->accounts[i];
     if (a->id != i + 1 || !ledger_currency_get(a->currency)) {
       snprintf(problem, cap, "account %llu: bad record", (unsigned long long)(i + 1));
       return LEDGER_ECORRUPT;
     }
-    if (__builtin_add_overflow(sum[a->currency], a->balance_minor, &sum[a->currency]) ||
-        __builtin_add_overflow(pend[a->currency], a->pending_debits_minor - a->pending_credits_minor,
-                               &pend[a->currency])) {
-      snprintf(problem, cap, "sum overflow at account %llu", (unsigned long long)a->id);
-      return LEDGER_ECORRUPT;
-    }
+    sum[a->currency] += a->balance_minor;
+    pend[a->currency] += (wide_t)a->pending_debits_minor - a->pending_credits_minor;
     if (floored(a) && a->balance_minor - a->pending_debits_minor < 0) {
       snprintf(problem, cap, "account %llu below its floor: balance %lld pending debits %lld",
                (unsigned long long)a->id, (long long)a->balance_minor, (long long)a->pending_debits_minor);
@@ -785,8 +798,8 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
   }
   for (unsigned c = 1; c <= ledger_currency_count(); c++) {
     if (sum[c] != 0 || pend[c] != 0) {
-      snprintf(problem, cap, "currency %s: balances sum to %lld, pending to %lld",
-               ledger_currency_get((ledger_currency_id_t)c)->code, (long long)sum[c], (long long)pend[c]);
+      snprintf(problem, cap, "currency %s: balances do not sum to zero (or pending debits differ from credits)",
+               ledger_currency_get((ledger_currency_id_t)c)->code);
       return LEDGER_ECORRUPT;
     }
   }

@@ -51,6 +51,11 @@ typedef struct engine_state {
   pending_slot_t *pending; /* min-heap on deadline */
   uint64_t pending_count;
   uint8_t *codes; /* ENGINE_CODES_RING_BYTES */
+  /* Atomic batches: the touched accounts' updated_ms before each item, restored on abort. */
+  struct saved_time {
+    uint64_t account_id;
+    int64_t updated_ms;
+  } *saved_times; /* 2 * ENGINE_BATCH_TRANSFERS_MAX */
   uint64_t codes_total;
   char regions[ENGINE_REGIONS_MAX][API_REGION_BYTES_MAX + 1];
   _Atomic uint32_t region_count; /* published with release: readers on other threads */

@@ -150,6 +150,20 @@ static int cut_tail(store_t *s, uint64_t pos, bool *torn_out) {
   return LEDGER_OK;
 }
 
+/* 1 if every byte of [pos, size) is zero, 0 if not, or a negative error. */
+static int zeros_to_end(const store_t *s, uint64_t pos, uint64_t size) {
+  uint8_t chunk[4096];
+  while (pos < size) {
+    size_t n = size - pos < sizeof chunk ? (size_t)(size - pos) : sizeof chunk;
+    int rc = store_log_read(s, pos, chunk, n);
+    if (rc != 0) return rc;
+    for (size_t i = 0; i < n; i++)
+      if (chunk[i] != 0) return 0;
+    pos += n;
+  }
+  return 1;
+}
+
 int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool *torn_out) {
   *torn_out = false;
   struct stat st;
@@ -170,8 +184,14 @@ int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool
     uint32_t magic = load_u32(hdr), len = load_u32(hdr + 4), crc = load_u32(hdr + 8);
     uint64_t end = pos + STORE_RECORD_HEADER_BYTES + len;
     if (magic != STORE_RECORD_MAGIC || len > STORE_RECORD_PAYLOAD_BYTES_MAX) {
-      /* Garbage header: torn only if nothing valid can follow, i.e. it is the last write. */
-      rc = end >= size || magic == 0 ? cut_tail(s, pos, torn_out) : LEDGER_ECORRUPT;
+      /* Garbage header: torn only if nothing valid can follow: it claims to reach the end,
+       * or everything from here on is zeros (blocks allocated but never written). */
+      int z = zeros_to_end(s, pos, size);
+      if (z < 0) {
+        rc = z;
+        break;
+      }
+      rc = end >= size || z == 1 ? cut_tail(s, pos, torn_out) : LEDGER_ECORRUPT;
       if (rc == LEDGER_ECORRUPT) LOG_ERROR("log: bad record header at offset %llu", (unsigned long long)pos);
       break;
     }
