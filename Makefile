@@ -22,7 +22,7 @@ run: build
 test: deps
 	cmake -S . -B $(TEST_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLEDGER_SANITIZE=ON >/dev/null
 	cmake --build $(TEST_BUILD) -j $(JOBS)
-	cd $(TEST_BUILD) && ctest --output-on-failure -j $(JOBS)
+	./scripts/test.sh $(TEST_BUILD) $(JOBS)
 
 bench: build
 	./bench/run.sh $(BUILD)/bin full
