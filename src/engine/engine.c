@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,7 +40,8 @@ struct engine {
   encoder_t enc;
   engine_cmd_t **batch;
   engine_cmd_t *carry; /* taken from the queue but did not fit the previous batch */
-  uint64_t log_at_snapshot;
+  uint64_t log_at_snapshot;      /* log covered by the newest snapshot started */
+  uint64_t log_at_snapshot_done; /* ... and by the newest one completed */
   pid_t snapshot_pid;
   uint64_t snapshot_seq;
   _Atomic uint64_t batches_total, commands_total, transfers_total, last_seq, rejected_full_total,
@@ -63,10 +65,12 @@ static void snapshot_reap(engine_t *e, bool wait) {
   pid_t r = waitpid(e->snapshot_pid, &status, wait ? 0 : WNOHANG);
   if (r == 0) return;
   if (r == e->snapshot_pid && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    e->log_at_snapshot_done = e->log_at_snapshot;
     if (store_sync_dir(e->store) == 0) store_snapshot_prune(e->store, e->snapshot_seq);
     LOG_INFO("snapshot at seq %llu written", (unsigned long long)e->snapshot_seq);
   } else {
     LOG_WARN("snapshot at seq %llu failed (status %d)", (unsigned long long)e->snapshot_seq, status);
+    /* log_at_snapshot stays: the next attempt comes after another interval of log. */
   }
   e->snapshot_pid = 0;
 }
@@ -75,15 +79,41 @@ static void snapshot_start(engine_t *e) {
   char final_path[PATH_MAX], tmp_path[PATH_MAX];
   store_snapshot_paths(e->store, e->st.last_seq, final_path, tmp_path, sizeof final_path);
   uint64_t log_pos = store_log_end(e->store);
+  uint64_t t0 = time_mono_ns();
   pid_t pid = fork();
   if (pid < 0) {
     LOG_WARN("snapshot: fork failed: %s", strerror(errno));
     return;
   }
-  if (pid == 0) _exit(snapshot_write(&e->st, tmp_path, final_path, log_pos) == 0 ? 0 : 1);
+  if (pid == 0) {
+    /* The child needs none of the parent's descriptors: holding its sockets would keep
+     * closed connections alive (and registered in the parent's epoll sets). */
+    (void)close_range(3, ~0u, 0);
+    /* The child yields disk and CPU to the engine: idle I/O class, lowest priority. */
+    (void)syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, (3 << 13) /* IOPRIO_CLASS_IDLE */);
+    (void)nice(19);
+    _exit(snapshot_write(&e->st, tmp_path, final_path, log_pos) == 0 ? 0 : 1);
+  }
+  LOG_INFO("snapshot at seq %llu started (fork %.1f ms, %llu transfers)", (unsigned long long)e->st.last_seq,
+           (double)(time_mono_ns() - t0) / 1e6, (unsigned long long)e->st.transfer_count);
   e->snapshot_pid = pid;
   e->snapshot_seq = e->st.last_seq;
   e->log_at_snapshot = log_pos;
+}
+
+/* Shutdown: a snapshot in progress is optional; stop it rather than wait for it. */
+static void snapshot_abandon(engine_t *e) {
+  if (e->snapshot_pid <= 0) return;
+  kill(e->snapshot_pid, SIGKILL);
+  int status;
+  (void)waitpid(e->snapshot_pid, &status, 0);
+  char final_path[PATH_MAX], tmp_path[PATH_MAX];
+  store_snapshot_paths(e->store, e->snapshot_seq, final_path, tmp_path, sizeof final_path);
+  if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+    unlink(tmp_path);
+    e->log_at_snapshot = e->log_at_snapshot_done; /* it never finished */
+  }
+  e->snapshot_pid = 0;
 }
 
 static int snapshot_now(engine_t *e) {
@@ -91,6 +121,7 @@ static int snapshot_now(engine_t *e) {
   store_snapshot_paths(e->store, e->st.last_seq, final_path, tmp_path, sizeof final_path);
   int rc = snapshot_write(&e->st, tmp_path, final_path, store_log_end(e->store));
   if (rc == 0 && store_sync_dir(e->store) == 0) store_snapshot_prune(e->store, e->st.last_seq);
+  if (rc == 0) e->log_at_snapshot = e->log_at_snapshot_done = store_log_end(e->store);
   return rc;
 }
 
@@ -242,7 +273,7 @@ static int recover(engine_t *e) {
                (unsigned long long)log_pos);
     }
   }
-  e->log_at_snapshot = log_pos;
+  e->log_at_snapshot = e->log_at_snapshot_done = log_pos;
   replay_ctx_t rctx;
   if ((rc = replay_ctx_init(&rctx, &e->st)) != 0) return rc;
   bool torn = false;
@@ -323,8 +354,11 @@ void engine_stop(engine_t *e) {
   (void)w;
   pthread_join(e->thread, NULL); /* it drains the queue, answering everything */
   e->thread_running = false;
-  snapshot_reap(e, true);
-  if (e->st.last_seq > 0 && store_log_end(e->store) != e->log_at_snapshot) {
+  snapshot_reap(e, false);
+  snapshot_abandon(e);
+  /* A final snapshot only when the log since the last one would make the next start slow:
+   * writing gigabytes at shutdown to save replaying a few megabytes is a bad trade. */
+  if (e->st.last_seq > 0 && store_log_end(e->store) - e->log_at_snapshot_done >= e->cfg.snapshot_log_bytes / 4) {
     int rc = snapshot_now(e);
     if (rc != 0) LOG_WARN("final snapshot failed: %s", ledger_strerror(rc));
   }

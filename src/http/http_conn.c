@@ -111,7 +111,11 @@ static void conns_unlink(http_loop_t *loop, http_conn_t *c) {
 
 static void conn_close_fd(http_conn_t *c) {
   if (c->fd < 0) return;
-  close(c->fd); /* also removes it from the epoll set */
+  /* Deregister explicitly: close() removes the registration only when no other descriptor
+   * (e.g. in a forked snapshot child) refers to the socket, and a stale registration would
+   * keep reporting events for a freed connection. */
+  (void)epoll_ctl(c->loop->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+  close(c->fd);
   c->fd = -1;
   unsigned open_before = atomic_fetch_sub_explicit(&c->loop->server->connections_open, 1,
                                                    memory_order_relaxed);

@@ -18,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -587,6 +589,41 @@ static void test_connections_max(http_server_t *server) {
   free(cs);
 }
 
+/* A forked child (ledgerd's snapshot writer) holds copies of every socket. Closing a
+ * connection in the server must still deregister it from epoll: otherwise the socket, kept
+ * open by the child, reports EPOLLHUP forever for a freed connection and a net thread
+ * spins (seen as 100% system CPU, and an assertion). */
+static double process_cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+         (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static void test_fork_holds_sockets(void) {
+  client_t cs[4];
+  response_t r;
+  for (int i = 0; i < 4; i++) {
+    CHECK(client_connect(&cs[i]) == 0, "connect %d", i);
+    CHECK(send_str(&cs[i], "GET /hello HTTP/1.1\r\n\r\n") && read_response(&cs[i], &r), "hello %d", i);
+    response_free(&r);
+  }
+  pid_t child = fork();
+  if (child == 0) { /* holds the server's descriptors, as a snapshot child would */
+    for (int i = 0; i < 4; i++) close(cs[i].fd); /* but not the clients': they must close */
+    usleep(1500 * 1000);
+    _exit(0);
+  }
+  for (int i = 0; i < 4; i++) client_close(&cs[i]);
+  sleep_ms(200); /* the server sees the closes */
+  double t0 = process_cpu_s();
+  sleep_ms(800);
+  double used = process_cpu_s() - t0;
+  CHECK(used < 0.3, "server used %.2f s of CPU in 0.8 s of idle after closes (stale epoll events)", used);
+  int status;
+  waitpid(child, &status, 0);
+}
+
 int main(void) {
   big_response = malloc(BIG_RESPONSE_BYTES);
   for (size_t i = 0; i < BIG_RESPONSE_BYTES; i++) big_response[i] = (char)(i * 7);
@@ -622,6 +659,7 @@ int main(void) {
   test_peer_gone_while_deferred(server);
   test_large_bodies();
   test_connections_max(server);
+  test_fork_holds_sockets();
 
   http_stats_t st;
   http_server_stats(server, &st);
