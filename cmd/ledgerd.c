@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "auth/auth.h"
 #include "engine/engine.h"
 #include "http/http.h"
 
@@ -21,8 +22,39 @@ static void usage(void) {
   fprintf(stderr,
           "usage: ledgerd --listen HOST:PORT --data-dir DIR [--threads N]\n"
           "               [--idempotency-retention-s S] [--snapshot-log-mb MB] [--engine-queue N]\n"
+          "               [--tls-listen HOST:PORT --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
+          "               [--session-ttl-s S] [--argon2-opslimit N --argon2-memlimit-kib N]\n"
+          "               [--no-auth] [--list-routes] [--rate-limit NAME=RATE/BURST | --rate-limit off]\n"
+          "  rate-limit names: signin.addr signin.user write.addr write.cred read.addr read.cred\n"
           "  --listen 127.0.0.1:0 picks a free port; the line 'listening on http://ADDR:PORT'\n"
-          "  is printed once ready. Authentication is not built yet: listen on loopback only.\n");
+          "  is printed once ready. On a new ledger the first admin credential is written to\n"
+          "  DIR/bootstrap-admin-key (0600). --no-auth makes every request the operator (loopback\n"
+          "  only; benchmarks and local use). --argon2-* lower the password hashing cost (tests).\n"
+          "  --tls-listen adds a TLS-only listener (PEM cert chain and key; with --tls-client-ca\n"
+          "  a client certificate from that CA is required); it prints 'listening on https://...'\n"
+          "  on the line after the http one.\n");
+}
+
+/* "off", or NAME=RATE/BURST (rate per second, burst tokens). */
+static bool parse_rate(const char *v, api_config_t *ac) {
+  if (strcmp(v, "off") == 0) {
+    ac->rate_limits_off = true;
+    return true;
+  }
+  const char *eq = strchr(v, '='), *slash = eq ? strchr(eq, '/') : NULL;
+  if (!eq || !slash) return false;
+  for (unsigned i = 0; i < API_RL_COUNT; i++) {
+    if (strlen(api_rl_rule_names[i]) != (size_t)(eq - v) || strncmp(v, api_rl_rule_names[i], (size_t)(eq - v)) != 0)
+      continue;
+    char *end;
+    double rate = strtod(eq + 1, &end);
+    if (end != slash || !(rate >= 0.001 && rate <= 1e6)) return false;
+    double burst = strtod(slash + 1, &end);
+    if (*end || !(burst >= 1 && burst <= 1e6)) return false;
+    ac->rates[i] = (api_rate_rule_t){rate, burst};
+    return true;
+  }
+  return false;
 }
 
 static bool parse_u64(const char *s, uint64_t max, uint64_t *out) {
@@ -34,9 +66,86 @@ static bool parse_u64(const char *s, uint64_t max, uint64_t *out) {
   return true;
 }
 
+/* ---- the optional TLS listener: a second http server, TLS on every connection, sharing the
+ * plain server's handler, context and per-thread state (its thread indexes follow the plain
+ * server's, so thread_index_base = plain threads; together at most HTTP_THREADS_MAX). */
+typedef struct tls_opts {
+  const char *listen, *cert, *key, *client_ca;
+  char host[256];
+  uint16_t port;
+} tls_opts_t;
+
+/* True if `a` is a --tls-* option (its value `v` is then taken). */
+static bool tls_opt_take(tls_opts_t *o, const char *a, const char *v) {
+  const char **slot = strcmp(a, "--tls-listen") == 0      ? &o->listen
+                      : strcmp(a, "--tls-cert") == 0      ? &o->cert
+                      : strcmp(a, "--tls-key") == 0       ? &o->key
+                      : strcmp(a, "--tls-client-ca") == 0 ? &o->client_ca
+                                                          : NULL;
+  if (slot == NULL || v == NULL) return false;
+  *slot = v;
+  return true;
+}
+
+/* After parsing: the TLS options make sense together. False after printing why (exit 2). */
+static bool tls_opts_check(tls_opts_t *o, uint64_t plain_threads) {
+  if (o->listen == NULL) {
+    if (o->cert == NULL && o->key == NULL && o->client_ca == NULL) return true;
+    fprintf(stderr, "ledgerd: --tls-cert, --tls-key and --tls-client-ca need --tls-listen\n");
+    return false;
+  }
+  if (o->cert == NULL || o->key == NULL) {
+    fprintf(stderr, "ledgerd: --tls-listen needs --tls-cert FILE and --tls-key FILE\n");
+    return false;
+  }
+  const char *colon = strrchr(o->listen, ':');
+  uint64_t port;
+  if (!colon || colon == o->listen || (size_t)(colon - o->listen) >= sizeof o->host ||
+      !parse_u64(colon + 1, 65535, &port)) {
+    fprintf(stderr, "ledgerd: --tls-listen must be HOST:PORT, got '%s'\n", o->listen);
+    return false;
+  }
+  memcpy(o->host, o->listen, (size_t)(colon - o->listen));
+  o->host[colon - o->listen] = '\0';
+  o->port = (uint16_t)port;
+  if (plain_threads >= HTTP_THREADS_MAX) {
+    fprintf(stderr, "ledgerd: --tls-listen needs --threads below %d\n", HTTP_THREADS_MAX);
+    return false;
+  }
+  return true;
+}
+
+/* Starts the TLS server with the plain server's settings; prints why it cannot. */
+static int tls_server_start(const tls_opts_t *o, const http_config_t *plain, http_server_t **out) {
+  http_config_t hc = *plain;
+  hc.host = o->host;
+  hc.port = o->port;
+  hc.thread_index_base = plain->thread_index_base + plain->threads;
+  unsigned room = HTTP_THREADS_MAX - hc.thread_index_base;
+  hc.threads = plain->threads < room ? plain->threads : room;
+  hc.tls_cert_file = o->cert;
+  hc.tls_key_file = o->key;
+  hc.tls_client_ca_file = o->client_ca;
+  int rc = http_server_start(&hc, out);
+  if (rc == -EBADMSG) {
+    fprintf(stderr, "ledgerd: cannot listen on https %s: TLS certificate, key or CA refused (see above)\n",
+            o->listen);
+  } else if (rc != 0) {
+    fprintf(stderr, "ledgerd: cannot listen on https %s: %s\n", o->listen, strerror(-rc));
+  }
+  return rc;
+}
+
 int main(int argc, char **argv) {
   const char *listen = "127.0.0.1:8080", *data_dir = NULL;
   uint64_t queue_max = ENGINE_QUEUE_COMMANDS_MAX;
+  tls_opts_t tls = {0};
+  bool no_auth = false;
+  api_config_t ac = {0};
+  api_rate_defaults(ac.rates);
+  uint64_t session_ttl_s = AUTH_SESSION_TTL_S_DEFAULT;
+  auth_params_t argon = auth_params_default();
+  uint64_t argon_ops = argon.opslimit, argon_mem_kib = argon.memlimit_bytes / 1024;
   uint64_t threads = 0, retention_s = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT / 1000, snapshot_mb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -48,6 +157,13 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--snapshot-log-mb") == 0 && v) ok = parse_u64(v, 1u << 20, &snapshot_mb);
     else if (strcmp(a, "--engine-queue") == 0 && v)
       ok = parse_u64(v, ENGINE_QUEUE_COMMANDS_MAX, &queue_max) && queue_max >= 2 && (queue_max & (queue_max - 1)) == 0;
+    else if (tls_opt_take(&tls, a, v)) {}
+    else if (strcmp(a, "--session-ttl-s") == 0 && v) ok = parse_u64(v, 30ull * 86400, &session_ttl_s) && session_ttl_s > 0;
+    else if (strcmp(a, "--argon2-opslimit") == 0 && v) ok = parse_u64(v, 16, &argon_ops) && argon_ops >= 1;
+    else if (strcmp(a, "--argon2-memlimit-kib") == 0 && v) ok = parse_u64(v, 1u << 21, &argon_mem_kib) && argon_mem_kib >= 8;
+    else if (strcmp(a, "--no-auth") == 0) { no_auth = true; i--; }
+    else if (strcmp(a, "--rate-limit") == 0 && v) ok = parse_rate(v, &ac);
+    else if (strcmp(a, "--list-routes") == 0) { api_print_routes(stdout); return 0; }
     else if (strcmp(a, "--config") == 0 || strcmp(a, "--compat") == 0 || strcmp(a, "--compat-open") == 0) {
       fprintf(stderr, "ledgerd: %s is not supported yet (see docs/api.md)\n", a);
       return 2;
@@ -79,10 +195,15 @@ int main(int argc, char **argv) {
   }
   memcpy(host, listen, (size_t)(colon - listen));
   host[colon - listen] = '\0';
+  if (no_auth && strcmp(host, "127.0.0.1") != 0 && strcmp(host, "::1") != 0 && strcmp(host, "localhost") != 0) {
+    fprintf(stderr, "ledgerd: --no-auth serves everyone as the operator: loopback addresses only\n");
+    return 2;
+  }
   if (threads == 0) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     threads = n > 1 ? (uint64_t)n : 1;
   }
+  if (!tls_opts_check(&tls, threads)) return 2;
 
   /* Each connection is a descriptor: raise the soft limit to the hard one. */
   struct rlimit nofile;
@@ -110,9 +231,32 @@ int main(int argc, char **argv) {
     fprintf(stderr, "ledgerd: cannot open %s: %s\n", data_dir, ledger_strerror(rc));
     return 1;
   }
+  argon.opslimit = argon_ops;
+  argon.memlimit_bytes = (size_t)argon_mem_kib * 1024;
+  auth_pool_t *hash_pool = NULL;
+  if ((rc = auth_init()) != 0 || (rc = auth_pool_create(2, &argon, &hash_pool)) != 0) {
+    fprintf(stderr, "ledgerd: password hashing: %s\n", ledger_strerror(rc));
+    engine_close(engine);
+    return 1;
+  }
+  char bootstrap_path[4096];
+  if (!no_auth && (rc = api_bootstrap(engine, data_dir, bootstrap_path, sizeof bootstrap_path)) != 0) {
+    fprintf(stderr, "ledgerd: cannot write the bootstrap admin key: %s\n", ledger_strerror(rc));
+    auth_pool_destroy(hash_pool);
+    engine_close(engine);
+    return 1;
+  }
+  if (!no_auth && bootstrap_path[0])
+    LOG_INFO("new ledger: the first admin API key is in %s (mode 0600); revoke it once you have admins",
+             bootstrap_path);
+  ac.engine = engine;
+  ac.hash_pool = hash_pool;
+  ac.no_auth = no_auth;
+  ac.session_ttl_s = (uint32_t)session_ttl_s;
   api_t *api = NULL;
-  if ((rc = api_create(engine, &api)) != 0) {
+  if ((rc = api_create(&ac, &api)) != 0) {
     fprintf(stderr, "ledgerd: %s\n", ledger_strerror(rc));
+    auth_pool_destroy(hash_pool);
     engine_close(engine);
     return 1;
   }
@@ -130,19 +274,33 @@ int main(int argc, char **argv) {
   if ((rc = http_server_start(&hc, &http)) != 0) {
     fprintf(stderr, "ledgerd: cannot listen on %s: %s\n", listen, strerror(-rc));
     api_destroy(api);
+    auth_pool_destroy(hash_pool);
     engine_close(engine);
     return 1;
   }
   api_set_http(api, http);
+  http_server_t *https = NULL;
+  if (tls.listen != NULL && tls_server_start(&tls, &hc, &https) != 0) {
+    engine_stop(engine);
+    for (int i = 0; i < 5000 && api_in_flight(api) > 0; i++) usleep(1000);
+    http_server_stop(http);
+    api_destroy(api);
+    auth_pool_destroy(hash_pool);
+    engine_close(engine);
+    return 1;
+  }
   printf("listening on http://%s:%u\n", host, (unsigned)http_server_port(http));
+  if (https != NULL) printf("listening on https://%s:%u\n", tls.host, (unsigned)http_server_port(https));
   fflush(stdout);
   LOG_INFO("ledgerd ready: %s, data dir %s, %u net threads", listen, data_dir, (unsigned)threads);
 
   int sig = 0;
   sigwait(&stop_set, &sig);
   LOG_INFO("signal %d: shutting down", sig);
-  engine_stop(engine); /* answers everything it accepted */
+  engine_stop(engine);           /* answers everything it accepted */
+  auth_pool_destroy(hash_pool);  /* finishes queued hashing; those requests then get 503 */
   for (int i = 0; i < 5000 && api_in_flight(api) > 0; i++) usleep(1000);
+  http_server_stop(https); /* NULL-safe */
   http_server_stop(http);
   api_destroy(api);
   engine_close(engine);

@@ -7,8 +7,10 @@
  * commands onto the owning net thread's completion stack and wakes that loop, which renders
  * the response on its own thread.
  *
- * Principal: every handler receives an api_principal_t. Until authentication lands (its own
- * issue), every request runs as the built-in admin principal — do not expose the server.
+ * Principals: a request carries a bearer credential (session token or API key); the net
+ * thread hashes it and the engine resolves it, checks the role and, for customers, the
+ * ownership of every account touched (docs/security.md). --no-auth makes every request the
+ * operator: for local use and benchmarks only.
  */
 #ifndef LEDGER_API_H
 #define LEDGER_API_H
@@ -16,16 +18,45 @@
 #include "engine/engine.h"
 #include "http/http.h"
 
-typedef enum { API_ROLE_ADMIN = 1, API_ROLE_AUDITOR = 2, API_ROLE_CUSTOMER = 3 } api_role_t;
-
-typedef struct api_principal {
-  uint64_t user_id; /* 0 = the built-in operator */
-  api_role_t role;
-} api_principal_t;
-
 typedef struct api api_t;
+struct auth_pool;
 
-LEDGER_MUST_USE int api_create(engine_t *engine, api_t **out);
+/* Rate-limit rules (token buckets; docs/security.md). Scopes: per client address, and per
+ * credential (signin: per username). Classes: signin (POST /v1/sessions and /v1/users),
+ * write (every other POST and DELETE), read (GET). */
+typedef enum {
+  API_RL_SIGNIN_ADDR = 0,
+  API_RL_SIGNIN_USER,
+  API_RL_WRITE_ADDR,
+  API_RL_WRITE_CRED,
+  API_RL_READ_ADDR,
+  API_RL_READ_CRED,
+  API_RL_COUNT
+} api_rl_rule_t;
+typedef struct api_rate_rule {
+  double rate_per_s;
+  double burst;
+} api_rate_rule_t;
+extern const char *const api_rl_rule_names[API_RL_COUNT]; /* "signin.addr", ... */
+void api_rate_defaults(api_rate_rule_t rules[API_RL_COUNT]);
+
+typedef struct api_config {
+  engine_t *engine;
+  bool rate_limits_off;              /* benchmarks only */
+  api_rate_rule_t rates[API_RL_COUNT];
+  struct auth_pool *hash_pool; /* Argon2id workers (src/auth) */
+  bool no_auth;                /* every request runs as the operator (local use, benchmarks) */
+  uint32_t session_ttl_s;
+} api_config_t;
+
+LEDGER_MUST_USE int api_create(const api_config_t *config, api_t **out);
+/* Route table, for `ledgerd --list-routes` and the authorization-matrix test: one line per
+ * route, "METHOD PATH AUTH" (AUTH: none | any | ...). */
+void api_print_routes(void *file);
+/* On a ledger with no users and no API keys: creates the admin API key "bootstrap" and writes
+ * it to DATA_DIR/bootstrap-admin-key (0600); path_out gets that path ("" when nothing was
+ * needed). Main thread, after engine_open. */
+LEDGER_MUST_USE int api_bootstrap(engine_t *engine, const char *data_dir, char *path_out, size_t path_cap);
 /* Set once the HTTP server exists, for its counters in /metrics. */
 void api_set_http(api_t *api, http_server_t *http);
 void api_destroy(api_t *api);

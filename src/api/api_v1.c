@@ -10,7 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "api/api_internal.h"
+#include "api/ratelimit.h"
+#include "auth/auth.h"
 #include "obs/obs.h"
 
 /* ------------------------------------------------------------ routes */
@@ -34,6 +38,14 @@ typedef enum {
   R_TRANSFER_VOID,
   R_DEPOSITS,
   R_WITHDRAWALS,
+  R_USERS_CREATE,
+  R_USER_ROLE,
+  R_SESSIONS_CREATE,
+  R_SESSION_DELETE,
+  R_ME,
+  R_API_KEYS_CREATE,
+  R_API_KEY_DELETE,
+  R_AUDIT,
   R_METHOD_NOT_ALLOWED,
   R_COUNT
 } route_t;
@@ -57,8 +69,27 @@ static const char *const route_names[R_COUNT] = {
     [R_TRANSFER_VOID] = "POST /v1/transfers/{id}/void",
     [R_DEPOSITS] = "POST /v1/deposits",
     [R_WITHDRAWALS] = "POST /v1/withdrawals",
+    [R_USERS_CREATE] = "POST /v1/users",
+    [R_USER_ROLE] = "POST /v1/users/{id}/role",
+    [R_SESSIONS_CREATE] = "POST /v1/sessions",
+    [R_SESSION_DELETE] = "DELETE /v1/sessions/current",
+    [R_ME] = "GET /v1/me",
+    [R_API_KEYS_CREATE] = "POST /v1/api-keys",
+    [R_API_KEY_DELETE] = "DELETE /v1/api-keys/{id}",
+    [R_AUDIT] = "GET /v1/audit",
     [R_METHOD_NOT_ALLOWED] = "method_not_allowed",
 };
+
+/* Routes anyone may call without a credential. Every other route needs one (401 without). */
+static bool route_is_open(route_t rt) {
+  return rt == R_HEALTHZ || rt == R_READYZ || rt == R_USERS_CREATE || rt == R_SESSIONS_CREATE ||
+         rt == R_NOT_FOUND || rt == R_METHOD_NOT_ALLOWED;
+}
+
+void api_print_routes(void *file) {
+  for (unsigned rt = 1; rt < R_METHOD_NOT_ALLOWED; rt++)
+    fprintf(file, "%s %s\n", route_names[rt], route_is_open((route_t)rt) ? "open" : "credential");
+}
 
 /* Statuses counted per route in /metrics. */
 static const int tracked_statuses[] = {200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 501, 503};
@@ -72,7 +103,8 @@ static const char *const error_codes[] = {
     "transfer_not_found", "insufficient_funds", "currency_mismatch", "same_account", "account_frozen",
     "limit_exceeded", "transfer_not_pending", "amount_exceeds_pending", "idempotency_conflict",
     "batch_aborted", "invalid_operation", "capacity_exhausted", "idempotency_expired", "overloaded",
-    "not_ready", "not_implemented", "internal"};
+    "not_ready", "not_implemented", "internal", "unauthorized", "forbidden", "username_taken",
+    "user_not_found", "api_key_not_found", "rate_limited"};
 #define ERROR_SLOTS LEDGER_ARRAY_LEN(error_codes)
 
 typedef struct completion_stack {
@@ -85,6 +117,11 @@ typedef struct out_slot {
 
 struct api {
   engine_t *engine;
+  ratelimit_t *rl; /* NULL: limits off */
+  ratelimit_rule_t rules[API_RL_COUNT];
+  auth_pool_t *hash_pool;
+  bool no_auth;
+  uint32_t session_ttl_s;
   out_slot_t out[HTTP_THREADS_MAX];
   http_server_t *http;
   completion_stack_t done[HTTP_THREADS_MAX];
@@ -101,8 +138,14 @@ typedef struct api_req {
   http_request_t *http;
   route_t route;
   uint64_t started_ns;
-  api_principal_t principal;
   engine_cmd_t cmd;
+  void (*resume)(struct api_req *r); /* next step on the net thread; NULL = answer the command */
+  auth_job_t *job;                   /* sign-up / sign-in: the hashing job */
+  char username[ENGINE_USERNAME_BYTES_MAX + 1];
+  char email[ENGINE_EMAIL_BYTES_MAX + 1];
+  char name[ENGINE_KEY_NAME_BYTES_MAX + 1];
+  char token[AUTH_TOKEN_TEXT_BYTES]; /* a new credential, shown once; wiped on free */
+  engine_audit_event_t *audit_rows;
   engine_transfer_in_t *items;   /* batch */
   engine_item_result_t *results; /* batch */
   void *rows;                    /* list / history */
@@ -130,6 +173,12 @@ static void count_error(api_t *api, const char *code) {
 }
 
 static void req_free(api_req_t *r) {
+  if (r->job) {
+    sodium_memzero(r->job, sizeof *r->job);
+    free(r->job);
+  }
+  sodium_memzero(r->token, sizeof r->token);
+  free(r->audit_rows);
   free(r->items);
   free(r->results);
   free(r->rows);
@@ -164,10 +213,60 @@ static void fail(api_req_t *r, int status, const char *code, const char *message
   jw_lit(w, ",\"message\":");
   jw_str(w, message, strlen(message));
   jw_lit(w, "}}");
-  finish_json(r, status, status == 503 || status == 429 ? "Retry-After: 1\r\n" : NULL);
+  finish_json(r, status,
+              status == 503 || status == 429 ? "Retry-After: 1\r\n"
+              : status == 401            ? "WWW-Authenticate: Bearer\r\n"
+                                         : NULL);
 }
 
 static void fail_err(api_req_t *r, const api_error_t *e) { fail(r, e->status, e->code, e->message); }
+
+/* ------------------------------------------------------------ rate limits */
+
+const char *const api_rl_rule_names[API_RL_COUNT] = {"signin.addr", "signin.user", "write.addr",
+                                                      "write.cred",  "read.addr",   "read.cred"};
+
+void api_rate_defaults(api_rate_rule_t rules[API_RL_COUNT]) {
+  /* Sign-in is strict: 10 tries at once, then one every 2 s per address, one every 10 s per
+   * username (failures cost 4 more). Money and reads are generous: they stop floods, not use. */
+  rules[API_RL_SIGNIN_ADDR] = (api_rate_rule_t){0.5, 10};
+  rules[API_RL_SIGNIN_USER] = (api_rate_rule_t){0.1, 5};
+  rules[API_RL_WRITE_ADDR] = (api_rate_rule_t){50000, 100000};
+  rules[API_RL_WRITE_CRED] = (api_rate_rule_t){20000, 40000};
+  rules[API_RL_READ_ADDR] = (api_rate_rule_t){50000, 100000};
+  rules[API_RL_READ_CRED] = (api_rate_rule_t){20000, 40000};
+}
+
+static uint64_t rl_key(api_rl_rule_t rule, const void *id, size_t len) {
+  return ledger_hash128(id, len, 0x5241544cu + (uint64_t)rule).lo;
+}
+
+/* Takes `cost` from the rule's bucket for `id`; returns Retry-After seconds or 0. */
+static uint32_t rl_take(api_req_t *r, api_rl_rule_t rule, const void *id, size_t len, double cost) {
+  if (!r->api->rl) return 0;
+  return ratelimit_take(r->api->rl, rl_key(rule, id, len), &r->api->rules[rule], cost, time_mono_ns());
+}
+
+static void fail_limited(api_req_t *r, uint32_t retry_s) {
+  count_error(r->api, "rate_limited");
+  char headers[48];
+  snprintf(headers, sizeof headers, "Retry-After: %u\r\n", retry_s);
+  const char body[] = "{\"error\":{\"code\":\"rate_limited\",\"message\":\"too many requests; retry later\"}}";
+  finish(r, 429, headers, body, sizeof body - 1);
+}
+
+/* Per-address and per-credential limits of the route's class. */
+static uint32_t rate_check(api_req_t *r) {
+  const char *addr = r->cmd.client_addr;
+  size_t alen = strlen(addr);
+  bool signin = r->route == R_SESSIONS_CREATE || r->route == R_USERS_CREATE;
+  bool read = r->http->method == HTTP_METHOD_GET || r->http->method == HTTP_METHOD_HEAD;
+  api_rl_rule_t by_addr = signin ? API_RL_SIGNIN_ADDR : read ? API_RL_READ_ADDR : API_RL_WRITE_ADDR;
+  uint32_t wait = rl_take(r, by_addr, addr, alen, 1.0);
+  if (wait == 0 && !signin && r->cmd.auth_mode == ENGINE_AUTH_BEARER)
+    wait = rl_take(r, read ? API_RL_READ_CRED : API_RL_WRITE_CRED, r->cmd.credential_hash, 32, 1.0);
+  return wait;
+}
 
 /* ------------------------------------------------------------ rendering */
 
@@ -288,10 +387,96 @@ static void render_transfer(api_t *api, jw_t *w, const engine_transfer_t *t, boo
   jw_close(w, '}');
 }
 
+static void render_user(jw_t *w, const engine_user_t *u) {
+  jw_open(w, '{');
+  jw_key(w, "id");
+  jw_u64(w, u->id);
+  jw_key(w, "username");
+  jw_str(w, u->username, strlen(u->username));
+  if (u->email[0]) {
+    jw_key(w, "email");
+    jw_str(w, u->email, strlen(u->email));
+  }
+  jw_key(w, "role");
+  jw_lit(w, "\"");
+  jw_lit(w, engine_role_name(u->role));
+  jw_lit(w, "\"");
+  jw_key(w, "created_at");
+  jw_time(w, u->created_ms);
+  jw_close(w, '}');
+}
+
+static void render_key(jw_t *w, const engine_api_key_t *k, const char *key_text) {
+  jw_open(w, '{');
+  jw_key(w, "id");
+  jw_u64(w, k->id);
+  if (key_text) {
+    jw_key(w, "key");
+    jw_str(w, key_text, strlen(key_text));
+  }
+  jw_key(w, "name");
+  jw_str(w, k->name, strlen(k->name));
+  jw_key(w, "role");
+  jw_lit(w, "\"");
+  jw_lit(w, engine_role_name(k->role));
+  jw_lit(w, "\"");
+  jw_key(w, "kind");
+  jw_lit(w, "\"api_key\"");
+  jw_key(w, "created_at");
+  jw_time(w, k->created_ms);
+  if (k->revoked_ms) {
+    jw_key(w, "revoked_at");
+    jw_time(w, k->revoked_ms);
+  }
+  jw_close(w, '}');
+}
+
+static void jw_principal(jw_t *w, uint64_t id) {
+  char b[40];
+  if (id == ENGINE_PRINCIPAL_ANONYMOUS) snprintf(b, sizeof b, "anonymous");
+  else if (id == 0) snprintf(b, sizeof b, "operator");
+  else if (id & ENGINE_PRINCIPAL_KEY_BIT) snprintf(b, sizeof b, "api_key:%llu", (unsigned long long)(id & ~ENGINE_PRINCIPAL_KEY_BIT));
+  else snprintf(b, sizeof b, "user:%llu", (unsigned long long)id);
+  jw_str(w, b, strlen(b));
+}
+
+static void render_audit(jw_t *w, const engine_audit_event_t *e) {
+  jw_open(w, '{');
+  jw_key(w, "seq");
+  jw_u64(w, e->seq);
+  jw_key(w, "type");
+  jw_lit(w, "\"");
+  jw_lit(w, engine_audit_name(e->kind));
+  jw_lit(w, "\"");
+  jw_key(w, "time");
+  jw_time(w, e->time_ms);
+  jw_key(w, "actor");
+  jw_principal(w, e->actor_id);
+  jw_key(w, "subject_id");
+  jw_u64(w, e->subject_id);
+  if (e->kind == ENGINE_AUDIT_ROLE_CHANGED || e->kind == ENGINE_AUDIT_KEY_CREATED || e->kind == ENGINE_AUDIT_USER_CREATED) {
+    jw_key(w, "role");
+    jw_lit(w, "\"");
+    jw_lit(w, engine_role_name(e->role));
+    jw_lit(w, "\"");
+  }
+  if (e->detail[0]) {
+    jw_key(w, "detail");
+    jw_str(w, e->detail, strlen(e->detail));
+  }
+  if (e->addr[0]) {
+    jw_key(w, "client_addr");
+    jw_str(w, e->addr, strlen(e->addr));
+  }
+  jw_key(w, "batch_seq");
+  jw_u64(w, e->batch_seq);
+  jw_close(w, '}');
+}
+
 /* ------------------------------------------------------------ submit and complete */
 
-static void api_done(engine_cmd_t *cmd) {
-  api_req_t *r = cmd->done_arg;
+/* Any thread (engine, hashing pool): hands the request back to its net thread. */
+static void post_back(api_req_t *r) {
   completion_stack_t *s = &r->api->done[r->http->thread_index];
   api_req_t *head = atomic_load_explicit(&s->head, memory_order_relaxed);
   do {
@@ -301,10 +486,12 @@ static void api_done(engine_cmd_t *cmd) {
   if (head == NULL) http_loop_wake(r->api->loops[r->http->thread_index]); /* one wake per drain */
 }
 
+static void api_done(engine_cmd_t *cmd) { post_back(cmd->done_arg); }
+static void job_done(auth_job_t *job) { post_back(job->arg); }
+
 static void submit(api_req_t *r) {
   r->cmd.done = api_done;
   r->cmd.done_arg = r;
-  r->cmd.principal_id = r->principal.user_id;
   atomic_fetch_add_explicit(&r->api->in_flight, 1, memory_order_relaxed);
   int rc = engine_submit(r->api->engine, &r->cmd);
   if (rc == 0) return;
@@ -322,6 +509,11 @@ static int result_status(int result) {
     case ENGINE_R_IDEMPOTENCY_EXPIRED: return 409;
     case ENGINE_R_CAPACITY_EXHAUSTED: return 503;
     case ENGINE_R_INVALID_AMOUNT: return 400;
+    case ENGINE_R_UNAUTHENTICATED: return 401;
+    case ENGINE_R_FORBIDDEN: return 403;
+    case ENGINE_R_USERNAME_TAKEN: return 409;
+    case ENGINE_R_USER_NOT_FOUND:
+    case ENGINE_R_API_KEY_NOT_FOUND: return 404;
     default: return 422;
   }
 }
@@ -343,11 +535,18 @@ static const char *result_message(int result) {
     case ENGINE_R_CAPACITY_EXHAUSTED: return "the ledger reached a configured capacity limit";
     case ENGINE_R_IDEMPOTENCY_EXPIRED: return "the stored outcome of this Idempotency-Key is no longer available";
     case ENGINE_R_INVALID_AMOUNT: return "the amount has more fraction digits than the currency, or is too large";
+    case ENGINE_R_UNAUTHENTICATED: return "missing or invalid credentials";
+    case ENGINE_R_FORBIDDEN: return "your role may not do this";
+    case ENGINE_R_USERNAME_TAKEN: return "that username is taken";
+    case ENGINE_R_USER_NOT_FOUND: return "no such user";
+    case ENGINE_R_API_KEY_NOT_FOUND: return "no such API key";
     default: return "rejected";
   }
 }
 
-static const char *cursor_prefix(route_t route) { return route == R_ACCOUNTS_LIST ? "a" : "h"; }
+static const char *cursor_prefix(route_t route) {
+  return route == R_ACCOUNTS_LIST ? "a" : route == R_AUDIT ? "e" : "h";
+}
 
 static void render_page_end(api_req_t *r, uint64_t next) {
   jw_t *w = &r->api->out[r->http->thread_index].w;
@@ -425,6 +624,38 @@ static void complete_ok(api_req_t *r) {
       render_page_end(r, c->next_cursor);
       break;
     }
+    case R_USERS_CREATE: status = 201; /* fall through */
+    case R_USER_ROLE: render_user(w, &c->user); break;
+    case R_ME:
+      if (c->principal_id != 0 && (c->principal_id & ENGINE_PRINCIPAL_KEY_BIT)) render_key(w, &c->api_key, NULL);
+      else if (c->principal_id == 0) jw_lit(w, "{\"id\":0,\"username\":\"operator\",\"role\":\"admin\",\"kind\":\"operator\"}");
+      else render_user(w, &c->user);
+      break;
+    case R_SESSIONS_CREATE: {
+      int64_t expires = c->u.auth.expires_ms;
+      jw_lit(w, "{\"token\":");
+      jw_str(w, r->token, strlen(r->token));
+      jw_lit(w, ",\"expires_at\":");
+      jw_time(w, expires);
+      jw_lit(w, ",\"user_id\":");
+      jw_u64(w, c->user.id);
+      jw_lit(w, "}");
+      status = 201;
+      break;
+    }
+    case R_API_KEYS_CREATE: render_key(w, &c->api_key, r->token); status = 201; break;
+    case R_SESSION_DELETE:
+    case R_API_KEY_DELETE: finish(r, 204, NULL, "", 0); return;
+    case R_AUDIT: {
+      jw_lit(w, "{\"data\":[");
+      for (uint32_t i = 0; i < c->row_count; i++) {
+        if (i) jw_raw(w, ",", 1);
+        render_audit(w, &r->audit_rows[i]);
+      }
+      render_page_end(r, c->next_cursor);
+      break;
+    }
+    case R_METRICS: LEDGER_ASSERT(!"metrics are answered by their resume step"); break;
     default: LEDGER_ASSERT(!"route without an engine command");
   }
   finish_json(r, status, c->replayed ? "Idempotent-Replayed: true\r\n" : NULL);
@@ -469,8 +700,11 @@ static void api_wakeup(void *arg) {
   while (fifo) {
     api_req_t *n = fifo->next;
     api_t *api = fifo->api;
-    complete(fifo);
+    void (*step)(api_req_t *) = fifo->resume;
+    fifo->resume = NULL;
     atomic_fetch_sub_explicit(&api->in_flight, 1, memory_order_relaxed);
+    if (step) step(fifo); /* a further stage: it answers or hands the request on again */
+    else complete(fifo);
     fifo = n;
   }
 }
@@ -499,9 +733,10 @@ static bool idempotency(api_req_t *r, api_error_t *e) {
       return false;
     }
   }
-  /* Scoped to principal and route; the body hash covers the full path and the body. */
+  /* Scoped to the route here and to the principal by the engine (which alone knows who a
+   * bearer is); the body hash covers the full path and the body. */
   char scope[64];
-  int sn = snprintf(scope, sizeof scope, "%llu|%d|", (unsigned long long)r->principal.user_id, (int)r->route);
+  int sn = snprintf(scope, sizeof scope, "route|%d|", (int)r->route);
   ledger_hash128_t s = ledger_hash128(scope, (size_t)sn, 0);
   ledger_hash128_t k = ledger_hash128(key, n, s.lo ^ s.hi);
   if ((k.lo | k.hi) == 0) k.lo = 1; /* {0,0} marks an empty slot */
@@ -731,7 +966,9 @@ static route_t route_of(const http_request_t *h, seg_t *segs, size_t *nseg) {
   *nseg = n;
   bool get = h->method == HTTP_METHOD_GET || h->method == HTTP_METHOD_HEAD;
   bool post = h->method == HTTP_METHOD_POST;
+  bool del = h->method == HTTP_METHOD_DELETE;
 #define PICK(g, p) (get && (g) != R_NOT_FOUND ? (g) : post && (p) != R_NOT_FOUND ? (p) : R_METHOD_NOT_ALLOWED)
+#define PICK_DEL(d) (del ? (d) : R_METHOD_NOT_ALLOWED)
   if (n == 1 && seg_is(segs[0], "healthz")) return PICK(R_HEALTHZ, R_NOT_FOUND);
   if (n == 1 && seg_is(segs[0], "readyz")) return PICK(R_READYZ, R_NOT_FOUND);
   if (n == 1 && seg_is(segs[0], "metrics")) return PICK(R_METRICS, R_NOT_FOUND);
@@ -752,9 +989,18 @@ static route_t route_of(const http_request_t *h, seg_t *segs, size_t *nseg) {
     if (n == 4 && seg_is(segs[3], "void")) return PICK(R_NOT_FOUND, R_TRANSFER_VOID);
     return R_NOT_FOUND;
   }
+  if (n == 2 && seg_is(segs[1], "users")) return PICK(R_NOT_FOUND, R_USERS_CREATE);
+  if (n == 4 && seg_is(segs[1], "users") && seg_is(segs[3], "role")) return PICK(R_NOT_FOUND, R_USER_ROLE);
+  if (n == 2 && seg_is(segs[1], "sessions")) return PICK(R_NOT_FOUND, R_SESSIONS_CREATE);
+  if (n == 3 && seg_is(segs[1], "sessions") && seg_is(segs[2], "current")) return PICK_DEL(R_SESSION_DELETE);
+  if (n == 2 && seg_is(segs[1], "me")) return PICK(R_ME, R_NOT_FOUND);
+  if (n == 2 && seg_is(segs[1], "api-keys")) return PICK(R_NOT_FOUND, R_API_KEYS_CREATE);
+  if (n == 3 && seg_is(segs[1], "api-keys")) return PICK_DEL(R_API_KEY_DELETE);
+  if (n == 2 && seg_is(segs[1], "audit")) return PICK(R_AUDIT, R_NOT_FOUND);
   if (n == 2 && seg_is(segs[1], "deposits")) return PICK(R_NOT_FOUND, R_DEPOSITS);
   if (n == 2 && seg_is(segs[1], "withdrawals")) return PICK(R_NOT_FOUND, R_WITHDRAWALS);
 #undef PICK
+#undef PICK_DEL
   return R_NOT_FOUND;
 }
 
@@ -868,6 +1114,224 @@ static bool build_history(api_req_t *r, uint64_t account_id, api_error_t *e) {
   return true;
 }
 
+/* ------------------------------------------------------------ users, sessions, keys */
+
+static bool valid_username(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > ENGINE_USERNAME_BYTES_MAX) return false;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+          c == '-' || c == '@'))
+      return false;
+  }
+  return true;
+}
+
+static bool get_string(const cJSON *o, const char *name, bool required, size_t min, size_t max, const char **out,
+                       api_error_t *e) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+  *out = NULL;
+  if (!v) {
+    if (required) api_err(e, 400, "invalid_request", "'%s' is required", name);
+    return !required;
+  }
+  size_t n = cJSON_IsString(v) ? strlen(v->valuestring) : 0;
+  if (!cJSON_IsString(v) || n < min || n > max) {
+    api_err(e, 400, "invalid_request", "'%s' must be a string of %zu to %zu bytes", name, min, max);
+    return false;
+  }
+  *out = v->valuestring;
+  return true;
+}
+
+static bool get_role(const cJSON *o, bool required, uint8_t *role, api_error_t *e) {
+  const char *s;
+  if (!get_string(o, "role", required, 1, 16, &s, e)) return false;
+  *role = s ? (uint8_t)engine_role_find(s) : 0;
+  if (s && *role == 0) {
+    api_err(e, 400, "invalid_request", "'role' must be admin, auditor or customer");
+    return false;
+  }
+  return true;
+}
+
+static auth_job_t *new_job(api_req_t *r, auth_job_op_t op, const char *password) {
+  r->job = calloc(1, sizeof *r->job);
+  if (!r->job) return NULL;
+  r->job->op = op;
+  r->job->password_len = strlen(password);
+  memcpy(r->job->password, password, r->job->password_len);
+  r->job->done = job_done;
+  r->job->arg = r;
+  return r->job;
+}
+
+static void to_pool(api_req_t *r, void (*next)(api_req_t *)) {
+  r->resume = next;
+  atomic_fetch_add_explicit(&r->api->in_flight, 1, memory_order_relaxed);
+  if (auth_pool_submit(r->api->hash_pool, r->job) != 0) {
+    atomic_fetch_sub_explicit(&r->api->in_flight, 1, memory_order_relaxed);
+    r->resume = NULL;
+    fail(r, 503, "overloaded", "too many sign-ins in progress; retry shortly");
+  }
+}
+
+static void users_after_hash(api_req_t *r) {
+  if (!r->job->ok) {
+    fail(r, 503, "overloaded", "could not hash the password; retry shortly");
+    return;
+  }
+  r->cmd.kind = ENGINE_CMD_USER_CREATE;
+  r->cmd.u.auth.username = r->username;
+  r->cmd.u.auth.email = r->email;
+  r->cmd.u.auth.pwhash = r->job->pwhash;
+  submit(r);
+}
+
+static bool build_user_create(api_req_t *r, const cJSON *body, api_error_t *e) {
+  static const char *const fields[] = {"username", "password", "email", "role", NULL};
+  const char *username, *password, *email;
+  uint8_t role = 0;
+  if (!json_check_fields(body, fields, e) ||
+      !get_string(body, "username", true, 1, ENGINE_USERNAME_BYTES_MAX, &username, e) ||
+      !get_string(body, "password", true, AUTH_PASSWORD_BYTES_MIN, AUTH_PASSWORD_BYTES_MAX, &password, e) ||
+      !get_string(body, "email", false, 3, ENGINE_EMAIL_BYTES_MAX, &email, e) || !get_role(body, false, &role, e))
+    return false;
+  if (!valid_username(username)) {
+    api_err(e, 400, "invalid_request", "'username' takes letters, digits and . _ - @");
+    return false;
+  }
+  if (email && !strchr(email, '@')) {
+    api_err(e, 400, "invalid_request", "'email' must be an email address");
+    return false;
+  }
+  snprintf(r->username, sizeof r->username, "%s", username);
+  snprintf(r->email, sizeof r->email, "%s", email ? email : "");
+  r->cmd.u.auth.role = role;
+  if (!new_job(r, AUTH_JOB_HASH, password)) {
+    api_err(e, 503, "overloaded", "out of memory");
+    return false;
+  }
+  return true;
+}
+
+static void sessions_after_failure(api_req_t *r) {
+  fail(r, 401, "unauthorized", "missing or invalid credentials");
+}
+
+static void sessions_after_verify(api_req_t *r) {
+  uint64_t user_id = r->cmd.user.id;
+  bool ok = r->job->ok;
+  memset(&r->cmd.u, 0, sizeof r->cmd.u);
+  r->cmd.auth_mode = ENGINE_AUTH_TRUSTED;
+  if (ok) {
+    r->cmd.kind = ENGINE_CMD_SESSION_CREATE;
+    r->cmd.principal_id = user_id;
+    r->cmd.u.auth.user_id = user_id;
+    r->cmd.u.auth.expires_ms = time_now_ms() + (int64_t)r->api->session_ttl_s * 1000;
+    auth_token_new("lds", r->token, r->cmd.u.auth.token_hash);
+  } else {
+    /* Repeated failures are throttled harder: each costs 4 more tokens (docs/security.md). */
+    (void)rl_take(r, API_RL_SIGNIN_USER, r->username, strlen(r->username), 4.0);
+    (void)rl_take(r, API_RL_SIGNIN_ADDR, r->cmd.client_addr, strlen(r->cmd.client_addr), 4.0);
+    r->cmd.kind = ENGINE_CMD_SIGNIN_FAILED; /* an audit event; the answer says nothing more */
+    r->cmd.principal_id = ENGINE_PRINCIPAL_ANONYMOUS;
+    r->cmd.u.auth.username = r->username;
+    r->resume = sessions_after_failure;
+  }
+  submit(r);
+}
+
+static void sessions_after_lookup(api_req_t *r) {
+  /* Unknown users are verified against a dummy hash: the same work, the same answer. */
+  if (r->cmd.result == ENGINE_OK) snprintf(r->job->pwhash, sizeof r->job->pwhash, "%s", r->cmd.user.pwhash);
+  else r->job->pwhash[0] = '\0';
+  memset(r->cmd.user.pwhash, 0, sizeof r->cmd.user.pwhash);
+  r->job->op = AUTH_JOB_VERIFY;
+  to_pool(r, sessions_after_verify);
+}
+
+static bool build_session_create(api_req_t *r, const cJSON *body, api_error_t *e) {
+  static const char *const fields[] = {"username", "password", NULL};
+  const char *username, *password;
+  if (!json_check_fields(body, fields, e) ||
+      !get_string(body, "username", true, 1, ENGINE_USERNAME_BYTES_MAX, &username, e) ||
+      !get_string(body, "password", true, 1, AUTH_PASSWORD_BYTES_MAX, &password, e))
+    return false;
+  snprintf(r->username, sizeof r->username, "%s", username);
+  uint32_t wait = rl_take(r, API_RL_SIGNIN_USER, r->username, strlen(r->username), 1.0);
+  if (wait) {
+    api_err(e, 429, "rate_limited", "too many sign-ins for this user; retry in %u s", wait);
+    return false;
+  }
+  if (!new_job(r, AUTH_JOB_VERIFY, password)) {
+    api_err(e, 503, "overloaded", "out of memory");
+    return false;
+  }
+  r->cmd.kind = ENGINE_CMD_USER_LOOKUP;
+  r->cmd.auth_mode = ENGINE_AUTH_TRUSTED;
+  r->cmd.principal_id = ENGINE_PRINCIPAL_ANONYMOUS;
+  r->cmd.u.auth.username = r->username;
+  r->resume = sessions_after_lookup;
+  return true;
+}
+
+static bool build_key_create(api_req_t *r, const cJSON *body, api_error_t *e) {
+  static const char *const fields[] = {"name", "role", NULL};
+  const char *name;
+  uint8_t role = 0;
+  if (!json_check_fields(body, fields, e) || !get_string(body, "name", true, 1, ENGINE_KEY_NAME_BYTES_MAX, &name, e) ||
+      !get_role(body, true, &role, e))
+    return false;
+  if (role == ENGINE_ROLE_CUSTOMER) {
+    api_err(e, 400, "invalid_request", "API keys are for services: role admin or auditor");
+    return false;
+  }
+  snprintf(r->name, sizeof r->name, "%s", name);
+  r->cmd.kind = ENGINE_CMD_API_KEY_CREATE;
+  r->cmd.u.auth.role = role;
+  r->cmd.u.auth.name = r->name;
+  auth_token_new("ldk", r->token, r->cmd.u.auth.token_hash);
+  return true;
+}
+
+static bool parse_u53(seg_t s, uint64_t *out) {
+  if (s.n == 0 || s.n > 16) return false;
+  uint64_t v = 0;
+  for (size_t i = 0; i < s.n; i++) {
+    if (s.p[i] < '0' || s.p[i] > '9') return false;
+    v = v * 10 + (uint64_t)(s.p[i] - '0');
+  }
+  *out = v;
+  return v >= 1 && v < (1ull << 53);
+}
+
+static bool build_audit(api_req_t *r, api_error_t *e) {
+  uint64_t cursor = 0;
+  bool asc = false;
+  r->cmd.kind = ENGINE_CMD_AUDIT_LIST;
+  if (!page_params(r->http, r->route, &r->cmd.u.audit.limit, &cursor, &asc, e)) return false;
+  char v[32];
+  bool too_long;
+  r->cmd.u.audit.after_seq = cursor;
+  if (query_get(r->http->query, r->http->query_len, "after", v, sizeof v, &too_long)) {
+    char *end;
+    r->cmd.u.audit.after_seq = strtoull(v, &end, 10);
+    if (too_long || *end || v[0] < '0' || v[0] > '9') {
+      api_err(e, 400, "invalid_parameter", "'after' must be an audit seq");
+      return false;
+    }
+  }
+  r->audit_rows = calloc(r->cmd.u.audit.limit, sizeof *r->audit_rows);
+  if (!r->audit_rows) {
+    api_err(e, 503, "overloaded", "out of memory");
+    return false;
+  }
+  r->cmd.u.audit.rows = r->audit_rows;
+  return true;
+}
+
 /* ------------------------------------------------------------ operations routes */
 
 static void handle_metrics(api_req_t *r) {
@@ -918,6 +1382,14 @@ static void handle_metrics(api_req_t *r) {
   obs_value(&b, "ledger_log_bytes", "", es.log_bytes);
   obs_header(&b, "ledger_accounts", "gauge", "Accounts, system accounts included.");
   obs_value(&b, "ledger_accounts", "", es.accounts);
+  if (api->rl) {
+    ratelimit_stats_t rs;
+    ratelimit_stats(api->rl, &rs);
+    obs_header(&b, "ledger_ratelimit_limited_total", "counter", "Requests answered 429 by the token buckets.");
+    obs_value(&b, "ledger_ratelimit_limited_total", "", rs.limited_total);
+    obs_header(&b, "ledger_ratelimit_evictions_total", "counter", "Buckets dropped while still owing tokens.");
+    obs_value(&b, "ledger_ratelimit_evictions_total", "", rs.evictions_total);
+  }
   obs_header(&b, "ledger_requests_in_flight", "gauge", "Requests handed to the engine and not yet answered.");
   obs_value(&b, "ledger_requests_in_flight", "", atomic_load(&api->in_flight));
   if (api->http) {
@@ -938,6 +1410,19 @@ static void handle_metrics(api_req_t *r) {
   req_free(r);
 }
 
+/* /metrics needs a credential of an admin or auditor (it shows traffic patterns). */
+static void metrics_after_whoami(api_req_t *r) {
+  if (r->cmd.result != ENGINE_OK) {
+    fail(r, result_status(r->cmd.result), engine_result_code(r->cmd.result), result_message(r->cmd.result));
+    return;
+  }
+  if (r->cmd.role != ENGINE_ROLE_ADMIN && r->cmd.role != ENGINE_ROLE_AUDITOR) {
+    fail(r, 403, "forbidden", "your role may not do this");
+    return;
+  }
+  handle_metrics(r);
+}
+
 static void handle_simple(api_req_t *r, bool ready_check) {
   engine_stats_t es;
   engine_get_stats(r->api->engine, &es);
@@ -955,6 +1440,35 @@ static void handle_simple(api_req_t *r, bool ready_check) {
 
 /* ------------------------------------------------------------ dispatch */
 
+/* Sets how the engine learns who this is. False: the route needs a credential and the
+ * request has none that is well-formed (401, the same answer as for a wrong one). */
+static bool authenticate(api_req_t *r) {
+  engine_cmd_t *c = &r->cmd;
+  c->auth_mode = ENGINE_AUTH_TRUSTED;
+  if (r->api->no_auth) {
+    c->principal_id = 0; /* the operator */
+    return true;
+  }
+  c->principal_id = ENGINE_PRINCIPAL_ANONYMOUS;
+  const char *a = r->http->authorization;
+  bool bearer = false;
+  if (a && strncasecmp(a, "Bearer ", 7) == 0) {
+    const char *t = a + 7;
+    size_t n = strlen(t);
+    bearer = n >= 1 && n < AUTH_TOKEN_TEXT_BYTES;
+    for (size_t i = 0; bearer && i < n; i++) bearer = t[i] > 0x20 && t[i] < 0x7f;
+    if (bearer) {
+      auth_token_hash(t, n, c->credential_hash);
+      c->auth_mode = ENGINE_AUTH_BEARER;
+    }
+  }
+  if (r->route == R_SESSIONS_CREATE) { /* signing in: a credential presented is ignored */
+    c->auth_mode = ENGINE_AUTH_TRUSTED;
+    return true;
+  }
+  return bearer || route_is_open(r->route);
+}
+
 static bool is_write_route(route_t rt) {
   switch (rt) {
     case R_ACCOUNTS_CREATE:
@@ -965,9 +1479,19 @@ static bool is_write_route(route_t rt) {
     case R_TRANSFER_POST:
     case R_TRANSFER_VOID:
     case R_DEPOSITS:
-    case R_WITHDRAWALS: return true;
+    case R_WITHDRAWALS:
+    case R_USERS_CREATE:
+    case R_USER_ROLE:
+    case R_SESSIONS_CREATE:
+    case R_API_KEYS_CREATE: return true;
     default: return false;
   }
+}
+
+/* Users, sessions and keys are not money: an Idempotency-Key there is accepted and ignored
+ * (a repeated sign-up answers 409 username_taken; docs/api.md). */
+static bool is_auth_route(route_t rt) {
+  return rt == R_USERS_CREATE || rt == R_USER_ROLE || rt == R_SESSIONS_CREATE || rt == R_API_KEYS_CREATE;
 }
 
 /* Builds the engine command for a route; false with *e set on a client error. */
@@ -981,7 +1505,7 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
     if (!(empty_ok && r->http->body_len == 0)) {
       if (!(body = parse_body(r, e))) return false;
     }
-    if (!idempotency(r, e)) goto out;
+    if (!is_auth_route(r->route) && !idempotency(r, e)) goto out;
   }
   switch (r->route) {
     case R_ACCOUNTS_CREATE: ok = build_account_create(r, body, e); break;
@@ -1044,6 +1568,34 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
       ok = true;
       break;
     }
+    case R_USERS_CREATE: ok = build_user_create(r, body, e); break;
+    case R_SESSIONS_CREATE: ok = build_session_create(r, body, e); break;
+    case R_API_KEYS_CREATE: ok = build_key_create(r, body, e); break;
+    case R_ME: r->cmd.kind = ENGINE_CMD_WHOAMI; ok = true; break;
+    case R_AUDIT: ok = build_audit(r, e); break;
+    case R_SESSION_DELETE:
+      r->cmd.kind = ENGINE_CMD_SESSION_REVOKE;
+      memcpy(r->cmd.u.auth.token_hash, r->cmd.credential_hash, 32);
+      ok = true;
+      break;
+    case R_API_KEY_DELETE:
+      if (!parse_u53(segs[2], &r->cmd.u.auth.key_id)) {
+        api_err(e, 404, "api_key_not_found", "no such API key");
+        break;
+      }
+      r->cmd.kind = ENGINE_CMD_API_KEY_REVOKE;
+      ok = true;
+      break;
+    case R_USER_ROLE: {
+      static const char *const fields[] = {"role", NULL};
+      if (!parse_u53(segs[2], &r->cmd.u.auth.user_id)) {
+        api_err(e, 404, "user_not_found", "no such user");
+        break;
+      }
+      ok = json_check_fields(body, fields, e) && get_role(body, true, &r->cmd.u.auth.role, e);
+      r->cmd.kind = ENGINE_CMD_USER_ROLE_SET;
+      break;
+    }
     default: LEDGER_ASSERT(!"unrouted");
   }
 out:
@@ -1062,17 +1614,35 @@ void api_handle(http_request_t *h, void *ctx) {
   r->api = api;
   r->http = h;
   r->started_ns = h->received_ns ? h->received_ns : time_mono_ns();
-  /* Authentication is its own issue: until then every caller is the operator (docs/api.md). */
-  r->principal = (api_principal_t){0, API_ROLE_ADMIN};
   seg_t segs[PATH_SEGMENTS_MAX];
   size_t nseg;
   r->route = route_of(h, segs, &nseg);
+  snprintf(r->cmd.client_addr, sizeof r->cmd.client_addr, "%s", h->remote_addr ? h->remote_addr : "");
+  if (!authenticate(r)) {
+    fail(r, 401, "unauthorized", "missing or invalid credentials");
+    return;
+  }
+  if (r->route != R_HEALTHZ && r->route != R_READYZ) {
+    uint32_t wait = rate_check(r);
+    if (wait) {
+      fail_limited(r, wait);
+      return;
+    }
+  }
   switch (r->route) {
     case R_NOT_FOUND: fail(r, 404, "not_found", "no such route"); return;
     case R_METHOD_NOT_ALLOWED: fail(r, 405, "method_not_allowed", "this route does not take that method"); return;
     case R_HEALTHZ: handle_simple(r, false); return;
     case R_READYZ: handle_simple(r, true); return;
-    case R_METRICS: handle_metrics(r); return;
+    case R_METRICS:
+      if (api->no_auth) {
+        handle_metrics(r);
+      } else {
+        r->cmd.kind = ENGINE_CMD_WHOAMI;
+        r->resume = metrics_after_whoami;
+        submit(r);
+      }
+      return;
     case R_TRANSFERS_SEARCH:
       fail(r, 501, "not_implemented", "transfer search is not built yet; use /v1/accounts/{id}/transfers");
       return;
@@ -1083,14 +1653,27 @@ void api_handle(http_request_t *h, void *ctx) {
     fail_err(r, &e);
     return;
   }
-  submit(r);
+  if (r->route == R_USERS_CREATE) to_pool(r, users_after_hash); /* hash first, then the engine */
+  else submit(r);
 }
 
-int api_create(engine_t *engine, api_t **out) {
+int api_create(const api_config_t *config, api_t **out) {
   api_t *api = aligned_alloc(64, (sizeof(api_t) + 63) / 64 * 64);
   if (!api) return LEDGER_ENOMEM;
   memset(api, 0, sizeof *api);
-  api->engine = engine;
+  api->engine = config->engine;
+  api->hash_pool = config->hash_pool;
+  api->no_auth = config->no_auth;
+  api->session_ttl_s = config->session_ttl_s ? config->session_ttl_s : AUTH_SESSION_TTL_S_DEFAULT;
+  for (unsigned i = 0; i < API_RL_COUNT; i++)
+    api->rules[i] = (ratelimit_rule_t){config->rates[i].rate_per_s, config->rates[i].burst};
+  if (!config->rate_limits_off) {
+    int rc = ratelimit_create(256u * 1024u, &api->rl);
+    if (rc != 0) {
+      free(api);
+      return rc;
+    }
+  }
   *out = api;
   return LEDGER_OK;
 }
@@ -1099,6 +1682,7 @@ void api_set_http(api_t *api, http_server_t *http) { api->http = http; }
 
 void api_destroy(api_t *api) {
   if (!api) return;
+  ratelimit_destroy(api->rl);
   for (unsigned i = 0; i < HTTP_THREADS_MAX; i++) free(api->out[i].w.buf);
   free(api);
 }

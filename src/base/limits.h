@@ -56,6 +56,12 @@
 /* Pending (two-phase) transfers alive at once. */
 #define ENGINE_PENDING_MAX (4u * 1024u * 1024u)
 #define ENGINE_PENDING_TIMEOUT_S_MAX (30u * 24u * 3600u)
+/* Users, API keys, live credentials (sessions + keys) and the in-memory audit window. */
+#define ENGINE_USERS_MAX (1u * 1024u * 1024u)
+#define ENGINE_API_KEYS_MAX (64u * 1024u)
+#define ENGINE_CREDENTIALS_MAX (4u * 1024u * 1024u)
+#define ENGINE_AUDIT_RING_EVENTS (1u * 1024u * 1024u) /* older events stay in the log */
+#define AUTH_SESSION_TTL_S_DEFAULT (12u * 3600u)
 /* Regions are interned: a short, bounded list configured by use. */
 #define ENGINE_REGIONS_MAX 256u
 /* Records a list or history read may step over on the engine thread before it answers with

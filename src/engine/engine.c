@@ -45,7 +45,7 @@ struct engine {
   pid_t snapshot_pid;
   uint64_t snapshot_seq;
   _Atomic uint64_t batches_total, commands_total, transfers_total, last_seq, rejected_full_total,
-      log_bytes, accounts, fsync_ns_last;
+      log_bytes, accounts, users, api_keys, fsync_ns_last;
   _Atomic bool ready;
   ledger_hist_t hist_batch_commands;
   ledger_hist_t hist_fsync_ns;
@@ -145,6 +145,11 @@ static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {
   for (size_t i = 0; i < n; i++) {
     engine_cmd_t *c = cmds[i];
     c->outcome_unknown = false;
+    if (c->auth_mode == ENGINE_AUTH_BEARER && !auth_resolve(st, c)) {
+      c->result = ENGINE_R_UNAUTHENTICATED; /* live only: nothing to log */
+      c->seq = seq;
+      continue;
+    }
     if (!is_write(c)) {
       state_read(st, c);
       continue;
@@ -182,6 +187,8 @@ static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {
   if (n > 0) hist_record(&e->hist_batch_commands, n);
   atomic_fetch_add_explicit(&e->transfers_total, st->transfer_count - transfers_before, memory_order_relaxed);
   atomic_store_explicit(&e->accounts, st->account_count, memory_order_relaxed);
+  atomic_store_explicit(&e->users, st->user_count, memory_order_relaxed);
+  atomic_store_explicit(&e->api_keys, st->key_count, memory_order_relaxed);
   complete(e, cmds, n);
 }
 
@@ -330,6 +337,8 @@ int engine_open(const engine_config_t *config, engine_t **out) {
   }
   atomic_store(&e->last_seq, e->st.last_seq);
   atomic_store(&e->accounts, e->st.account_count);
+  atomic_store(&e->users, e->st.user_count);
+  atomic_store(&e->api_keys, e->st.key_count);
   atomic_store(&e->log_bytes, store_log_end(e->store));
   if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
     rc = LEDGER_ENOMEM;
@@ -391,6 +400,32 @@ int engine_submit(engine_t *e, engine_cmd_t *cmd) {
   return rc;
 }
 
+typedef struct sync_wait {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool done;
+} sync_wait_t;
+
+static void sync_done(engine_cmd_t *cmd) {
+  sync_wait_t *w = cmd->done_arg;
+  pthread_mutex_lock(&w->lock);
+  w->done = true;
+  pthread_cond_signal(&w->cond);
+  pthread_mutex_unlock(&w->lock);
+}
+
+int engine_run(engine_t *e, engine_cmd_t *cmd) {
+  sync_wait_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false};
+  cmd->done = sync_done;
+  cmd->done_arg = &w;
+  int rc = engine_submit(e, cmd);
+  if (rc != 0) return rc;
+  pthread_mutex_lock(&w.lock);
+  while (!w.done) pthread_cond_wait(&w.cond, &w.lock);
+  pthread_mutex_unlock(&w.lock);
+  return LEDGER_OK;
+}
+
 uint16_t engine_region_find(const engine_t *e, const char *name) { return state_region_find(&e->st, name); }
 
 const char *engine_region_name(const engine_t *e, uint16_t region) {
@@ -412,6 +447,8 @@ void engine_get_stats(const engine_t *e, engine_stats_t *o) {
   o->rejected_full_total = atomic_load_explicit(&e->rejected_full_total, memory_order_relaxed);
   o->log_bytes = atomic_load_explicit(&e->log_bytes, memory_order_relaxed);
   o->accounts = atomic_load_explicit(&e->accounts, memory_order_relaxed);
+  o->users = atomic_load_explicit(&e->users, memory_order_relaxed);
+  o->api_keys = atomic_load_explicit(&e->api_keys, memory_order_relaxed);
   o->fsync_ns_last = atomic_load_explicit(&e->fsync_ns_last, memory_order_relaxed);
   o->ready = atomic_load(&e->ready);
   o->batch_commands = &e->hist_batch_commands;

@@ -43,6 +43,11 @@ typedef enum {
   ENGINE_R_CAPACITY_EXHAUSTED,
   ENGINE_R_IDEMPOTENCY_EXPIRED,
   ENGINE_R_INVALID_AMOUNT, /* more fraction digits than the currency has, or overflow */
+  ENGINE_R_UNAUTHENTICATED,  /* no valid credential (401; never says which part failed) */
+  ENGINE_R_FORBIDDEN,        /* authenticated, but the role may not do this (403) */
+  ENGINE_R_USERNAME_TAKEN,   /* 409 */
+  ENGINE_R_USER_NOT_FOUND,   /* 404 */
+  ENGINE_R_API_KEY_NOT_FOUND, /* 404 */
   ENGINE_R_COUNT
 } engine_result_t;
 /* Stable machine code for a result ("insufficient_funds"). */
@@ -123,6 +128,84 @@ typedef struct engine_transfer {
 } engine_transfer_t;
 static_assert(sizeof(engine_transfer_t) == 152, "transfer record size");
 
+/* ---- principals: who a command runs as ----
+ * Users sign in with a password and get a session token; services use API keys. Both are
+ * credentials: 256 random bits, of which the engine keeps only the SHA-256. A command either
+ * carries a credential hash (the engine resolves it, live only), or a principal the trusted
+ * API code set (sign-in flows, ledgerctl, --no-auth). The log stores the resolved
+ * principal id, and replay derives the role from the state at that point. */
+typedef enum {
+  ENGINE_ROLE_NONE = 0, /* anonymous */
+  ENGINE_ROLE_ADMIN = 1,
+  ENGINE_ROLE_AUDITOR = 2,
+  ENGINE_ROLE_CUSTOMER = 3,
+} engine_role_t;
+const char *engine_role_name(unsigned role);
+unsigned engine_role_find(const char *name); /* 0 if unknown */
+
+/* principal ids: 0 = the operator (admin: ledgerctl, --no-auth); a user id; or an API key. */
+#define ENGINE_PRINCIPAL_KEY_BIT (1ull << 62)
+#define ENGINE_PRINCIPAL_ANONYMOUS (~0ull)
+
+typedef enum {
+  ENGINE_AUTH_TRUSTED = 0, /* principal_id set by trusted code */
+  ENGINE_AUTH_BEARER = 1,  /* resolve credential_hash */
+} engine_auth_mode_t;
+
+#define ENGINE_USERNAME_BYTES_MAX 64u
+#define ENGINE_EMAIL_BYTES_MAX 128u
+#define ENGINE_PWHASH_BYTES_MAX 128u /* crypto_pwhash_STRBYTES */
+#define ENGINE_KEY_NAME_BYTES_MAX 64u
+
+typedef struct engine_user {
+  uint64_t id;
+  int64_t created_ms;
+  int64_t updated_ms;
+  uint8_t role;
+  uint8_t pad[7];
+  char username[ENGINE_USERNAME_BYTES_MAX + 1];
+  char email[ENGINE_EMAIL_BYTES_MAX + 1];
+  char pwhash[ENGINE_PWHASH_BYTES_MAX];
+} engine_user_t;
+
+typedef struct engine_api_key {
+  uint64_t id;
+  uint8_t key_hash[32]; /* SHA-256 of the key; the key itself is shown once and never kept */
+  uint64_t created_by; /* principal id */
+  int64_t created_ms;
+  int64_t revoked_ms; /* 0 = live */
+  uint8_t role;
+  uint8_t pad[7];
+  char name[ENGINE_KEY_NAME_BYTES_MAX + 1];
+} engine_api_key_t;
+
+/* Security events for the audit trail (API.md "Events and audit"). */
+typedef enum {
+  ENGINE_AUDIT_USER_CREATED = 1,
+  ENGINE_AUDIT_SIGNIN_OK = 2,
+  ENGINE_AUDIT_SIGNIN_FAILED = 3,
+  ENGINE_AUDIT_SIGNOUT = 4,
+  ENGINE_AUDIT_KEY_CREATED = 5,
+  ENGINE_AUDIT_KEY_REVOKED = 6,
+  ENGINE_AUDIT_ROLE_CHANGED = 7,
+  ENGINE_AUDIT_ACCOUNT_FROZEN = 8,
+  ENGINE_AUDIT_ACCOUNT_UNFROZEN = 9,
+} engine_audit_kind_t;
+const char *engine_audit_name(unsigned kind);
+
+typedef struct engine_audit_event {
+  uint64_t seq;          /* gap-free audit sequence, 1.. */
+  uint64_t batch_seq;    /* the durable batch it was written in */
+  int64_t time_ms;
+  uint64_t actor_id;     /* principal that did it (ENGINE_PRINCIPAL_ANONYMOUS for failures) */
+  uint64_t subject_id;   /* user / key / account concerned */
+  uint8_t kind;
+  uint8_t role;          /* role change: the new role */
+  uint8_t pad[6];
+  char detail[ENGINE_USERNAME_BYTES_MAX + 1]; /* e.g. the username of a failed sign-in */
+  char addr[47];         /* client address, when known */
+} engine_audit_event_t;
+
 /* ---- commands ---- */
 typedef enum {
   ENGINE_CMD_NONE = 0,
@@ -134,11 +217,21 @@ typedef enum {
   ENGINE_CMD_ACCOUNT_FREEZE = 5,
   ENGINE_CMD_ACCOUNT_UNFREEZE = 6,
   ENGINE_CMD_TRANSFER_BATCH = 7,
+  ENGINE_CMD_USER_CREATE = 8,
+  ENGINE_CMD_SESSION_CREATE = 9,
+  ENGINE_CMD_SESSION_REVOKE = 10,
+  ENGINE_CMD_API_KEY_CREATE = 11,
+  ENGINE_CMD_API_KEY_REVOKE = 12,
+  ENGINE_CMD_SIGNIN_FAILED = 13,
+  ENGINE_CMD_USER_ROLE_SET = 14,
   /* reads (never logged) */
   ENGINE_CMD_ACCOUNT_GET = 64,
   ENGINE_CMD_ACCOUNT_LIST = 65,
   ENGINE_CMD_TRANSFER_GET = 66,
   ENGINE_CMD_HISTORY = 67,
+  ENGINE_CMD_WHOAMI = 68,      /* resolves the credential: principal, user, key */
+  ENGINE_CMD_USER_LOOKUP = 69, /* by username, for sign-in (trusted) */
+  ENGINE_CMD_AUDIT_LIST = 70,
 } engine_cmd_kind_t;
 
 /* One transfer request (single, or one item of a batch). Fixed layout: stored in the log. */
@@ -181,7 +274,10 @@ struct engine_cmd {
   bool has_idempotency;
   ledger_hash128_t idempotency_key; /* hash of principal + route + key */
   ledger_hash128_t body_hash;       /* hash of route + body: a different body -> 409 */
-  uint64_t principal_id;
+  uint8_t auth_mode;         /* engine_auth_mode_t */
+  uint8_t credential_hash[32]; /* BEARER: SHA-256 of the presented token */
+  uint64_t principal_id;       /* TRUSTED: who; BEARER: set by the engine */
+  char client_addr[47];        /* for audit events */
   union {
     struct {
       uint64_t owner_id;
@@ -212,6 +308,22 @@ struct engine_cmd {
       int64_t created_ms;
     } transfer_get;
     struct {
+      const char *username; /* USER_CREATE, USER_LOOKUP, SIGNIN_FAILED */
+      const char *email;    /* USER_CREATE, may be "" */
+      const char *pwhash;   /* USER_CREATE: Argon2id encoded string */
+      uint8_t role;         /* USER_CREATE, USER_ROLE_SET */
+      uint64_t user_id;     /* SESSION_CREATE, USER_ROLE_SET */
+      uint8_t token_hash[32]; /* SESSION_CREATE, API_KEY_CREATE */
+      int64_t expires_ms;   /* SESSION_CREATE */
+      const char *name;     /* API_KEY_CREATE */
+      uint64_t key_id;      /* API_KEY_REVOKE */
+    } auth;
+    struct {
+      uint64_t after_seq;
+      uint32_t limit;
+      engine_audit_event_t *rows;
+    } audit;
+    struct {
       uint64_t owner_id; /* with has_owner */
       bool has_owner;
       uint16_t region;   /* 0 = any; interned id from engine_region_find */
@@ -240,6 +352,9 @@ struct engine_cmd {
   bool outcome_unknown; /* engine stopped before the batch was durable */
   uint64_t seq;
   int64_t time_ms;
+  uint8_t role;               /* the resolved principal's role */
+  engine_user_t user;         /* USER_*, WHOAMI (when a user), USER_LOOKUP */
+  engine_api_key_t api_key;   /* API_KEY_*, WHOAMI (when a key) */
   engine_account_t account;   /* ACCOUNT_* and GET */
   engine_transfer_t transfer; /* TRANSFER*, TRANSFER_GET */
   uint32_t row_count;         /* LIST, HISTORY */
@@ -272,6 +387,10 @@ void engine_close(engine_t *engine);
  * LEDGER_ESTOPPED during shutdown. On error the command was not taken and done is not called. */
 LEDGER_MUST_USE int engine_submit(engine_t *engine, engine_cmd_t *cmd);
 
+/* Submits and waits for the answer (start-up and tools, never a net thread). Returns the
+ * submit error, else 0 with the outcome in cmd->result. cmd->done is set here. */
+LEDGER_MUST_USE int engine_run(engine_t *engine, engine_cmd_t *cmd);
+
 /* Region names: interned by the engine; the read side looks them up. Thread-safe (the table
  * only grows and entries are published with release stores). */
 uint16_t engine_region_find(const engine_t *engine, const char *name); /* 0 = unknown */
@@ -290,6 +409,8 @@ typedef struct engine_stats {
   uint64_t rejected_full_total;
   uint64_t log_bytes;
   uint64_t accounts;
+  uint64_t users;
+  uint64_t api_keys;
   uint64_t fsync_ns_last;
   bool ready;
   const ledger_hist_t *batch_commands; /* commands per batch */

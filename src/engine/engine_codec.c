@@ -40,6 +40,15 @@ static size_t body_bytes(const engine_cmd_t *c) {
     case ENGINE_CMD_TRANSFER_VOID: return 25;
     case ENGINE_CMD_ACCOUNT_FREEZE:
     case ENGINE_CMD_ACCOUNT_UNFREEZE: return 8;
+    case ENGINE_CMD_USER_CREATE:
+      return 5 + strlen(c->u.auth.username) + strlen(c->u.auth.email) + strlen(c->u.auth.pwhash) +
+             strlen(c->client_addr);
+    case ENGINE_CMD_SESSION_CREATE: return 16 + 32 + 1 + strlen(c->client_addr);
+    case ENGINE_CMD_SESSION_REVOKE: return 32 + 1 + strlen(c->client_addr);
+    case ENGINE_CMD_API_KEY_CREATE: return 1 + 32 + 1 + strlen(c->u.auth.name) + 1 + strlen(c->client_addr);
+    case ENGINE_CMD_API_KEY_REVOKE: return 8 + 1 + strlen(c->client_addr);
+    case ENGINE_CMD_SIGNIN_FAILED: return 2 + strlen(c->u.auth.username) + strlen(c->client_addr);
+    case ENGINE_CMD_USER_ROLE_SET: return 9 + 1 + strlen(c->client_addr);
     case ENGINE_CMD_TRANSFER_BATCH: {
       size_t n = 8 + (size_t)c->u.batch.item_count * ITEM_WIRE_BYTES;
       for (uint32_t i = 0; i < c->u.batch.item_count; i++) n += c->u.batch.items[i].extra_len;
@@ -52,6 +61,23 @@ static size_t body_bytes(const engine_cmd_t *c) {
 
 size_t codec_cmd_bytes(const engine_cmd_t *c) {
   return CMD_HEADER_BYTES + (c->has_idempotency ? 32u : 0u) + body_bytes(c);
+}
+
+/* A short string: length byte, then the bytes (no NUL). */
+static uint8_t *put_str(uint8_t *p, const char *s) {
+  size_t n = strlen(s);
+  LEDGER_ASSERT(n <= 255);
+  *p++ = (uint8_t)n;
+  return put(p, s, n);
+}
+
+static const uint8_t *get_str(const uint8_t *p, const uint8_t *end, char *dst, size_t cap) {
+  if (p >= end) return NULL;
+  size_t n = *p++;
+  if (n >= cap || (size_t)(end - p) < n) return NULL;
+  memcpy(dst, p, n);
+  dst[n] = '\0';
+  return p + n;
 }
 
 static uint8_t *put_item(uint8_t *p, const engine_transfer_in_t *in) {
@@ -121,6 +147,42 @@ size_t codec_encode_cmd(encoder_t *enc, const engine_cmd_t *c) {
       break;
     case ENGINE_CMD_ACCOUNT_FREEZE:
     case ENGINE_CMD_ACCOUNT_UNFREEZE: p = put(p, &c->u.account.account_id, 8); break;
+    case ENGINE_CMD_USER_CREATE:
+      *p++ = c->u.auth.role;
+      p = put_str(p, c->u.auth.username);
+      p = put_str(p, c->u.auth.email);
+      p = put_str(p, c->u.auth.pwhash);
+      p = put_str(p, c->client_addr);
+      break;
+    case ENGINE_CMD_SESSION_CREATE:
+      p = put(p, &c->u.auth.user_id, 8);
+      p = put(p, &c->u.auth.expires_ms, 8);
+      p = put(p, c->u.auth.token_hash, 32);
+      p = put_str(p, c->client_addr);
+      break;
+    case ENGINE_CMD_SESSION_REVOKE:
+      p = put(p, c->u.auth.token_hash, 32);
+      p = put_str(p, c->client_addr);
+      break;
+    case ENGINE_CMD_API_KEY_CREATE:
+      *p++ = c->u.auth.role;
+      p = put(p, c->u.auth.token_hash, 32);
+      p = put_str(p, c->u.auth.name);
+      p = put_str(p, c->client_addr);
+      break;
+    case ENGINE_CMD_API_KEY_REVOKE:
+      p = put(p, &c->u.auth.key_id, 8);
+      p = put_str(p, c->client_addr);
+      break;
+    case ENGINE_CMD_SIGNIN_FAILED:
+      p = put_str(p, c->u.auth.username);
+      p = put_str(p, c->client_addr);
+      break;
+    case ENGINE_CMD_USER_ROLE_SET:
+      p = put(p, &c->u.auth.user_id, 8);
+      *p++ = c->u.auth.role;
+      p = put_str(p, c->client_addr);
+      break;
     case ENGINE_CMD_TRANSFER_BATCH: {
       uint32_t n = c->u.batch.item_count, zero = 0;
       p = put(p, &n, 4);
@@ -141,6 +203,13 @@ size_t codec_encode_cmd(encoder_t *enc, const engine_cmd_t *c) {
 
 size_t codec_decode_cmd(const uint8_t *p0, size_t avail, engine_cmd_t *c, engine_transfer_in_t *items,
                         engine_item_result_t *results, char *region_buf, size_t *extra_off_out) {
+  /* Decoded strings of auth commands live here until the next decode (replay is one thread). */
+  static _Thread_local struct {
+    char username[ENGINE_USERNAME_BYTES_MAX + 1];
+    char email[ENGINE_EMAIL_BYTES_MAX + 1];
+    char pwhash[ENGINE_PWHASH_BYTES_MAX];
+    char name[ENGINE_KEY_NAME_BYTES_MAX + 1];
+  } strs;
   const uint8_t *p = p0;
   if (avail < CMD_HEADER_BYTES) return 0;
   uint32_t len;
@@ -199,6 +268,56 @@ size_t codec_decode_cmd(const uint8_t *p0, size_t avail, engine_cmd_t *c, engine
     case ENGINE_CMD_ACCOUNT_UNFREEZE:
       if (end - p < 8) return 0;
       p = get(p, &c->u.account.account_id, 8);
+      break;
+    case ENGINE_CMD_USER_CREATE:
+      if (end - p < 1) return 0;
+      c->u.auth.role = *p++;
+      if (!(p = get_str(p, end, strs.username, sizeof strs.username)) ||
+          !(p = get_str(p, end, strs.email, sizeof strs.email)) ||
+          !(p = get_str(p, end, strs.pwhash, sizeof strs.pwhash)) ||
+          !(p = get_str(p, end, c->client_addr, sizeof c->client_addr)))
+        return 0;
+      c->u.auth.username = strs.username;
+      c->u.auth.email = strs.email;
+      c->u.auth.pwhash = strs.pwhash;
+      break;
+    case ENGINE_CMD_SESSION_CREATE:
+      if (end - p < 48) return 0;
+      p = get(p, &c->u.auth.user_id, 8);
+      p = get(p, &c->u.auth.expires_ms, 8);
+      p = get(p, c->u.auth.token_hash, 32);
+      if (!(p = get_str(p, end, c->client_addr, sizeof c->client_addr))) return 0;
+      break;
+    case ENGINE_CMD_SESSION_REVOKE:
+      if (end - p < 32) return 0;
+      p = get(p, c->u.auth.token_hash, 32);
+      if (!(p = get_str(p, end, c->client_addr, sizeof c->client_addr))) return 0;
+      break;
+    case ENGINE_CMD_API_KEY_CREATE:
+      if (end - p < 33) return 0;
+      c->u.auth.role = *p++;
+      p = get(p, c->u.auth.token_hash, 32);
+      if (!(p = get_str(p, end, strs.name, sizeof strs.name)) ||
+          !(p = get_str(p, end, c->client_addr, sizeof c->client_addr)))
+        return 0;
+      c->u.auth.name = strs.name;
+      break;
+    case ENGINE_CMD_API_KEY_REVOKE:
+      if (end - p < 8) return 0;
+      p = get(p, &c->u.auth.key_id, 8);
+      if (!(p = get_str(p, end, c->client_addr, sizeof c->client_addr))) return 0;
+      break;
+    case ENGINE_CMD_SIGNIN_FAILED:
+      if (!(p = get_str(p, end, strs.username, sizeof strs.username)) ||
+          !(p = get_str(p, end, c->client_addr, sizeof c->client_addr)))
+        return 0;
+      c->u.auth.username = strs.username;
+      break;
+    case ENGINE_CMD_USER_ROLE_SET:
+      if (end - p < 9) return 0;
+      p = get(p, &c->u.auth.user_id, 8);
+      c->u.auth.role = *p++;
+      if (!(p = get_str(p, end, c->client_addr, sizeof c->client_addr))) return 0;
       break;
     case ENGINE_CMD_TRANSFER_BATCH: {
       uint32_t n, pad;

@@ -7,7 +7,8 @@
  * fsynced: a crash leaves either the old snapshot or the complete new one.
  *
  * Layout: header (below) | regions | accounts | transfers | live idempotency entries |
- * pending heap | the used part of the batch-codes ring | crc32c u32 of all before it.
+ * pending heap | the used part of the batch-codes ring | users | API keys | live credentials |
+ * the audit ring (oldest first) | crc32c u32 of all before it.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -17,7 +18,7 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-#define SNAP_MAGIC 0x31504e534744474cull /* "LGDGSNP1" */
+#define SNAP_MAGIC 0x32504e534744474cull /* "LGDGSNP2" */
 
 typedef struct snap_header {
   uint64_t magic;
@@ -31,6 +32,10 @@ typedef struct snap_header {
   uint64_t codes_total;
   uint64_t codes_saved;
   uint64_t region_count;
+  uint64_t user_count;
+  uint64_t key_count;
+  uint64_t audit_count; /* total; the ring's newest min(count, ring) are saved */
+  uint64_t cred_count;
   uint64_t reserved;
 } snap_header_t;
 
@@ -73,9 +78,17 @@ int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *f
   uint64_t idem_count = 0;
   for (uint64_t i = 0; i < st->idem_slots && st->idem_used; i++)
     idem_count += (st->idem[i].key.lo | st->idem[i].key.hi) != 0;
+  uint64_t cred_count = 0;
+  for (uint64_t i = 0; i < st->cred_slots; i++) {
+    const uint8_t *hsh = st->creds[i].hash;
+    uint8_t acc = 0;
+    for (int k = 0; k < 32; k++) acc |= hsh[k];
+    cred_count += acc != 0;
+  }
   snap_header_t h = {SNAP_MAGIC, st->last_seq, st->last_time_ms, log_pos, st->account_count,
                      st->transfer_count, idem_count, st->pending_count, st->codes_total,
-                     codes_saved(st), atomic_load(&st->region_count), 0};
+                     codes_saved(st), atomic_load(&st->region_count), st->user_count, st->key_count,
+                     st->audit_count, cred_count, 0};
   sink_put(&s, &h, sizeof h);
   sink_put(&s, st->regions, h.region_count * sizeof st->regions[0]);
   sink_put(&s, st->accounts, h.account_count * sizeof(engine_account_t));
@@ -100,6 +113,17 @@ int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *f
     sink_put(&s, st->codes + at, run);
     pos += run;
   }
+  sink_put(&s, st->users, h.user_count * sizeof(engine_user_t));
+  sink_put(&s, st->keys, h.key_count * sizeof(engine_api_key_t));
+  for (uint64_t i = 0; i < st->cred_slots; i++) {
+    const uint8_t *hsh = st->creds[i].hash;
+    uint8_t acc = 0;
+    for (int k = 0; k < 32; k++) acc |= hsh[k];
+    if (acc) sink_put(&s, &st->creds[i], sizeof(cred_entry_t));
+  }
+  uint64_t audit_saved = h.audit_count < ENGINE_AUDIT_RING_EVENTS ? h.audit_count : ENGINE_AUDIT_RING_EVENTS;
+  for (uint64_t seq = h.audit_count - audit_saved; seq < h.audit_count; seq++)
+    sink_put(&s, &st->audit[seq % ENGINE_AUDIT_RING_EVENTS], sizeof(engine_audit_event_t));
   uint32_t crc = s.crc;
   if (s.rc == 0) s.rc = store_write_all(fd, &crc, sizeof crc);
   if (s.rc == 0 && fsync(fd) != 0) s.rc = LEDGER_EIO;
@@ -134,7 +158,9 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
                     h.transfer_count > ENGINE_TRANSFERS_MAX || h.idem_count > ENGINE_IDEMPOTENCY_KEYS_MAX ||
                     h.pending_count > ENGINE_PENDING_MAX || h.codes_saved > ENGINE_CODES_RING_BYTES ||
                     h.codes_saved > h.codes_total || h.region_count > ENGINE_REGIONS_MAX ||
-                    h.region_count < 2 || h.account_count < ledger_currency_count()))
+                    h.region_count < 2 || h.account_count < ledger_currency_count() ||
+                    h.user_count > ENGINE_USERS_MAX || h.key_count > ENGINE_API_KEYS_MAX ||
+                    h.cred_count > ENGINE_CREDENTIALS_MAX * 2u))
     s.rc = LEDGER_ECORRUPT;
   if (s.rc == 0) {
     src_get(&s, st->regions, h.region_count * sizeof st->regions[0]);
@@ -154,6 +180,16 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
       src_get(&s, st->codes + at, run);
       pos += run;
     }
+    src_get(&s, st->users, h.user_count * sizeof(engine_user_t));
+    src_get(&s, st->keys, h.key_count * sizeof(engine_api_key_t));
+    for (uint64_t i = 0; i < h.cred_count && s.rc == 0; i++) {
+      cred_entry_t e;
+      src_get(&s, &e, sizeof e);
+      if (s.rc == 0 && !auth_cred_restore(st, &e)) s.rc = LEDGER_ECORRUPT;
+    }
+    uint64_t audit_saved = h.audit_count < ENGINE_AUDIT_RING_EVENTS ? h.audit_count : ENGINE_AUDIT_RING_EVENTS;
+    for (uint64_t seq = h.audit_count - audit_saved; seq < h.audit_count && s.rc == 0; seq++)
+      src_get(&s, &st->audit[seq % ENGINE_AUDIT_RING_EVENTS], sizeof(engine_audit_event_t));
   }
   uint32_t want = s.crc, got = 0;
   if (s.rc == 0 && (fread(&got, 1, sizeof got, f) != sizeof got || got != want)) s.rc = LEDGER_ECORRUPT;
@@ -165,6 +201,10 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
   st->codes_total = h.codes_total;
   atomic_store(&st->region_count, (uint32_t)h.region_count);
   for (uint64_t i = 0; i < h.region_count; i++) st->regions[i][API_REGION_BYTES_MAX] = '\0';
+  st->user_count = h.user_count;
+  st->key_count = h.key_count;
+  st->audit_count = h.audit_count;
+  if (!auth_user_index_rebuild(st)) return LEDGER_ENOMEM;
   st->last_seq = h.seq;
   st->last_time_ms = h.time_ms;
   *log_pos_out = h.log_pos;

@@ -29,7 +29,8 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   st->pending = reserve((size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
   st->saved_times = reserve(2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
-  if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes || !st->saved_times) {
+  if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes || !st->saved_times ||
+      auth_state_init(st) != 0) {
     state_free(st);
     return LEDGER_ENOMEM;
   }
@@ -56,6 +57,7 @@ void state_free(engine_state_t *st) {
   if (st->pending) munmap(st->pending, (size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
   if (st->saved_times) munmap(st->saved_times, 2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
+  auth_state_free(st);
   memset(st, 0, sizeof *st);
 }
 
@@ -193,9 +195,22 @@ typedef struct resolved {
   engine_account_t *dr, *cr;
 } resolved_t;
 
-static int resolve(engine_state_t *st, const engine_transfer_in_t *in, resolved_t *r) {
+/* A customer sees only accounts it owns: any other is "not found", exactly as a missing one. */
+static bool visible(const engine_account_t *a, uint8_t role, uint64_t principal) {
+  return a && (role != ENGINE_ROLE_CUSTOMER || a->owner_id == principal);
+}
+
+static int resolve(engine_state_t *st, const engine_transfer_in_t *in, uint8_t role, uint64_t principal,
+                   resolved_t *r) {
   r->dr = account_at(st, in->debit_account_id);
   r->cr = account_at(st, in->credit_account_id);
+  /* Customers move money out of their own accounts only; deposits go into their own. A
+   * transfer may credit any existing account: that is what paying someone is. */
+  if (in->kind == ENGINE_KIND_DEPOSIT) {
+    if (!visible(r->cr, role, principal)) return ENGINE_R_ACCOUNT_NOT_FOUND;
+  } else if (!visible(r->dr, role, principal)) {
+    return ENGINE_R_ACCOUNT_NOT_FOUND;
+  }
   if (in->kind == ENGINE_KIND_DEPOSIT) {
     if (!r->cr) return ENGINE_R_ACCOUNT_NOT_FOUND;
     r->dr = account_at(st, r->cr->currency); /* cash:<CUR> has id == currency id */
@@ -213,10 +228,10 @@ static int resolve(engine_state_t *st, const engine_transfer_in_t *in, resolved_
 }
 
 /* Checks and applies one transfer; on rejection nothing changed. */
-static int transfer_apply(engine_state_t *st, const engine_transfer_in_t *in, uint64_t extra_pos,
-                          engine_transfer_t **out) {
+static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const engine_transfer_in_t *in,
+                          uint64_t extra_pos, engine_transfer_t **out) {
   resolved_t r;
-  int res = resolve(st, in, &r);
+  int res = resolve(st, in, cmd->role, cmd->principal_id, &r);
   if (res != ENGINE_OK) return res;
   int64_t amount;
   if (in->amount_digits <= 0 ||
@@ -456,12 +471,17 @@ static engine_account_t account_creation_view(const engine_account_t *a) {
 static int apply_account_create(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
   if (st->account_count >= ENGINE_ACCOUNTS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
   if (!ledger_currency_get(cmd->u.account_create.currency)) return ENGINE_R_INVALID_OPERATION;
+  uint64_t owner = cmd->u.account_create.owner_id;
+  if (cmd->role == ENGINE_ROLE_CUSTOMER) { /* owner_id is admin-only: a customer owns what it opens */
+    if (owner != 0 && owner != cmd->principal_id) return ENGINE_R_FORBIDDEN;
+    owner = cmd->principal_id;
+  }
   uint16_t region = state_region_intern(st, cmd->u.account_create.region);
   if (region == 0) return ENGINE_R_LIMIT_EXCEEDED;
   engine_account_t *a = &st->accounts[st->account_count++];
   memset(a, 0, sizeof *a);
   a->id = st->account_count;
-  a->owner_id = cmd->u.account_create.owner_id;
+  a->owner_id = owner;
   a->currency = cmd->u.account_create.currency;
   a->region = region;
   a->flags = cmd->u.account_create.allow_overdraft ? ENGINE_AF_OVERDRAFT : 0;
@@ -476,6 +496,9 @@ static int apply_freeze(engine_state_t *st, engine_cmd_t *cmd, bool freeze) {
   engine_account_t *a = account_at(st, cmd->u.account.account_id);
   if (!a) return ENGINE_R_ACCOUNT_NOT_FOUND;
   if (a->kind == ENGINE_ACCOUNT_KIND_SYSTEM) return ENGINE_R_INVALID_OPERATION;
+  if (a->status != (freeze ? ENGINE_ACCOUNT_FROZEN : ENGINE_ACCOUNT_OPEN))
+    auth_audit(st, freeze ? ENGINE_AUDIT_ACCOUNT_FROZEN : ENGINE_AUDIT_ACCOUNT_UNFROZEN, cmd->principal_id, a->id, 0,
+               NULL, NULL); /* no address: money commands do not log one */
   a->status = freeze ? ENGINE_ACCOUNT_FROZEN : ENGINE_ACCOUNT_OPEN;
   a->updated_ms = st->batch_time_ms;
   cmd->account = *a;
@@ -484,7 +507,9 @@ static int apply_freeze(engine_state_t *st, engine_cmd_t *cmd, bool freeze) {
 
 static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
   engine_transfer_t *p = transfer_at(st, cmd->u.settle.no, cmd->u.settle.created_ms);
-  if (!p || (p->flags & ENGINE_TF_SETTLEMENT)) return ENGINE_R_TRANSFER_NOT_FOUND;
+  if (!p || (p->flags & ENGINE_TF_SETTLEMENT) ||
+      !visible(account_at(st, p->debit_account_id), cmd->role, cmd->principal_id))
+    return ENGINE_R_TRANSFER_NOT_FOUND;
   int64_t amount = 0;
   if (post && cmd->u.settle.amount_digits != 0 &&
       (cmd->u.settle.amount_digits < 0 ||
@@ -507,11 +532,11 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
     engine_item_result_t *r = &cmd->u.batch.results[i];
     engine_transfer_t *t = NULL;
     resolved_t acc;
-    if (cmd->u.batch.atomic && resolve(st, in, &acc) == ENGINE_OK) {
+    if (cmd->u.batch.atomic && resolve(st, in, cmd->role, cmd->principal_id, &acc) == ENGINE_OK) {
       st->saved_times[saved++] = (struct saved_time){acc.dr->id, acc.dr->updated_ms};
       st->saved_times[saved++] = (struct saved_time){acc.cr->id, acc.cr->updated_ms};
     }
-    int res = transfer_apply(st, in, extra_pos, &t);
+    int res = transfer_apply(st, cmd, in, extra_pos, &t);
     extra_pos += in->extra_len;
     memset(r, 0, sizeof *r);
     r->result = (uint16_t)res;
@@ -545,7 +570,7 @@ static int apply_fresh(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
     case ENGINE_CMD_ACCOUNT_CREATE: return apply_account_create(st, cmd, extra_pos);
     case ENGINE_CMD_TRANSFER: {
       engine_transfer_t *t = NULL;
-      int res = transfer_apply(st, &cmd->u.transfer, extra_pos, &t);
+      int res = transfer_apply(st, cmd, &cmd->u.transfer, extra_pos, &t);
       if (res == ENGINE_OK) cmd->transfer = *t;
       return res;
     }
@@ -554,6 +579,13 @@ static int apply_fresh(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
     case ENGINE_CMD_ACCOUNT_FREEZE: return apply_freeze(st, cmd, true);
     case ENGINE_CMD_ACCOUNT_UNFREEZE: return apply_freeze(st, cmd, false);
     case ENGINE_CMD_TRANSFER_BATCH: return apply_batch(st, cmd, extra_pos);
+    case ENGINE_CMD_USER_CREATE:
+    case ENGINE_CMD_SESSION_CREATE:
+    case ENGINE_CMD_SESSION_REVOKE:
+    case ENGINE_CMD_API_KEY_CREATE:
+    case ENGINE_CMD_API_KEY_REVOKE:
+    case ENGINE_CMD_SIGNIN_FAILED:
+    case ENGINE_CMD_USER_ROLE_SET: return auth_apply(st, cmd);
     default: LEDGER_ASSERT(!"not a write command");
   }
   return ENGINE_R_INVALID_OPERATION;
@@ -602,10 +634,10 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
   }
 }
 
-static void idem_record(engine_state_t *st, idem_entry_t *slot, const engine_cmd_t *cmd,
+static void idem_record(engine_state_t *st, idem_entry_t *slot, ledger_hash128_t key, const engine_cmd_t *cmd,
                         uint64_t first_no) {
   memset(slot, 0, sizeof *slot);
-  slot->key = cmd->idempotency_key;
+  slot->key = key;
   slot->body = cmd->body_hash;
   slot->created_ms = st->batch_time_ms;
   slot->kind = cmd->kind;
@@ -633,13 +665,29 @@ bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
   cmd->replayed = false;
   cmd->seq = st->batch_seq;
   cmd->time_ms = st->batch_time_ms;
+  /* The role comes from the state, live and in replay alike: the same log gives the same
+   * permissions. A refusal is not remembered under an idempotency key (it changed nothing,
+   * and the caller may retry with better credentials). */
+  cmd->role = auth_principal_role(st, cmd->principal_id);
+  int permit = auth_permit(cmd->kind, cmd->role);
+  if (permit != ENGINE_OK) {
+    cmd->result = (int16_t)permit;
+    return false;
+  }
   idem_entry_t *slot = NULL;
+  ledger_hash128_t key = {0, 0};
   if (cmd->has_idempotency) {
-    LEDGER_ASSERT((cmd->idempotency_key.lo | cmd->idempotency_key.hi) != 0);
+    /* Keys are per principal: the principal is mixed in here (the log keeps the key as sent
+     * and the principal, so replay mixes the same way). */
+    key = ledger_hash128(&cmd->principal_id, sizeof cmd->principal_id,
+                         cmd->idempotency_key.lo ^ cmd->idempotency_key.hi);
+    key.lo ^= cmd->idempotency_key.lo;
+    key.hi ^= cmd->idempotency_key.hi;
+    if ((key.lo | key.hi) == 0) key.lo = 1;
     if (!st->replaying) {
       /* Logged commands were always fresh: replay skips the lookup, so a changed retention
        * setting can never turn a logged command into a repeat. */
-      idem_entry_t *e = idem_find(st, cmd->idempotency_key, &slot);
+      idem_entry_t *e = idem_find(st, key, &slot);
       if (e) {
         if (!key_eq(e->body, cmd->body_hash) || e->kind != cmd->kind) {
           cmd->result = ENGINE_R_IDEMPOTENCY_CONFLICT;
@@ -649,7 +697,7 @@ bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
         return false;
       }
     }
-    slot = idem_slot_for_insert(st, cmd->idempotency_key);
+    slot = idem_slot_for_insert(st, key);
     if (!slot) {
       cmd->result = ENGINE_R_CAPACITY_EXHAUSTED;
       return false;
@@ -662,8 +710,10 @@ bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
                  (cmd->result == ENGINE_OK);
   if (slot) {
     /* Capacity is not a business outcome: a retry later must be able to succeed. */
-    if (cmd->result == ENGINE_R_CAPACITY_EXHAUSTED || cmd->result == ENGINE_R_INVALID_AMOUNT) return changed;
-    idem_record(st, slot, cmd, first_no);
+    if (cmd->result == ENGINE_R_CAPACITY_EXHAUSTED || cmd->result == ENGINE_R_INVALID_AMOUNT ||
+        cmd->result == ENGINE_R_FORBIDDEN || cmd->result == ENGINE_R_UNAUTHENTICATED)
+      return changed;
+    idem_record(st, slot, key, cmd, first_no);
     return true;
   }
   return changed;
@@ -673,7 +723,7 @@ bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
 
 static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
   const engine_account_t *a = account_at(st, cmd->u.history.account_id);
-  if (!a) {
+  if (!visible(a, cmd->role, cmd->principal_id)) {
     cmd->result = ENGINE_R_ACCOUNT_NOT_FOUND;
     return;
   }
@@ -723,7 +773,8 @@ static void read_list(const engine_state_t *st, engine_cmd_t *cmd) {
   while (id >= 1 && id <= st->account_count && scanned < scan_max) {
     const engine_account_t *a = &st->accounts[id - 1];
     scanned++;
-    bool match = (!cmd->u.list.has_owner || a->owner_id == cmd->u.list.owner_id) &&
+    bool match = visible(a, cmd->role, cmd->principal_id) &&
+                 (!cmd->u.list.has_owner || a->owner_id == cmd->u.list.owner_id) &&
                  (!cmd->u.list.currency || a->currency == cmd->u.list.currency) &&
                  (!cmd->u.list.region_name || a->region == cmd->u.list.region);
     if (match) {
@@ -740,15 +791,28 @@ static void read_list(const engine_state_t *st, engine_cmd_t *cmd) {
 void state_read(const engine_state_t *st, engine_cmd_t *cmd) {
   cmd->replayed = false;
   cmd->seq = st->last_seq;
+  cmd->role = auth_principal_role(st, cmd->principal_id);
+  int permit = auth_permit(cmd->kind, cmd->role);
+  if (permit != ENGINE_OK) {
+    cmd->result = (int16_t)permit;
+    return;
+  }
   switch (cmd->kind) {
     case ENGINE_CMD_ACCOUNT_GET: {
       const engine_account_t *a = account_at(st, cmd->u.account.account_id);
-      cmd->result = a ? ENGINE_OK : ENGINE_R_ACCOUNT_NOT_FOUND;
-      if (a) cmd->account = *a;
+      bool ok = visible(a, cmd->role, cmd->principal_id);
+      cmd->result = ok ? ENGINE_OK : ENGINE_R_ACCOUNT_NOT_FOUND;
+      if (ok) cmd->account = *a;
       break;
     }
+    case ENGINE_CMD_WHOAMI:
+    case ENGINE_CMD_USER_LOOKUP:
+    case ENGINE_CMD_AUDIT_LIST: auth_read(st, cmd); break;
     case ENGINE_CMD_TRANSFER_GET: {
       const engine_transfer_t *t = transfer_at(st, cmd->u.transfer_get.no, cmd->u.transfer_get.created_ms);
+      if (t && !visible(account_at(st, t->debit_account_id), cmd->role, cmd->principal_id) &&
+          !visible(account_at(st, t->credit_account_id), cmd->role, cmd->principal_id))
+        t = NULL;
       cmd->result = t ? ENGINE_OK : ENGINE_R_TRANSFER_NOT_FOUND;
       if (t) cmd->transfer = *t;
       break;

@@ -29,6 +29,15 @@ typedef struct idem_entry {
 } idem_entry_t;
 static_assert(sizeof(idem_entry_t) == 64, "idempotency entry size");
 
+typedef struct cred_entry {
+  uint8_t hash[32]; /* all zero = empty slot */
+  uint64_t principal_id;
+  int64_t expires_ms; /* 0 = no expiry */
+  uint8_t revoked;
+  uint8_t pad[7];
+} cred_entry_t;
+static_assert(sizeof(cred_entry_t) == 56, "credential entry size");
+
 typedef struct pending_slot {
   int64_t deadline_ms;
   uint64_t no;
@@ -51,6 +60,18 @@ typedef struct engine_state {
   pending_slot_t *pending; /* min-heap on deadline */
   uint64_t pending_count;
   uint8_t *codes; /* ENGINE_CODES_RING_BYTES */
+  /* Users (by id), their name index (rebuilt, not saved), credentials (session and key
+   * hashes → principal), API keys, and the newest audit events (a ring). */
+  engine_user_t *users;
+  uint64_t user_count;
+  uint64_t *user_index; /* user id or 0; probe by username hash */
+  uint64_t user_index_slots;
+  struct cred_entry *creds;
+  uint64_t cred_slots, cred_used;
+  engine_api_key_t *keys;
+  uint64_t key_count;
+  engine_audit_event_t *audit;
+  uint64_t audit_count; /* total ever; the ring keeps the newest ENGINE_AUDIT_RING_EVENTS */
   /* Atomic batches: the touched accounts' updated_ms before each item, restored on abort. */
   struct saved_time {
     uint64_t account_id;
@@ -85,6 +106,25 @@ void state_read(const engine_state_t *st, engine_cmd_t *cmd);
 
 /* Region interning: returns the id (1..), or 0 when the table is full. */
 uint16_t state_region_intern(engine_state_t *st, const char *name);
+/* ---- auth (engine_auth.c) ---- */
+LEDGER_MUST_USE int auth_state_init(engine_state_t *st);
+void auth_state_free(engine_state_t *st);
+/* Live only: resolves a BEARER command's credential into principal_id; false if invalid. */
+bool auth_resolve(engine_state_t *st, engine_cmd_t *cmd);
+/* The role a principal has now (deterministic: from the state). */
+uint8_t auth_principal_role(const engine_state_t *st, uint64_t principal_id);
+/* Coarse permission of a role for a command kind: ENGINE_OK, UNAUTHENTICATED or FORBIDDEN. */
+int auth_permit(uint8_t kind, uint8_t role);
+/* Applies the auth write commands. */
+int auth_apply(engine_state_t *st, engine_cmd_t *cmd);
+/* Answers the auth read commands. */
+void auth_read(const engine_state_t *st, engine_cmd_t *cmd);
+void auth_audit(engine_state_t *st, uint8_t kind, uint64_t actor, uint64_t subject, uint8_t role,
+                const char *detail, const char *addr);
+/* Snapshot helpers */
+bool auth_cred_restore(engine_state_t *st, const cred_entry_t *e);
+bool auth_user_index_rebuild(engine_state_t *st);
+
 /* Snapshot load: re-inserts a saved idempotency entry. False if the table is full. */
 bool state_idem_restore(engine_state_t *st, const idem_entry_t *e);
 uint16_t state_region_find(const engine_state_t *st, const char *name);

@@ -28,6 +28,11 @@ const char *engine_result_code(int result) {
       [ENGINE_R_CAPACITY_EXHAUSTED] = "capacity_exhausted",
       [ENGINE_R_IDEMPOTENCY_EXPIRED] = "idempotency_expired",
       [ENGINE_R_INVALID_AMOUNT] = "invalid_amount",
+      [ENGINE_R_UNAUTHENTICATED] = "unauthorized",
+      [ENGINE_R_FORBIDDEN] = "forbidden",
+      [ENGINE_R_USERNAME_TAKEN] = "username_taken",
+      [ENGINE_R_USER_NOT_FOUND] = "user_not_found",
+      [ENGINE_R_API_KEY_NOT_FOUND] = "api_key_not_found",
   };
   if (result < 0 || result >= ENGINE_R_COUNT) return "internal";
   return codes[result];

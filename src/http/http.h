@@ -24,10 +24,22 @@
  *   no complete header within header_timeout_ms, or idle keep-alive longer than
  *   idle_timeout_ms                           -> connection closed
  *   more than connections_max open connections (all threads) -> new ones accepted and closed
+ *
+ * TLS (optional, OpenSSL 3): a server whose config names tls_cert_file and tls_key_file speaks
+ * TLS on every connection it accepts; it never serves plain HTTP. A program that wants both
+ * starts two servers (see thread_index_base). TLS 1.2 is the minimum; compression and
+ * renegotiation are off. The handshake must finish within header_timeout_ms (and the first
+ * request's header then gets header_timeout_ms of its own); a failed handshake (plain HTTP on
+ * the TLS port, an old protocol version, a missing or untrusted client certificate) closes the
+ * connection without an answer and is counted in http_stats_t.tls_handshake_errors_total.
+ * With tls_client_ca_file the server requires a client certificate that verifies against that
+ * CA (mutual TLS); the handler sees its subject in http_request_t.tls_client_subject.
+ * Net threads of a TLS server block SIGPIPE (OpenSSL writes with write(), not MSG_NOSIGNAL).
  */
 #ifndef LEDGER_HTTP_H
 #define LEDGER_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,8 +78,13 @@ typedef struct http_request {
   const char *remote_addr; /* textual peer address, e.g. "127.0.0.1" */
   uint64_t received_ns;    /* CLOCK_MONOTONIC when the request became complete */
   http_loop_t *loop;       /* the loop (thread) this request belongs to */
-  unsigned thread_index;   /* 0 .. threads-1 */
+  unsigned thread_index;   /* thread_index_base .. thread_index_base + threads - 1 */
   void *user;              /* free for the handler's use */
+  bool tls;                /* the request came over TLS (the server has tls_cert_file) */
+  /* mTLS only (tls_client_ca_file set): the verified client certificate's subject as one
+   * line of RFC 2253 text ("CN=client-1,O=Example"); NULL otherwise. Owned by the server,
+   * valid until http_respond() returns like every other pointer here. */
+  const char *tls_client_subject;
 } http_request_t;
 
 /* Called on the loop's thread for each complete request. The handler must call http_respond
@@ -86,9 +103,30 @@ typedef struct http_config {
   void *handler_ctx;
   /* Called once on each net thread before it serves, e.g. to register a wakeup. May be NULL. */
   void (*on_thread_start)(http_loop_t *loop, unsigned thread_index, void *ctx);
+  /* The thread_index given to on_thread_start and in requests is thread_index_base + i for
+   * net thread i, so two servers (plain and TLS) can share one handler whose per-thread
+   * arrays have HTTP_THREADS_MAX entries: give the second server the first one's `threads`.
+   * thread_index_base + threads must not exceed HTTP_THREADS_MAX. 0 for a lone server. */
+  unsigned thread_index_base;
+  /* TLS: PEM files, read once by http_server_start. Both set = every connection is TLS; both
+   * NULL = plain HTTP; one without the other is -EINVAL. tls_cert_file may hold the chain
+   * (leaf first). The strings need only live during http_server_start. */
+  const char *tls_cert_file;
+  const char *tls_key_file;
+  /* NULL, or a PEM file of CA certificates: then a client certificate is required and must
+   * verify against them, else the handshake fails (mutual TLS). Needs tls_cert_file. */
+  const char *tls_client_ca_file;
 } http_config_t;
 
-/* Creates the sockets and starts the threads. Returns 0 or a negative errno value. */
+/* Creates the sockets and starts the threads. Returns 0 or a negative errno value:
+ *   -EINVAL    bad config (limits, thread_index_base + threads > HTTP_THREADS_MAX, TLS
+ *              cert without key or the reverse, client CA without cert), or a host that
+ *              does not resolve;
+ *   -ENOENT, -EACCES...  a TLS file cannot be opened (the errno of fopen);
+ *   -EBADMSG   a TLS file was read but OpenSSL refused it (not PEM, key does not match the
+ *              certificate, no CA in the client CA file); OpenSSL's reason is logged once
+ *              to stderr;
+ *   -ENOMEM, or a socket/bind/listen/epoll/thread errno. Nothing is left running on error. */
 __attribute__((warn_unused_result)) int http_server_start(const http_config_t *config,
                                                           http_server_t **out);
 /* The bound port (useful when config.port was 0). */
@@ -123,6 +161,7 @@ typedef struct http_stats {
   uint64_t requests_total;
   uint64_t protocol_errors_total; /* 400/413/431/414 answered here */
   uint64_t timeouts_total;
+  uint64_t tls_handshake_errors_total; /* handshakes that failed (always 0 on a plain server) */
 } http_stats_t;
 void http_server_stats(const http_server_t *server, http_stats_t *out);
 

@@ -14,7 +14,11 @@
  *  - a connection is freed only from the loop's event/ready/sweep paths or from
  *    http_respond on a dead connection, never while its parse loop runs (in_process);
  *  - every buffer is bounded: in by HTTP_IN_PENDING_BYTES_MAX, req_buf by the header, path
- *    and body limits, out by HTTP_OUT_BYTES_MAX.
+ *    and body limits, out by HTTP_OUT_BYTES_MAX;
+ *  - TLS connections (ssl != NULL) differ only in: the handshake before the first read
+ *    (conn_tls_on_event), the read/write calls (one branch each, http_tls.c), the extra
+ *    epoll interest OpenSSL asks for (conn_tls_events), a read only with room for a whole
+ *    record, and close_notify before the socket closes. The plain path is unchanged.
  *
  * Threads: everything here runs on the owning loop's thread.
  */
@@ -111,6 +115,7 @@ static void conns_unlink(http_loop_t *loop, http_conn_t *c) {
 
 static void conn_close_fd(http_conn_t *c) {
   if (c->fd < 0) return;
+  if (c->ssl != NULL) http__tls_conn_close(c);
   /* Deregister explicitly: close() removes the registration only when no other descriptor
    * (e.g. in a forked snapshot child) refers to the socket, and a stale registration would
    * keep reporting events for a freed connection. */
@@ -130,6 +135,8 @@ static void conn_destroy(http_conn_t *c) {
   buf_free(&c->in);
   buf_free(&c->req_buf);
   buf_free(&c->out);
+  free(c->tls_client_subject);
+  c->tls_client_subject = NULL;
   HTTP_ASSERT(!c->buried);
   c->buried = true;
   c->grave_next = loop->graveyard;
@@ -471,7 +478,9 @@ static void conn_fill_request(http_conn_t *c) {
   r->remote_addr = c->remote_addr;
   r->received_ns = now_ns();
   r->loop = c->loop;
-  r->thread_index = c->loop->index;
+  r->thread_index = c->loop->thread_index;
+  r->tls = c->tls;
+  r->tls_client_subject = c->tls_client_subject;
 }
 
 static void conn_dispatch(http_conn_t *c) {
@@ -557,7 +566,7 @@ static bool conn_read(http_conn_t *c) {
     if (!buf_reserve(&c->in, room, HTTP_READ_BYTES)) return false;
     dst = c->in.data + c->in.len;
   }
-  ssize_t n = read(c->fd, dst, room);
+  ssize_t n = c->ssl == NULL ? read(c->fd, dst, room) : http__tls_read(c, dst, room);
   if (n < 0) return errno == EAGAIN || errno == EINTR;
   if (n == 0) return false;
   if (!direct) {
@@ -579,7 +588,9 @@ static bool conn_read(http_conn_t *c) {
 static bool conn_flush(http_conn_t *c) {
   size_t sent_total = 0;
   while (buf_pending(&c->out) > 0) {
-    ssize_t n = send(c->fd, c->out.data + c->out.off, buf_pending(&c->out), MSG_NOSIGNAL);
+    const char *src = c->out.data + c->out.off;
+    ssize_t n = c->ssl == NULL ? send(c->fd, src, buf_pending(&c->out), MSG_NOSIGNAL)
+                               : http__tls_write(c, src, buf_pending(&c->out));
     if (n > 0) {
       c->out.off += (size_t)n;
       sent_total += (size_t)n;
@@ -600,12 +611,31 @@ static bool conn_flush(http_conn_t *c) {
   return true;
 }
 
+/* Whether input is read now. A TLS connection needs room for a whole record (see
+ * HTTP_TLS_RECORD_PLAIN_BYTES_MAX); a plain one reads while any room is left. */
+static bool conn_wants_read(const http_conn_t *c) {
+  if (c->lingering) return true;
+  if (c->closing) return false;
+  size_t room_min = c->ssl == NULL ? 1 : HTTP_TLS_RECORD_PLAIN_BYTES_MAX;
+  return buf_pending(&c->in) + room_min <= HTTP_IN_PENDING_BYTES_MAX;
+}
+
+/* OpenSSL's own needs: the handshake waits for one direction only; a read that must first
+ * write (or the reverse) waits for the other direction too. A write waiting for input must
+ * not keep EPOLLOUT, which would fire at once, forever. */
+static uint32_t conn_tls_events(const http_conn_t *c, uint32_t want) {
+  if (c->tls_handshaking) return EPOLLRDHUP | (c->tls_hs_wants_write ? EPOLLOUT : EPOLLIN);
+  if (c->lingering) return want; /* raw socket reads only; OpenSSL is done */
+  if (c->tls_read_wants_write && (want & EPOLLIN)) want |= EPOLLOUT;
+  if (c->tls_write_wants_read && (want & EPOLLOUT)) want = (want & ~(uint32_t)EPOLLOUT) | EPOLLIN;
+  return want;
+}
+
 static bool conn_update_events(http_conn_t *c) {
   uint32_t want = EPOLLRDHUP;
-  if (c->lingering || (!c->closing && buf_pending(&c->in) < HTTP_IN_PENDING_BYTES_MAX)) {
-    want |= EPOLLIN;
-  }
+  if (conn_wants_read(c)) want |= EPOLLIN;
   if (buf_pending(&c->out) > 0) want |= EPOLLOUT;
+  if (c->ssl != NULL) want = conn_tls_events(c, want);
   if (want == c->events) return true;
   struct epoll_event ev = {.events = want, .data.ptr = c};
   if (epoll_ctl(c->loop->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) != 0) return false;
@@ -614,6 +644,7 @@ static bool conn_update_events(http_conn_t *c) {
 }
 
 static bool conn_linger_start(http_conn_t *c) {
+  if (c->ssl != NULL) http__tls_shutdown(c); /* close_notify goes before our FIN */
   if (shutdown(c->fd, SHUT_WR) != 0) return false;
   c->lingering = true;
   c->in.off = c->in.len = 0;
@@ -668,14 +699,72 @@ void http__conn_accepted(http_loop_t *loop, int fd, const struct sockaddr_storag
   c->next = loop->conns;
   if (loop->conns) loop->conns->prev = c;
   loop->conns = c;
-  if (epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) conn_close(c);
+  SSL_CTX *tls_ctx = loop->server->tls_ctx;
+  if ((tls_ctx != NULL && !http__tls_conn_init(c, tls_ctx)) ||
+      epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    conn_close(c);
+  }
+}
+
+/* Reads on a TLS connection: up to HTTP_TLS_READS_PER_EVENT_MAX records while OpenSSL
+ * still holds input (it should not, read_ahead being off; this is the safety net). */
+static void conn_tls_read(http_conn_t *c) {
+  for (int i = 0; i < HTTP_TLS_READS_PER_EVENT_MAX; i++) {
+    c->in_process = true;
+    bool alive = conn_read(c);
+    c->in_process = false;
+    if (!alive) {
+      conn_peer_gone(c);
+      return;
+    }
+    if (!conn_sync(c)) return; /* closed */
+    HTTP_ASSERT(c->ssl != NULL);
+    if (c->lingering || SSL_pending(c->ssl) == 0 || !conn_wants_read(c)) return;
+  }
+}
+
+/* A TLS connection's event: the handshake first, then as http__conn_on_event, with OpenSSL
+ * possibly waiting for the other direction than the one the bytes flow in. */
+static void conn_tls_on_event(http_conn_t *c, uint32_t events) {
+  if (c->tls_handshaking) {
+    int r = http__tls_handshake(c);
+    /* Half-closed before the handshake is done: no more handshake bytes will come. */
+    if (r < 0 || (r == 0 && (events & EPOLLRDHUP))) {
+      http__stat_inc(&c->loop->stat_tls_handshake_errors);
+      conn_close(c);
+      return;
+    }
+    if (r == 0) {
+      if (!conn_update_events(c)) conn_close(c);
+      return;
+    }
+    /* The handshake had its header_timeout_ms; the first request's header gets its own. */
+    c->deadline_ms = c->loop->now_ms + c->loop->server->config.header_timeout_ms;
+    events |= EPOLLIN; /* the first request may already be waiting */
+  }
+  bool readable = (events & EPOLLIN) || ((events & EPOLLOUT) && c->tls_read_wants_write);
+  if (readable && conn_wants_read(c)) {
+    conn_tls_read(c);
+    return;
+  }
+  if (events & EPOLLRDHUP) { /* half-closed while we are not reading: treat as gone */
+    conn_peer_gone(c);
+    return;
+  }
+  if (events & (EPOLLOUT | EPOLLIN)) conn_resume(c); /* EPOLLIN: a write waiting for input */
 }
 
 void http__conn_on_event(http_conn_t *c, uint32_t events) {
   /* An event fetched in the same epoll batch as the one that closed this connection. */
   if (c->buried || c->dead || c->fd < 0) return;
   if (events & (EPOLLERR | EPOLLHUP)) {
+    if (c->tls_handshaking) http__stat_inc(&c->loop->stat_tls_handshake_errors);
+    c->tls_failed = c->tls; /* no close_notify into a dead socket */
     conn_peer_gone(c);
+    return;
+  }
+  if (c->ssl != NULL) {
+    conn_tls_on_event(c, events);
     return;
   }
   if ((events & EPOLLIN) && (c->events & EPOLLIN)) {

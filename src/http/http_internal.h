@@ -3,6 +3,9 @@
  * http_server.c (threads, listeners, epoll loop, timers) and http_conn.c (one connection:
  * parsing with libhttp-parser, dispatch, responses, output buffering).
  *
+ * http_tls.c holds the OpenSSL side (the server's SSL_CTX, one SSL per TLS connection); a
+ * connection is TLS when conn->ssl != NULL, and every read/write branches once on that.
+ *
  * Threads: a loop and its connections are touched only by the loop's thread, except
  * wake_pending/wake_fd (any thread), the stat_* counters (written by the loop's thread, read
  * by http_server_stats) and the server's connections_open/stopping atomics.
@@ -13,12 +16,14 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <http_parser.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "http.h"
 
@@ -55,10 +60,20 @@ _Noreturn void http__assert_fail(const char *expr, const char *file, int line);
 #define HTTP_ACCEPTS_PER_EVENT_MAX 64   /* bounded accept burst so one loop does not starve */
 #define HTTP_HEADER_NAME_BYTES_MAX 16   /* longest kept header name ("idempotency-key") + 1 */
 #define HTTP_HEADER_LINE_OVERHEAD_BYTES 4 /* ": " and CRLF, counted toward the header limit */
+/* The largest plaintext one TLS record carries (RFC 8446 5.1). A TLS connection reads only
+ * when it has at least this much room, so every SSL_read takes a whole record and OpenSSL
+ * keeps no decrypted bytes that the level-triggered epoll could not tell us about. */
+#define HTTP_TLS_RECORD_PLAIN_BYTES_MAX (16 * 1024)
+/* SSL_reads per readiness event while OpenSSL still holds input (normally one suffices). */
+#define HTTP_TLS_READS_PER_EVENT_MAX 4
 
 static_assert(HTTP_PATH_BYTES_MAX < HTTP_HEADER_BYTES_MAX, "the target is part of the header");
 static_assert(HTTP_OUT_PAUSE_BYTES < HTTP_OUT_BYTES_MAX, "pause before the hard limit");
 static_assert(HTTP_READ_BYTES <= HTTP_IN_PENDING_BYTES_MAX, "a read's leftover must fit");
+static_assert(HTTP_TLS_RECORD_PLAIN_BYTES_MAX <= HTTP_READ_BYTES, "a record fits one read");
+static_assert(2 * HTTP_TLS_RECORD_PLAIN_BYTES_MAX <= HTTP_IN_PENDING_BYTES_MAX,
+              "a TLS connection still reads while some input waits");
+static_assert(SSL3_RT_MAX_PLAIN_LENGTH == HTTP_TLS_RECORD_PLAIN_BYTES_MAX, "OpenSSL agrees");
 
 enum {
   HTTP_HDR_AUTHORIZATION,
@@ -124,12 +139,23 @@ struct http_conn {
   bool linger_after; /* an error was answered: linger before closing */
   bool lingering;    /* our side is shut down; input is read and discarded */
   size_t linger_bytes;
+  /* TLS only (ssl != NULL); a plain connection never touches these. */
+  SSL *ssl;                  /* freed when the socket closes (http__tls_conn_close) */
+  bool tls;                  /* accepted by a TLS server; stays set after ssl is freed */
+  bool tls_handshaking;      /* SSL_accept has not finished */
+  bool tls_hs_wants_write;   /* the handshake waits for the socket to take output */
+  bool tls_read_wants_write; /* SSL_read needs EPOLLOUT before it can go on */
+  bool tls_write_wants_read; /* SSL_write needs EPOLLIN before it can go on */
+  bool tls_failed;           /* a fatal TLS error: no close_notify may be sent */
+  bool tls_shutdown_sent;    /* close_notify already sent (lingering) */
+  char *tls_client_subject;  /* mTLS: malloc'd subject text, freed with the connection */
   char remote_addr[INET6_ADDRSTRLEN];
 };
 
 struct http_loop {
   http_server_t *server;
-  unsigned index;
+  unsigned index;        /* 0 .. threads-1, the slot in server->loops */
+  unsigned thread_index; /* index + config.thread_index_base, what handlers see */
   int epoll_fd;
   int listen_fd;
   int wake_fd;
@@ -147,7 +173,7 @@ struct http_loop {
   uint64_t sweep_next_ms;
   char *read_buf; /* HTTP_READ_BYTES */
   _Atomic uint64_t stat_accepted, stat_rejected, stat_requests, stat_protocol_errors,
-      stat_timeouts;
+      stat_timeouts, stat_tls_handshake_errors;
 };
 
 /* Frees the connections closed during the last event batch. */
@@ -161,6 +187,7 @@ struct http_server {
   uint16_t port;
   atomic_uint connections_open;
   atomic_bool stopping;
+  SSL_CTX *tls_ctx; /* NULL = plain HTTP; read-only once the threads run */
   http_loop_t *loops[HTTP_THREADS_MAX];
 };
 
@@ -177,5 +204,24 @@ void http__conn_on_event(http_conn_t *conn, uint32_t events);
 void http__loop_run_ready(http_loop_t *loop);
 void http__loop_sweep(http_loop_t *loop);
 void http__loop_close_all(http_loop_t *loop);
+
+/* http_tls.c. The context is built on the starting thread; the rest runs on the loop's
+ * thread. The I/O calls follow read()/send(): > 0 bytes; 0 = the peer closed the TLS
+ * session (read only); -1 with errno EAGAIN (retry on readiness; which readiness is recorded
+ * in the tls_*_wants_* flags) or another errno (the connection is broken). They leave
+ * OpenSSL's per-thread error queue empty, so the next connection's SSL_get_error is exact. */
+__attribute__((warn_unused_result)) int http__tls_ctx_create(const http_config_t *config,
+                                                             SSL_CTX **out);
+/* Starts a connection's TLS session on c->fd (sets c->ssl). False when out of memory. */
+__attribute__((warn_unused_result)) bool http__tls_conn_init(http_conn_t *c, SSL_CTX *ctx);
+/* One handshake step: 1 done, 0 wait (see tls_hs_wants_write), -1 failed. */
+int http__tls_handshake(http_conn_t *c);
+ssize_t http__tls_read(http_conn_t *c, char *dst, size_t len);
+ssize_t http__tls_write(http_conn_t *c, const char *src, size_t len);
+/* Sends close_notify if the session is healthy and it was not sent yet (best effort, never
+ * waits). */
+void http__tls_shutdown(http_conn_t *c);
+/* Best-effort close_notify, then frees c->ssl (sets it NULL). The socket stays open. */
+void http__tls_conn_close(http_conn_t *c);
 
 #endif

@@ -13,11 +13,14 @@
  *
  * Threads: http_server_start/stop/port/stats on any non-net thread; http_loop_wake on any
  * thread; http_loop_set_wakeup on the loop's thread; the rest runs on the net threads.
+ * A TLS server builds its SSL_CTX (http_tls.c) before any thread starts and frees it after
+ * every thread has been joined.
  */
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +117,7 @@ static int loop_create(http_server_t *s, unsigned index, http_loop_t **out) {
   if (loop == NULL) return -ENOMEM;
   loop->server = s;
   loop->index = index;
+  loop->thread_index = s->config.thread_index_base + index;
   loop->listen_fd = loop->wake_fd = -1;
   loop->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
   loop->read_buf = malloc(HTTP_READ_BYTES);
@@ -192,7 +196,17 @@ static void loop_run(http_loop_t *loop) {
 static void *loop_main(void *arg) {
   http_loop_t *loop = arg;
   const http_config_t *cfg = &loop->server->config;
-  if (cfg->on_thread_start != NULL) cfg->on_thread_start(loop, loop->index, cfg->handler_ctx);
+  if (loop->server->tls_ctx != NULL) {
+    /* OpenSSL writes with write(): a peer that reset would raise SIGPIPE. Blocked here, the
+     * write fails with EPIPE instead, whatever the program's disposition for SIGPIPE. */
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+  }
+  if (cfg->on_thread_start != NULL) {
+    cfg->on_thread_start(loop, loop->thread_index, cfg->handler_ctx);
+  }
   loop_run(loop);
   http__loop_close_all(loop);
   close(loop->listen_fd);
@@ -203,13 +217,18 @@ static void *loop_main(void *arg) {
 /* ---------------------------------------------------------------- public */
 
 static bool config_valid(const http_config_t *c) {
-  return c != NULL && c->host != NULL && c->handler != NULL && c->threads >= 1 &&
-         c->threads <= HTTP_THREADS_MAX && c->connections_max >= 1 && c->body_bytes_max >= 1 &&
-         c->header_timeout_ms >= 1 && c->idle_timeout_ms >= 1;
+  if (c == NULL) return false;
+  bool tls_ok = (c->tls_cert_file == NULL) == (c->tls_key_file == NULL) &&
+                (c->tls_client_ca_file == NULL || c->tls_cert_file != NULL);
+  return c->host != NULL && c->handler != NULL && c->threads >= 1 &&
+         c->threads <= HTTP_THREADS_MAX && c->thread_index_base <= HTTP_THREADS_MAX - c->threads &&
+         c->connections_max >= 1 && c->body_bytes_max >= 1 && c->header_timeout_ms >= 1 &&
+         c->idle_timeout_ms >= 1 && tls_ok;
 }
 
 static void server_free(http_server_t *s) {
   for (unsigned i = 0; i < HTTP_THREADS_MAX; i++) loop_free(s->loops[i]);
+  SSL_CTX_free(s->tls_ctx); /* NULL-safe; no thread uses it any more */
   free(s->host);
   free(s);
 }
@@ -234,8 +253,11 @@ int http_server_start(const http_config_t *config, http_server_t **out) {
   s->config = *config;
   s->host = strdup(config->host);
   s->config.host = s->host;
+  /* The file names are read here and never again: do not keep the caller's pointers. */
+  s->config.tls_cert_file = s->config.tls_key_file = s->config.tls_client_ca_file = NULL;
   s->port = config->port;
   int err = s->host == NULL ? -ENOMEM : resolve_host(s);
+  if (err == 0 && config->tls_cert_file != NULL) err = http__tls_ctx_create(config, &s->tls_ctx);
   for (unsigned i = 0; err == 0 && i < config->threads; i++) err = loop_create(s, i, &s->loops[i]);
   for (unsigned i = 0; err == 0 && i < config->threads; i++) {
     err = -pthread_create(&s->loops[i]->thread, NULL, loop_main, s->loops[i]);
@@ -289,5 +311,7 @@ void http_server_stats(const http_server_t *server, http_stats_t *out) {
     out->protocol_errors_total +=
         atomic_load_explicit(&l->stat_protocol_errors, memory_order_relaxed);
     out->timeouts_total += atomic_load_explicit(&l->stat_timeouts, memory_order_relaxed);
+    out->tls_handshake_errors_total +=
+        atomic_load_explicit(&l->stat_tls_handshake_errors, memory_order_relaxed);
   }
 }

@@ -202,8 +202,9 @@ class Client:
     """One keep-alive connection. Not thread-safe: one Client per thread.
     Records every status it saw (seen_5xx) so a test can assert 'never a 500'."""
 
-    def __init__(self, host, port, timeout=60):
+    def __init__(self, host, port, timeout=60, token=None):
         self.host, self.port, self.timeout = host, port, timeout
+        self.token = token  # sent as "Authorization: Bearer <token>" unless a request sets its own
         self.conn = None
         self.seen_500 = []
 
@@ -237,6 +238,8 @@ class Client:
             h["Content-Type"] = content_type
         if key is not None:
             h["Idempotency-Key"] = key
+        if self.token is not None:
+            h["Authorization"] = f"Bearer {self.token}"
         if headers:
             h.update(headers)
         try:
@@ -463,10 +466,19 @@ class Server:
             self.kill()
             raise RuntimeError(f"cannot parse listening line {line!r}")
         self.host, self.port = m.group(1), int(m.group(2))
+        # A new ledger writes its first admin credential here (docs/security.md); tests act
+        # as that admin unless they pass another token.
+        keyfile = os.path.join(self.data_dir, "bootstrap-admin-key")
+        if os.path.exists(keyfile):
+            with open(keyfile) as f:
+                self.admin_token = f.read().strip()
         return self
 
     def client(self, timeout=60):
-        return Client(self.host, self.port, timeout=timeout)
+        return Client(self.host, self.port, timeout=timeout, token=getattr(self, "admin_token", None))
+
+    def anon_client(self, timeout=60):
+        return Client(self.host, self.port, timeout=timeout, token=None)
 
     def wait_ready(self, timeout=30):
         """Polls /readyz until 200. Returns True when ready."""

@@ -88,7 +88,8 @@ def run_all(ck, srv, c, rnd):
     with ck.section("HTTP/1.1 pipelining and limits"):
         import socket
         s = socket.create_connection((srv.host, srv.port), timeout=30)
-        reqs = b"".join(f"GET /v1/accounts/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in (1, 4, 5))
+        auth = f"Authorization: Bearer {srv.admin_token}\r\n".encode()
+        reqs = b"".join(f"GET /v1/accounts/{i} HTTP/1.1\r\nHost: x\r\n".encode() + auth + b"\r\n" for i in (1, 4, 5))
         s.sendall(reqs)
         buf = b""
         deadline = time.monotonic() + 30
@@ -110,7 +111,7 @@ def run_all(ck, srv, c, rnd):
         c.close()
         acct = c.new_account("USD")
         body = b'{"account_id": %d, "amount": "1.00"}' % acct
-        req = (b"POST /v1/deposits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        req = (b"POST /v1/deposits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth +
                b"Content-Length: %d\r\n\r\n" % len(body)) + body
         s = socket.create_connection((srv.host, srv.port), timeout=30)
         for piece in (req[:7], req[7:40], req[40:-5], req[-5:]):
@@ -119,7 +120,7 @@ def run_all(ck, srv, c, rnd):
         data = s.recv(65536)
         s.close()
         ck.check("a request split across slow TCP writes -> 201", data.startswith(b"HTTP/1.1 201"), data[:80])
-        chunked = (b"POST /v1/deposits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        chunked = (b"POST /v1/deposits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth +
                    b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         s = socket.create_connection((srv.host, srv.port), timeout=30)
         s.sendall(chunked)

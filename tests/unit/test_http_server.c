@@ -4,6 +4,10 @@
  * every limit (413/414/431/400, connections_max), timeouts, a peer leaving while its answer
  * is pending, 1.5 MiB bodies in and 4 MiB out. Responses are parsed with libhttp-parser.
  *
+ * A second server speaks mutual TLS (certificates made with the openssl CLI) with
+ * thread_index_base 5: the request's tls flag, client subject and thread index, a deferred
+ * answer and a 4 MiB response over TLS, a refused client, and the TLS config errors.
+ *
  * Threads: main thread is the client; a worker thread completes deferred requests and wakes
  * the net threads, whose wakeup callbacks answer them.
  */
@@ -23,6 +27,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "http/http.h"
 
@@ -162,6 +169,11 @@ static void handler(http_request_t *req, void *ctx) {
     handle_info(req);
   } else if (strcmp(req->path, "/defer") == 0) {
     handle_defer(req);
+  } else if (strcmp(req->path, "/tls") == 0) {
+    char body[512];
+    int n = snprintf(body, sizeof body, "%d|%s|%u", req->tls ? 1 : 0,
+                     req->tls_client_subject ? req->tls_client_subject : "-", req->thread_index);
+    http_respond(req, 200, "text/plain", NULL, body, (size_t)n);
   } else if (strcmp(req->path, "/big") == 0) {
     http_respond(req, 200, "application/octet-stream", NULL, big_response, BIG_RESPONSE_BYTES);
   } else {
@@ -624,6 +636,152 @@ static void test_fork_holds_sockets(void) {
   waitpid(child, &status, 0);
 }
 
+/* ------------------------------------------------------------ TLS */
+
+#define TLS_THREAD_INDEX_BASE 5
+static char tls_dir[] = "/tmp/test_http_tls.XXXXXX";
+static char tls_path_buf[8][512];
+
+static const char *tls_path(int slot, const char *name) {
+  snprintf(tls_path_buf[slot], sizeof tls_path_buf[slot], "%s/%s", tls_dir, name);
+  return tls_path_buf[slot];
+}
+
+static bool tls_make_certs(void) {
+  if (mkdtemp(tls_dir) == NULL) return false;
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd,
+           "(cd %s && E='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes' && "
+           "openssl req -x509 $E -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca "
+           "-addext basicConstraints=critical,CA:TRUE && "
+           "printf 'subjectAltName=IP:127.0.0.1\n' > srv.ext && "
+           "openssl req -new $E -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 && "
+           "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
+           "-extfile srv.ext -out srv.crt && "
+           "openssl req -new $E -keyout cli.key -out cli.csr -subj /O=ledger-test/CN=client-1 && "
+           "openssl x509 -req -in cli.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
+           "-out cli.crt && echo not-a-certificate > junk.pem) >/dev/null 2>&1",
+           tls_dir);
+  return system(cmd) == 0;
+}
+
+/* One request on a new TLS connection with `Connection: close`; returns the whole answer
+ * (malloc'd, NUL-terminated) or NULL if the connection or handshake failed. */
+static char *tls_request(uint16_t port, bool with_cert, const char *path, size_t *len_out) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_load_verify_locations(ctx, tls_path(0, "ca.crt"), NULL);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  if (with_cert) {
+    SSL_CTX_use_certificate_file(ctx, tls_path(1, "cli.crt"), SSL_FILETYPE_PEM);
+    SSL_CTX_use_PrivateKey_file(ctx, tls_path(2, "cli.key"), SSL_FILETYPE_PEM);
+  }
+  client_t c;
+  server_port = port;
+  char *out = NULL;
+  size_t len = 0, cap = 0;
+  SSL *ssl = NULL;
+  bool ok = client_connect(&c) == 0 && (ssl = SSL_new(ctx)) != NULL && SSL_set_fd(ssl, c.fd) == 1 &&
+            SSL_connect(ssl) == 1;
+  char req[256];
+  int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
+  ok = ok && SSL_write(ssl, req, n) == n;
+  while (ok) {
+    if (cap - len < 65536 + 1) out = realloc(out, cap = cap * 2 + 65536 + 1);
+    int got = SSL_read(ssl, out + len, 65536);
+    if (got <= 0) break;
+    len += (size_t)got;
+  }
+  if (ok && len == 0) ok = false; /* TLS 1.3: a refused certificate shows on the first read */
+  if (ok) out[len] = '\0';
+  if (!ok) {
+    free(out);
+    out = NULL;
+  }
+  *len_out = len;
+  SSL_free(ssl);
+  client_close(&c);
+  SSL_CTX_free(ctx);
+  ERR_clear_error();
+  return out;
+}
+
+static const char *body_of(const char *answer) {
+  const char *p = strstr(answer, "\r\n\r\n");
+  return p ? p + 4 : "";
+}
+
+static void test_tls_config_errors(const http_config_t *base) {
+  http_server_t *s = NULL;
+  http_config_t c = *base;
+  c.tls_client_ca_file = NULL;
+  c.tls_key_file = NULL;
+  CHECK(http_server_start(&c, &s) == -EINVAL, "cert without key");
+  c = *base;
+  c.thread_index_base = HTTP_THREADS_MAX - c.threads + 1;
+  CHECK(http_server_start(&c, &s) == -EINVAL, "thread_index_base + threads > HTTP_THREADS_MAX");
+  c = *base;
+  c.tls_cert_file = tls_path(3, "missing.crt");
+  CHECK(http_server_start(&c, &s) == -ENOENT, "missing cert file");
+  c = *base;
+  c.tls_cert_file = tls_path(3, "junk.pem");
+  CHECK(http_server_start(&c, &s) == -EBADMSG, "junk cert file");
+  c = *base;
+  c.tls_key_file = tls_path(3, "cli.key"); /* does not match srv.crt */
+  CHECK(http_server_start(&c, &s) == -EBADMSG, "key of another certificate");
+  c = *base;
+  c.tls_client_ca_file = tls_path(3, "junk.pem");
+  CHECK(http_server_start(&c, &s) == -EBADMSG, "junk client CA file");
+}
+
+static void test_tls(const http_config_t *plain) {
+  if (!tls_make_certs()) {
+    CHECK(false, "openssl CLI could not make test certificates in %s", tls_dir);
+    return;
+  }
+  http_config_t cfg = *plain;
+  cfg.thread_index_base = TLS_THREAD_INDEX_BASE;
+  cfg.tls_cert_file = tls_path(4, "srv.crt");
+  cfg.tls_key_file = tls_path(5, "srv.key");
+  cfg.tls_client_ca_file = tls_path(6, "ca.crt");
+  test_tls_config_errors(&cfg);
+  http_server_t *server = NULL;
+  int err = http_server_start(&cfg, &server);
+  CHECK(err == 0, "TLS server start: %s", strerror(-err));
+  if (err != 0) return;
+  uint16_t port = http_server_port(server);
+  sleep_ms(20); /* on_thread_start has registered loops[5], loops[6] */
+  size_t len = 0;
+  for (int i = 0; i < 4; i++) { /* the kernel spreads connections over both threads */
+    char *a = tls_request(port, true, "/tls", &len);
+    CHECK(a != NULL && strncmp(a, "HTTP/1.1 200", 12) == 0, "mTLS request %d", i);
+    const char *b = a ? body_of(a) : "";
+    CHECK(strcmp(b, "1|CN=client-1,O=ledger-test|5") == 0 ||
+              strcmp(b, "1|CN=client-1,O=ledger-test|6") == 0,
+          "tls flag, subject, thread index: '%s'", b);
+    free(a);
+  }
+  char *a = tls_request(port, true, "/defer?ms=30", &len);
+  CHECK(a != NULL && strcmp(body_of(a), "deferred:ms=30") == 0, "deferred answer over TLS");
+  free(a);
+  a = tls_request(port, true, "/big", &len);
+  const char *b = a ? body_of(a) : NULL;
+  CHECK(b != NULL && len - (size_t)(b - a) == BIG_RESPONSE_BYTES &&
+            memcmp(b, big_response, BIG_RESPONSE_BYTES) == 0,
+        "4 MiB response over TLS (%zu bytes)", len);
+  free(a);
+  a = tls_request(port, false, "/tls", &len);
+  CHECK(a == NULL, "no client certificate: refused");
+  free(a);
+  http_stats_t st;
+  http_server_stats(server, &st);
+  CHECK(st.tls_handshake_errors_total >= 1, "handshake errors %llu",
+        (unsigned long long)st.tls_handshake_errors_total);
+  http_server_stop(server);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tls_dir);
+  CHECK(system(cmd) == 0, "cleanup");
+}
+
 int main(void) {
   big_response = malloc(BIG_RESPONSE_BYTES);
   for (size_t i = 0; i < BIG_RESPONSE_BYTES; i++) big_response[i] = (char)(i * 7);
@@ -660,6 +818,9 @@ int main(void) {
   test_large_bodies();
   test_connections_max(server);
   test_fork_holds_sockets();
+  uint16_t plain_port = server_port;
+  test_tls(&cfg);
+  server_port = plain_port;
 
   http_stats_t st;
   http_server_stats(server, &st);
