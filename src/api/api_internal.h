@@ -20,6 +20,7 @@ void jw_raw(jw_t *w, const char *s, size_t n);
 void jw_lit(jw_t *w, const char *s); /* NUL-terminated raw text */
 void jw_str(jw_t *w, const char *s, size_t n); /* quoted, escaped */
 void jw_key(jw_t *w, const char *key);         /* "key": (with a leading comma if needed) */
+void jw_key_str(jw_t *w, const char *key, const char *value); /* "key":"value" (escaped) */
 void jw_u64(jw_t *w, uint64_t v);
 void jw_money(jw_t *w, int64_t minor, uint8_t exponent); /* "12.50" as a string */
 void jw_time(jw_t *w, int64_t ms);                     /* "2026-...Z" */

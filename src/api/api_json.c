@@ -82,6 +82,11 @@ void jw_key(jw_t *w, const char *key) {
   jw_raw(w, ":", 1);
 }
 
+void jw_key_str(jw_t *w, const char *key, const char *value) {
+  jw_key(w, key);
+  jw_str(w, value, strlen(value));
+}
+
 void jw_u64(jw_t *w, uint64_t v) {
   char b[24];
   int n = snprintf(b, sizeof b, "%llu", (unsigned long long)v);

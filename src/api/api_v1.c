@@ -292,10 +292,7 @@ static void render_account(api_t *api, jw_t *w, const engine_account_t *a) {
   jw_u64(w, a->id);
   jw_key(w, "owner_id");
   jw_u64(w, a->owner_id);
-  jw_key(w, "currency");
-  jw_lit(w, "\"");
-  jw_lit(w, ledger_currency_get(a->currency)->code);
-  jw_lit(w, "\"");
+  jw_key_str(w, "currency", ledger_currency_get(a->currency)->code);
   jw_key(w, "region");
   const char *region = engine_region_name(api->engine, a->region);
   jw_str(w, region, strlen(region));
@@ -339,24 +336,15 @@ static void render_transfer(api_t *api, jw_t *w, const engine_transfer_t *t, boo
   jw_open(w, '{');
   jw_key(w, "id");
   jw_uuid(w, t->no, t->created_ms);
-  jw_key(w, "status");
-  jw_lit(w, "\"");
-  jw_lit(w, engine_status_name(t->status));
-  jw_lit(w, "\"");
-  jw_key(w, "kind");
-  jw_lit(w, "\"");
-  jw_lit(w, engine_kind_name(t->kind));
-  jw_lit(w, "\"");
+  jw_key_str(w, "status", engine_status_name(t->status));
+  jw_key_str(w, "kind", engine_kind_name(t->kind));
   jw_key(w, "debit_account_id");
   jw_u64(w, t->debit_account_id);
   jw_key(w, "credit_account_id");
   jw_u64(w, t->credit_account_id);
   jw_key(w, "amount");
   jw_money(w, t->amount_minor, x);
-  jw_key(w, "currency");
-  jw_lit(w, "\"");
-  jw_lit(w, ledger_currency_get(t->currency)->code);
-  jw_lit(w, "\"");
+  jw_key_str(w, "currency", ledger_currency_get(t->currency)->code);
   if (t->flags & ENGINE_TF_SETTLEMENT) {
     jw_key(w, "pending_id");
     jw_uuid(w, t->pending_no, t->pending_created_ms);
@@ -397,10 +385,7 @@ static void render_user(jw_t *w, const engine_user_t *u) {
     jw_key(w, "email");
     jw_str(w, u->email, strlen(u->email));
   }
-  jw_key(w, "role");
-  jw_lit(w, "\"");
-  jw_lit(w, engine_role_name(u->role));
-  jw_lit(w, "\"");
+  jw_key_str(w, "role", engine_role_name(u->role));
   jw_key(w, "created_at");
   jw_time(w, u->created_ms);
   jw_close(w, '}');
@@ -416,10 +401,7 @@ static void render_key(jw_t *w, const engine_api_key_t *k, const char *key_text)
   }
   jw_key(w, "name");
   jw_str(w, k->name, strlen(k->name));
-  jw_key(w, "role");
-  jw_lit(w, "\"");
-  jw_lit(w, engine_role_name(k->role));
-  jw_lit(w, "\"");
+  jw_key_str(w, "role", engine_role_name(k->role));
   jw_key(w, "kind");
   jw_lit(w, "\"api_key\"");
   jw_key(w, "created_at");
@@ -444,10 +426,7 @@ static void render_audit(jw_t *w, const engine_audit_event_t *e) {
   jw_open(w, '{');
   jw_key(w, "seq");
   jw_u64(w, e->seq);
-  jw_key(w, "type");
-  jw_lit(w, "\"");
-  jw_lit(w, engine_audit_name(e->kind));
-  jw_lit(w, "\"");
+  jw_key_str(w, "type", engine_audit_name(e->kind));
   jw_key(w, "time");
   jw_time(w, e->time_ms);
   jw_key(w, "actor");
@@ -455,10 +434,7 @@ static void render_audit(jw_t *w, const engine_audit_event_t *e) {
   jw_key(w, "subject_id");
   jw_u64(w, e->subject_id);
   if (e->kind == ENGINE_AUDIT_ROLE_CHANGED || e->kind == ENGINE_AUDIT_KEY_CREATED || e->kind == ENGINE_AUDIT_USER_CREATED) {
-    jw_key(w, "role");
-    jw_lit(w, "\"");
-    jw_lit(w, engine_role_name(e->role));
-    jw_lit(w, "\"");
+    jw_key_str(w, "role", engine_role_name(e->role));
   }
   if (e->detail[0]) {
     jw_key(w, "detail");
