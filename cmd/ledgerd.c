@@ -88,7 +88,7 @@ static bool tls_opt_take(tls_opts_t *o, const char *a, const char *v) {
 }
 
 /* After parsing: the TLS options make sense together. False after printing why (exit 2). */
-static bool tls_opts_check(tls_opts_t *o, uint64_t plain_threads) {
+static bool tls_opts_check(tls_opts_t *o, uint64_t plain_threads, bool no_auth) {
   if (o->listen == NULL) {
     if (o->cert == NULL && o->key == NULL && o->client_ca == NULL) return true;
     fprintf(stderr, "ledgerd: --tls-cert, --tls-key and --tls-client-ca need --tls-listen\n");
@@ -108,6 +108,12 @@ static bool tls_opts_check(tls_opts_t *o, uint64_t plain_threads) {
   memcpy(o->host, o->listen, (size_t)(colon - o->listen));
   o->host[colon - o->listen] = '\0';
   o->port = (uint16_t)port;
+  /* The same rule as for --listen: the TLS port must not open --no-auth to the network. */
+  if (no_auth && strcmp(o->host, "127.0.0.1") != 0 && strcmp(o->host, "::1") != 0 &&
+      strcmp(o->host, "localhost") != 0) {
+    fprintf(stderr, "ledgerd: --no-auth serves everyone as the operator: loopback addresses only\n");
+    return false;
+  }
   if (plain_threads >= HTTP_THREADS_MAX) {
     fprintf(stderr, "ledgerd: --tls-listen needs --threads below %d\n", HTTP_THREADS_MAX);
     return false;
@@ -203,7 +209,7 @@ int main(int argc, char **argv) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     threads = n > 1 ? (uint64_t)n : 1;
   }
-  if (!tls_opts_check(&tls, threads)) return 2;
+  if (!tls_opts_check(&tls, threads, no_auth)) return 2;
 
   /* Each connection is a descriptor: raise the soft limit to the hard one. */
   struct rlimit nofile;

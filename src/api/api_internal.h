@@ -33,6 +33,7 @@ typedef struct api_error {
   int status;
   const char *code;
   char message[160];
+  uint32_t retry_after_s; /* 429: seconds for Retry-After (0: none given) */
 } api_error_t;
 void api_err(api_error_t *e, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

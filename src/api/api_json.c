@@ -117,6 +117,7 @@ void jw_close(jw_t *w, char c) { jw_raw(w, &c, 1); }
 void api_err(api_error_t *e, int status, const char *code, const char *fmt, ...) {
   e->status = status;
   e->code = code;
+  e->retry_after_s = 0;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(e->message, sizeof e->message, fmt, ap);

@@ -219,7 +219,12 @@ static void fail(api_req_t *r, int status, const char *code, const char *message
                                          : NULL);
 }
 
-static void fail_err(api_req_t *r, const api_error_t *e) { fail(r, e->status, e->code, e->message); }
+static void fail_limited(api_req_t *r, uint32_t retry_s);
+
+static void fail_err(api_req_t *r, const api_error_t *e) {
+  if (e->status == 429 && e->retry_after_s) fail_limited(r, e->retry_after_s);
+  else fail(r, e->status, e->code, e->message);
+}
 
 /* ------------------------------------------------------------ rate limits */
 
@@ -1239,6 +1244,7 @@ static bool build_session_create(api_req_t *r, const cJSON *body, api_error_t *e
   uint32_t wait = rl_take(r, API_RL_SIGNIN_USER, r->username, strlen(r->username), 1.0);
   if (wait) {
     api_err(e, 429, "rate_limited", "too many sign-ins for this user; retry in %u s", wait);
+    e->retry_after_s = wait;
     return false;
   }
   if (!new_job(r, AUTH_JOB_VERIFY, password)) {

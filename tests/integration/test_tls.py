@@ -110,7 +110,15 @@ class TlsServer(Server):
             raise RuntimeError(f"no http + https listening lines (exit {rc}, stdout {lines!r}, "
                                f"stderr {self.stderr_tail()!r})")
         self.host, self.port, self.tls_port = m.group(1), int(m.group(2)), int(mt.group(2))
+        keyfile = os.path.join(self.data_dir, "bootstrap-admin-key")  # as Server.start()
+        if os.path.exists(keyfile):
+            with open(keyfile) as f:
+                self.admin_token = f.read().strip()
         return self
+
+    def auth_headers(self):
+        token = getattr(self, "admin_token", None)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 # ---------------------------------------------------------------- clients
@@ -126,11 +134,13 @@ def client_ctx(pki, cert=None, min_v=None, max_v=None):
     return ctx
 
 
-def https_request(port, ctx, method="GET", path="/healthz", body=None, timeout=10):
+def https_request(port, ctx, method="GET", path="/healthz", body=None, timeout=10, headers=None):
     """Returns (status, json_or_None, tls_version, error_text_or_None)."""
     conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=timeout)
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = dict(headers or {})
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         conn.request(method, path, body=body, headers=headers)
         r = conn.getresponse()
         data = r.read()
@@ -186,8 +196,13 @@ def check_basic(ck, srv, pki):
     ck.check("HTTPS /healthz answers JSON", isinstance(j, dict), f"{j!r}")
     st, j, _, err = https_request(srv.tls_port, ctx, "POST", "/v1/accounts",
                                   json.dumps({"currency": "USD"}))
-    ck.check("HTTPS POST /v1/accounts -> 201 or 401", st in (201, 401), f"{st} {err}")
+    ck.check("HTTPS POST /v1/accounts, no credential -> 201 or 401", st in (201, 401), f"{st} {err}")
     ck.check("HTTPS POST /v1/accounts answers well-formed JSON", well_formed(j), f"{j!r}")
+    # With the bootstrap admin's credential (when auth is on) the API really works over TLS.
+    st, j, _, err = https_request(srv.tls_port, ctx, "POST", "/v1/accounts",
+                                  json.dumps({"currency": "USD"}), headers=srv.auth_headers())
+    ck.check("HTTPS POST /v1/accounts as admin -> 201 with an id", st == 201 and well_formed(j) and
+             "id" in j, f"{st} {j!r} {err}")
     st, j, _, err = https_request(srv.tls_port, ctx, "GET", "/no/such/route")
     ck.check("HTTPS unknown route -> 4xx JSON", st is not None and 400 <= st < 500 and
              isinstance(j, dict), f"{st} {j!r} {err}")
@@ -314,6 +329,9 @@ def check_bad_config(ck, pki, scratch):
     cases = [
         ("--tls-listen without cert/key exits 2", ["--tls-listen", f"{HOST}:0"], 2),
         ("--tls-cert without --tls-listen exits 2", ["--tls-cert", pki["server"] + ".crt"], 2),
+        ("--no-auth with a non-loopback --tls-listen exits 2",
+         ["--no-auth", "--tls-listen", "0.0.0.0:0", "--tls-cert", pki["server"] + ".crt",
+          "--tls-key", pki["server"] + ".key"], 2),
         ("missing cert file exits 1", ["--tls-listen", f"{HOST}:0", "--tls-cert",
                                        os.path.join(scratch, "nope.crt"), "--tls-key",
                                        pki["server"] + ".key"], 1),
