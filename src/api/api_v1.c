@@ -232,9 +232,9 @@ const char *const api_rl_rule_names[API_RL_COUNT] = {"signin.addr", "signin.user
                                                       "write.cred",  "read.addr",   "read.cred"};
 
 void api_rate_defaults(api_rate_rule_t rules[API_RL_COUNT]) {
-  /* Sign-in is strict: 10 tries at once, then one every 2 s per address, one every 10 s per
-   * username (failures cost 4 more). Money and reads are generous: they stop floods, not use. */
-  rules[API_RL_SIGNIN_ADDR] = (api_rate_rule_t){0.5, 10};
+  /* Sign-in is strict: 10 tries at once, then one every 10 s per address and per username
+   * (a failure also drains up to 4 more). Money and reads are generous: they stop floods. */
+  rules[API_RL_SIGNIN_ADDR] = (api_rate_rule_t){0.1, 10};
   rules[API_RL_SIGNIN_USER] = (api_rate_rule_t){0.1, 5};
   rules[API_RL_WRITE_ADDR] = (api_rate_rule_t){50000, 100000};
   rules[API_RL_WRITE_CRED] = (api_rate_rule_t){20000, 40000};
@@ -1213,9 +1213,15 @@ static void sessions_after_verify(api_req_t *r) {
     r->cmd.u.auth.expires_ms = time_now_ms() + (int64_t)r->api->session_ttl_s * 1000;
     auth_token_new("lds", r->token, r->cmd.u.auth.token_hash);
   } else {
-    /* Repeated failures are throttled harder: each costs 4 more tokens (docs/security.md). */
-    (void)rl_take(r, API_RL_SIGNIN_USER, r->username, strlen(r->username), 4.0);
-    (void)rl_take(r, API_RL_SIGNIN_ADDR, r->cmd.client_addr, strlen(r->cmd.client_addr), 4.0);
+    /* Repeated failures are throttled harder: each drains up to 4 more tokens, whatever is
+     * left, from both sign-in buckets (docs/security.md). */
+    if (r->api->rl) {
+      uint64_t now = time_mono_ns();
+      ratelimit_drain(r->api->rl, rl_key(API_RL_SIGNIN_USER, r->username, strlen(r->username)),
+                      &r->api->rules[API_RL_SIGNIN_USER], 4.0, now);
+      ratelimit_drain(r->api->rl, rl_key(API_RL_SIGNIN_ADDR, r->cmd.client_addr, strlen(r->cmd.client_addr)),
+                      &r->api->rules[API_RL_SIGNIN_ADDR], 4.0, now);
+    }
     r->cmd.kind = ENGINE_CMD_SIGNIN_FAILED; /* an audit event; the answer says nothing more */
     r->cmd.principal_id = ENGINE_PRINCIPAL_ANONYMOUS;
     r->cmd.u.auth.username = r->username;

@@ -213,6 +213,25 @@ uint32_t ratelimit_take(ratelimit_t *rl, uint64_t key, const ratelimit_rule_t *r
   return retry_s;
 }
 
+void ratelimit_drain(ratelimit_t *rl, uint64_t key, const ratelimit_rule_t *rule, double cost, uint64_t now_ns) {
+  LEDGER_ASSERT(rl != NULL && rule != NULL);
+  const ratelimit__params_t p = ratelimit__params(rule, cost);
+  const uint64_t hash = ratelimit__mix(key);
+  ratelimit__shard_t *sh = &rl->shards[(hash >> 32) & (RATELIMIT_SHARDS - 1)];
+  const size_t mask = rl->slots_per_shard - 1;
+  int rc = pthread_mutex_lock(&sh->lock);
+  LEDGER_ASSERT(rc == 0);
+  ratelimit__slot_kind_t kind;
+  ratelimit__bucket_t *b = ratelimit__find(sh->buckets, mask, hash, key, now_ns, &kind);
+  if (kind == RATELIMIT__FOUND) ratelimit__refill(b, &p, now_ns);
+  else ratelimit__claim(sh, b, kind, key, &p, now_ns);
+  b->tokens_pico -= b->tokens_pico < p.cost_pico ? b->tokens_pico : p.cost_pico;
+  uint64_t to_full_ns = ratelimit__ceil_div(p.burst_pico - b->tokens_pico, p.rate_milli_per_s);
+  if (__builtin_add_overflow(b->updated_ns, to_full_ns, &b->full_ns)) b->full_ns = UINT64_MAX;
+  rc = pthread_mutex_unlock(&sh->lock);
+  LEDGER_ASSERT(rc == 0);
+}
+
 int ratelimit_create(size_t capacity, ratelimit_t **out) {
   LEDGER_ASSERT(out != NULL);
   if (capacity == 0 || capacity > RATELIMIT_CAPACITY_MAX) return LEDGER_EINVAL;

@@ -80,6 +80,10 @@ typedef struct ratelimit_rule {
   double burst;      /* bucket size in tokens, in [BURST_MIN, BURST_MAX] */
 } ratelimit_rule_t;
 
+/* Takes up to `cost` tokens, as many as there are, and never refuses: a penalty (a failed
+ * sign-in) that empties the bucket even when it holds less than the penalty. Thread-safe. */
+void ratelimit_drain(ratelimit_t *rl, uint64_t key, const ratelimit_rule_t *rule, double cost, uint64_t now_ns);
+
 typedef struct ratelimit_stats {
   uint64_t allowed_total;   /* takes answered 0 */
   uint64_t limited_total;   /* takes refused (429) */

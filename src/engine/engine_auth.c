@@ -285,9 +285,10 @@ static int session_create(engine_state_t *st, engine_cmd_t *c) {
 
 static int session_revoke(engine_state_t *st, engine_cmd_t *c) {
   cred_entry_t *e = cred_find(st, c->u.auth.token_hash);
-  /* Only a session may be signed out, and only by its own principal. */
-  if (!e || e->revoked || (e->principal_id & ENGINE_PRINCIPAL_KEY_BIT) || e->principal_id != c->principal_id)
-    return ENGINE_R_UNAUTHENTICATED;
+  /* Only a session may be signed out, and only by its own principal; an API key is revoked
+   * with DELETE /v1/api-keys/{id} instead. */
+  if (e && !e->revoked && (e->principal_id & ENGINE_PRINCIPAL_KEY_BIT)) return ENGINE_R_INVALID_OPERATION;
+  if (!e || e->revoked || e->principal_id != c->principal_id) return ENGINE_R_UNAUTHENTICATED;
   e->revoked = 1;
   auth_audit(st, ENGINE_AUDIT_SIGNOUT, c->principal_id, c->principal_id, 0, NULL, c->client_addr);
   return ENGINE_OK;

@@ -204,10 +204,12 @@ static int resolve(engine_state_t *st, const engine_transfer_in_t *in, uint8_t r
                    resolved_t *r) {
   r->dr = account_at(st, in->debit_account_id);
   r->cr = account_at(st, in->credit_account_id);
-  /* Customers move money out of their own accounts only; deposits go into their own. A
-   * transfer may credit any existing account: that is what paying someone is. */
+  /* Customers move money out of their own accounts only. A transfer may credit any existing
+   * account: that is what paying someone is. A deposit brings money in from outside (it
+   * debits cash:<CUR>): that is the operator's or the payment side's to record, not a
+   * customer's. */
   if (in->kind == ENGINE_KIND_DEPOSIT) {
-    if (!visible(r->cr, role, principal)) return ENGINE_R_ACCOUNT_NOT_FOUND;
+    if (role == ENGINE_ROLE_CUSTOMER) return ENGINE_R_FORBIDDEN;
   } else if (!visible(r->dr, role, principal)) {
     return ENGINE_R_ACCOUNT_NOT_FOUND;
   }
@@ -474,6 +476,7 @@ static int apply_account_create(engine_state_t *st, engine_cmd_t *cmd, uint64_t 
   uint64_t owner = cmd->u.account_create.owner_id;
   if (cmd->role == ENGINE_ROLE_CUSTOMER) { /* owner_id is admin-only: a customer owns what it opens */
     if (owner != 0 && owner != cmd->principal_id) return ENGINE_R_FORBIDDEN;
+    if (cmd->u.account_create.allow_overdraft) return ENGINE_R_FORBIDDEN; /* credit is granted, not taken */
     owner = cmd->principal_id;
   }
   uint16_t region = state_region_intern(st, cmd->u.account_create.region);
