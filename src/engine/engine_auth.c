@@ -20,10 +20,7 @@
 #define CRED_SLOTS_MAX (2u * ENGINE_CREDENTIALS_MAX)
 #define USER_INDEX_SLOTS_MIN (16u * 1024u)
 
-static void *reserve(size_t bytes) {
-  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  return p == MAP_FAILED ? NULL : p;
-}
+#define reserve state_reserve
 
 const char *engine_role_name(unsigned role) {
   switch (role) {

@@ -13,11 +13,17 @@
 
 #include "engine/engine_state.h"
 
-static void *reserve(size_t bytes) {
+void *state_reserve(size_t bytes) {
   void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                  -1, 0);
-  return p == MAP_FAILED ? NULL : p;
+  if (p == MAP_FAILED) return NULL;
+  /* Big tables on transparent huge pages: random account updates miss the TLB far less, and
+   * filling a table (or loading a snapshot) takes 512x fewer page faults. Advice only. */
+  if (bytes >= (2u << 20)) (void)madvise(p, bytes, MADV_HUGEPAGE);
+  return p;
 }
+
+#define reserve state_reserve
 
 int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   memset(st, 0, sizeof *st);

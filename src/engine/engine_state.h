@@ -89,6 +89,8 @@ typedef struct engine_state {
   bool replaying; /* commands come from the log: apply without idempotency lookups */
 } engine_state_t;
 
+/* Reserves a table as virtual memory (MAP_NORESERVE; huge pages advised); NULL on failure. */
+void *state_reserve(size_t bytes);
 LEDGER_MUST_USE int state_init(engine_state_t *st, uint64_t idem_retention_ms);
 void state_free(engine_state_t *st);
 
