@@ -20,6 +20,11 @@
  * latency is measured from the scheduled time, so a stalled server is charged for the requests
  * it made us hold back (no coordinated omission).
  *
+ * Setup (-S N) creates N accounts one POST /v1/accounts at a time and funds them with batch
+ * transfers from cash:USD (8190 per request), so 1 M accounts cost ~122 funding requests.
+ * Every summary line ends with the client's own CPU use during the run (cpu_s, cpu_util from
+ * getrusage): a figure is only the server's if the client was not the one at 100 %.
+ *
  * Invariants: per connection, in-flight requests <= depth <= BENCH_DEPTH_MAX; responses arrive
  * in request order (HTTP/1.1), so the oldest start time belongs to the next response.
  * Threads: single-threaded; nothing here is shared.
@@ -41,6 +46,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,6 +65,7 @@
 #define BENCH_EVENTS_MAX 256
 #define BENCH_BATCH_MAX 8190u         /* API.md */
 #define BENCH_DEPOSIT_AMOUNT "1000000000.00"
+#define BENCH_CASH_USD_ID 1u            /* cash:USD, the system account funding setup */
 
 /* ---- histogram: log-linear, 32 sub-buckets per power of two (<= 3.1% error) ---- */
 #define LAT_HIST_SUB_BITS 5u
@@ -732,8 +739,36 @@ static int bench_cmp_u64(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* Creates n USD accounts and deposits BENCH_DEPOSIT_AMOUNT into each. 0 or -1. */
-static int bench_setup(bench_t *b, size_t n, accounts_t *acc) {
+/* Funds every account with BENCH_DEPOSIT_AMOUNT by batch transfers (8190 per request) from the
+ * system account cash:USD (id BENCH_CASH_USD_ID, no floor; API.md "Accounts"): ~120 requests
+ * for 1 M accounts instead of 1 M deposits. Returns the transfers posted. */
+static uint64_t bench_fund_batches(bench_t *b, const accounts_t *acc) {
+  size_t n = acc->n, nreq = (n + BENCH_BATCH_MAX - 1u) / BENCH_BATCH_MAX;
+  reqset_t rs;
+  reqset_init(&rs, nreq, 200);
+  rs.transfers_per_req = BENCH_BATCH_MAX;
+  rs.count_posted = true;
+  for (size_t r = 0; r < nreq; r++) {
+    size_t len = (size_t)snprintf(bench_body_buf, sizeof bench_body_buf, "{\"transfers\":[");
+    size_t lo = r * BENCH_BATCH_MAX, hi = lo + BENCH_BATCH_MAX < n ? lo + BENCH_BATCH_MAX : n;
+    for (size_t i = lo; i < hi; i++) {
+      if (i > lo) bench_body_buf[len++] = ',';
+      LEDGER_ASSERT(len + 256 < sizeof bench_body_buf);
+      len += (size_t)bench_transfer_json(bench_body_buf + len, sizeof bench_body_buf - len,
+                                         BENCH_CASH_USD_ID, acc->ids[i], BENCH_DEPOSIT_AMOUNT);
+    }
+    bench_body_buf[len++] = ']';
+    bench_body_buf[len++] = '}';
+    reqset_add(&rs, "POST", "/v1/transfers/batch", bench_body_buf, len);
+  }
+  bench_run(b, &rs, nreq, 0, 0);
+  reqset_free(&rs);
+  return b->st.unexpected ? 0 : b->st.transfers_ok;
+}
+
+/* Creates n USD accounts (one POST /v1/accounts each) and funds each with
+ * BENCH_DEPOSIT_AMOUNT (batch transfers from cash:USD; deposits with --fund deposits). 0 or -1. */
+static int bench_setup(bench_t *b, size_t n, accounts_t *acc, bool fund_deposits) {
   reqset_t rs;
   uint64_t t0 = time_mono_ns();
   reqset_init(&rs, 1, 201);
@@ -756,26 +791,35 @@ static int bench_setup(bench_t *b, size_t n, accounts_t *acc) {
   double create_s = bench_run_seconds(&b->st);
   qsort(acc->ids, acc->n, sizeof *acc->ids, bench_cmp_u64);
 
-  reqset_init(&rs, n, 201);
-  for (size_t i = 0; i < n; i++) {
-    int len = snprintf(bench_body_buf, sizeof bench_body_buf,
-                       "{\"account_id\":%" PRIu64 ",\"amount\":\"" BENCH_DEPOSIT_AMOUNT "\"}",
-                       acc->ids[i]);
-    reqset_add(&rs, "POST", "/v1/deposits", bench_body_buf, (size_t)len);
+  if (fund_deposits) {
+    reqset_init(&rs, n, 201);
+    for (size_t i = 0; i < n; i++) {
+      int len = snprintf(bench_body_buf, sizeof bench_body_buf,
+                         "{\"account_id\":%" PRIu64 ",\"amount\":\"" BENCH_DEPOSIT_AMOUNT "\"}",
+                         acc->ids[i]);
+      reqset_add(&rs, "POST", "/v1/deposits", bench_body_buf, (size_t)len);
+    }
+    bench_run(b, &rs, n, 0, 0);
+    reqset_free(&rs);
+    if (b->st.s2xx != n || b->st.unexpected) {
+      fprintf(stderr, "ledger-bench: setup deposits: %" PRIu64 " of %zu succeeded\n", b->st.s2xx,
+              n);
+      return -1;
+    }
+  } else {
+    uint64_t posted = bench_fund_batches(b, acc);
+    if (posted != n) {
+      fprintf(stderr, "ledger-bench: setup funding from cash:USD: %" PRIu64 " of %zu posted"
+              " (try --fund deposits)\n", posted, n);
+      return -1;
+    }
   }
-  bench_run(b, &rs, n, 0, 0);
-  reqset_free(&rs);
-  if (b->st.s2xx != n || b->st.unexpected) {
-    fprintf(stderr, "ledger-bench: setup deposits: %" PRIu64 " of %zu succeeded\n", b->st.s2xx,
-            n);
-    return -1;
-  }
-  double deposit_s = bench_run_seconds(&b->st);
+  double fund_s = bench_run_seconds(&b->st); /* also printed as deposit_s (older scripts) */
   bool contiguous = acc->ids[n - 1] - acc->ids[0] + 1u == n;
   printf("setup accounts=%zu first=%" PRIu64 " last=%" PRIu64
-         " contiguous=%d create_s=%.3f deposit_s=%.3f seconds=%.3f\n",
-         n, acc->ids[0], acc->ids[n - 1], contiguous ? 1 : 0, create_s, deposit_s,
-         (double)(time_mono_ns() - t0) / 1e9);
+         " contiguous=%d create_s=%.3f fund=%s fund_s=%.3f deposit_s=%.3f seconds=%.3f\n",
+         n, acc->ids[0], acc->ids[n - 1], contiguous ? 1 : 0, create_s,
+         fund_deposits ? "deposits" : "batch", fund_s, fund_s, (double)(time_mono_ns() - t0) / 1e9);
   fflush(stdout);
   return 0;
 }
@@ -791,20 +835,33 @@ static const char *bench_mode_name(mode_t_ m) {
   return "none";
 }
 
-static void bench_print_summary(const bench_t *b, mode_t_ mode, unsigned batch, double rate) {
+/* CPU seconds (user + system) this process has used so far. */
+static double bench_cpu_seconds(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* cpu_s: CPU seconds this client used during the measured run; cpu_util = cpu_s / seconds
+ * (1.0 = one CPU busy): how close the load generator itself is to being the bottleneck. */
+static void bench_print_summary(const bench_t *b, mode_t_ mode, unsigned batch, double rate,
+                                double cpu_s) {
   const stats_t *st = &b->st;
   double s = bench_run_seconds(st);
   uint64_t errors = st->unexpected + st->conn_errors + st->lost;
   printf("mode=%s conns=%u depth=%u batch=%u rate=%.0f requests=%" PRIu64 " transfers=%" PRIu64
          " seconds=%.3f req_per_s=%.0f transfers_per_s=%.0f p50_us=%.1f p99_us=%.1f"
          " p999_us=%.1f max_us=%.1f s2xx=%" PRIu64 " s4xx=%" PRIu64 " s5xx=%" PRIu64
-         " unexpected=%" PRIu64 " conn_errors=%" PRIu64 " lost=%" PRIu64 " errors=%" PRIu64 "\n",
+         " unexpected=%" PRIu64 " conn_errors=%" PRIu64 " lost=%" PRIu64 " errors=%" PRIu64
+         " cpu_s=%.3f cpu_util=%.3f\n",
          bench_mode_name(mode), b->nconns, b->depth, mode == MODE_BATCH ? batch : 0u, rate,
          st->completed, st->transfers_ok, s, (double)st->completed / s,
          (double)st->transfers_ok / s, (double)lat_hist_quantile(&st->hist, 50000) / 1e3,
          (double)lat_hist_quantile(&st->hist, 99000) / 1e3,
          (double)lat_hist_quantile(&st->hist, 99900) / 1e3, (double)st->hist.max_ns / 1e3,
-         st->s2xx, st->s4xx, st->s5xx, st->unexpected, st->conn_errors, st->lost, errors);
+         st->s2xx, st->s4xx, st->s5xx, st->unexpected, st->conn_errors, st->lost, errors, cpu_s,
+         cpu_s / s);
   if (st->backlog_max) {
     fprintf(stderr, "ledger-bench: open loop fell behind: up to %" PRIu64 " requests waited"
             " for a free connection\n", st->backlog_max);
@@ -824,7 +881,9 @@ static void bench_usage(FILE *f) {
           "  -n, --requests N       requests to send (0 = no bound)\n"
           "  -r, --rate R           open loop: R requests/s, latency from the scheduled time\n"
           "  -b, --batch N          transfers per batch request (8190, max %u)\n"
-          "  -S, --setup N          create N USD accounts and deposit %s into each\n"
+          "  -S, --setup N          create N USD accounts and give each %s (batch transfers\n"
+          "                         from cash:USD, 8190 per request)\n"
+          "      --fund deposits    fund with one POST /v1/deposits per account instead\n"
           "  -A, --accounts A-B     use existing funded accounts A..B\n"
           "  -w, --warmup S         run S seconds first and discard them (0)\n"
           "      --amount X         transfer amount (0.01)\n"
@@ -898,7 +957,8 @@ int main(int argc, char **argv) {
   double seconds = -1, rate = 0, warmup = 0;
   uint64_t requests = 0, setup_n = 0, first = 0, last = 0, ring = 0;
   int cpu = -1;
-  enum { OPT_AMOUNT = 1000, OPT_RING, OPT_SEED, OPT_CPU, OPT_TOKEN_FILE };
+  enum { OPT_AMOUNT = 1000, OPT_RING, OPT_SEED, OPT_CPU, OPT_TOKEN_FILE, OPT_FUND };
+  bool fund_deposits = false;
   static const struct option opts[] = {
       {"host", required_argument, 0, 'H'},     {"port", required_argument, 0, 'p'},
       {"mode", required_argument, 0, 'm'},     {"conns", required_argument, 0, 'c'},
@@ -909,6 +969,7 @@ int main(int argc, char **argv) {
       {"amount", required_argument, 0, OPT_AMOUNT}, {"ring", required_argument, 0, OPT_RING},
       {"seed", required_argument, 0, OPT_SEED}, {"cpu", required_argument, 0, OPT_CPU},
       {"token", required_argument, 0, 'T'},    {"token-file", required_argument, 0, OPT_TOKEN_FILE},
+      {"fund", required_argument, 0, OPT_FUND},
       {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "H:p:m:c:P:d:n:r:b:S:A:w:T:h", opts, NULL)) != -1) {
@@ -951,6 +1012,14 @@ int main(int argc, char **argv) {
     case 'T':
       if (bench_set_token(optarg, strlen(optarg)) != 0) {
         fprintf(stderr, "ledger-bench: --token: empty, too long or not visible ASCII\n");
+        return 2;
+      }
+      break;
+    case OPT_FUND:
+      if (strcmp(optarg, "deposits") == 0) fund_deposits = true;
+      else if (strcmp(optarg, "batch") == 0) fund_deposits = false;
+      else {
+        fprintf(stderr, "ledger-bench: --fund wants batch or deposits\n");
         return 2;
       }
       break;
@@ -1013,7 +1082,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "ledger-bench: --setup needs at least 2 accounts\n");
       return 2;
     }
-    if (bench_setup(b, (size_t)setup_n, &acc) != 0) return 1;
+    if (bench_setup(b, (size_t)setup_n, &acc, fund_deposits) != 0) return 1;
   } else if (first) {
     acc.n = (size_t)(last - first + 1u);
     acc.ids = bench_xrealloc(NULL, acc.n * sizeof *acc.ids);
@@ -1041,8 +1110,9 @@ int main(int argc, char **argv) {
   case MODE_NONE: return 0;
   }
   if (warmup > 0) bench_run(b, &rs, 0, warmup, rate);
+  double cpu0 = bench_cpu_seconds();
   bench_run(b, &rs, requests, seconds, rate);
-  bench_print_summary(b, mode, batch, rate);
+  bench_print_summary(b, mode, batch, rate, bench_cpu_seconds() - cpu0);
   reqset_free(&rs);
   free(acc.ids);
   const stats_t *st = &b->st;
