@@ -1350,47 +1350,32 @@ static void handle_metrics(api_req_t *r) {
   }
   engine_stats_t es;
   engine_get_stats(api->engine, &es);
-  obs_header(&b, "ledger_engine_batches_total", "counter", "Durable batches written (one write + fdatasync each).");
-  obs_value(&b, "ledger_engine_batches_total", "", es.batches_total);
-  obs_header(&b, "ledger_engine_commands_total", "counter", "Commands applied by the engine.");
-  obs_value(&b, "ledger_engine_commands_total", "", es.commands_total);
-  obs_header(&b, "ledger_engine_transfers_total", "counter", "Ledger entries created.");
-  obs_value(&b, "ledger_engine_transfers_total", "", es.transfers_total);
+  obs_single(&b, "ledger_engine_batches_total", "counter", "Durable batches written (one write + fdatasync each).", es.batches_total);
+  obs_single(&b, "ledger_engine_commands_total", "counter", "Commands applied by the engine.", es.commands_total);
+  obs_single(&b, "ledger_engine_transfers_total", "counter", "Ledger entries created.", es.transfers_total);
   obs_header(&b, "ledger_engine_batch_commands", "histogram", "Commands per engine batch.");
   obs_hist(&b, "ledger_engine_batch_commands", "", es.batch_commands, 1.0);
   obs_header(&b, "ledger_engine_fsync_seconds", "histogram", "Log write + fdatasync per batch.");
   obs_hist(&b, "ledger_engine_fsync_seconds", "", es.fsync_ns, 1e-9);
-  obs_header(&b, "ledger_engine_queue_depth", "gauge", "Commands waiting for the engine.");
-  obs_value(&b, "ledger_engine_queue_depth", "", es.queue_depth);
-  obs_header(&b, "ledger_engine_queue_rejections_total", "counter", "Commands refused because the queue was full (503).");
-  obs_value(&b, "ledger_engine_queue_rejections_total", "", es.rejected_full_total);
-  obs_header(&b, "ledger_engine_last_seq", "gauge", "Sequence number of the newest durable batch.");
-  obs_value(&b, "ledger_engine_last_seq", "", es.last_seq);
-  obs_header(&b, "ledger_log_bytes", "gauge", "Size of the log.");
-  obs_value(&b, "ledger_log_bytes", "", es.log_bytes);
-  obs_header(&b, "ledger_accounts", "gauge", "Accounts, system accounts included.");
-  obs_value(&b, "ledger_accounts", "", es.accounts);
+  obs_single(&b, "ledger_engine_queue_depth", "gauge", "Commands waiting for the engine.", es.queue_depth);
+  obs_single(&b, "ledger_engine_queue_rejections_total", "counter", "Commands refused because the queue was full (503).", es.rejected_full_total);
+  obs_single(&b, "ledger_engine_last_seq", "gauge", "Sequence number of the newest durable batch.", es.last_seq);
+  obs_single(&b, "ledger_log_bytes", "gauge", "Size of the log.", es.log_bytes);
+  obs_single(&b, "ledger_accounts", "gauge", "Accounts, system accounts included.", es.accounts);
   if (api->rl) {
     ratelimit_stats_t rs;
     ratelimit_stats(api->rl, &rs);
-    obs_header(&b, "ledger_ratelimit_limited_total", "counter", "Requests answered 429 by the token buckets.");
-    obs_value(&b, "ledger_ratelimit_limited_total", "", rs.limited_total);
-    obs_header(&b, "ledger_ratelimit_evictions_total", "counter", "Buckets dropped while still owing tokens.");
-    obs_value(&b, "ledger_ratelimit_evictions_total", "", rs.evictions_total);
+    obs_single(&b, "ledger_ratelimit_limited_total", "counter", "Requests answered 429 by the token buckets.", rs.limited_total);
+    obs_single(&b, "ledger_ratelimit_evictions_total", "counter", "Buckets dropped while still owing tokens.", rs.evictions_total);
   }
-  obs_header(&b, "ledger_requests_in_flight", "gauge", "Requests handed to the engine and not yet answered.");
-  obs_value(&b, "ledger_requests_in_flight", "", atomic_load(&api->in_flight));
+  obs_single(&b, "ledger_requests_in_flight", "gauge", "Requests handed to the engine and not yet answered.", atomic_load(&api->in_flight));
   if (api->http) {
     http_stats_t hs;
     http_server_stats(api->http, &hs);
-    obs_header(&b, "ledger_http_connections_open", "gauge", "Open client connections.");
-    obs_value(&b, "ledger_http_connections_open", "", hs.connections_open);
-    obs_header(&b, "ledger_http_connections_rejected_total", "counter", "Connections closed at once: over the limit.");
-    obs_value(&b, "ledger_http_connections_rejected_total", "", hs.connections_rejected_total);
-    obs_header(&b, "ledger_http_protocol_errors_total", "counter", "Requests refused by the HTTP layer (400/413/414/431).");
-    obs_value(&b, "ledger_http_protocol_errors_total", "", hs.protocol_errors_total);
-    obs_header(&b, "ledger_http_timeouts_total", "counter", "Connections closed by header or idle timeouts.");
-    obs_value(&b, "ledger_http_timeouts_total", "", hs.timeouts_total);
+    obs_single(&b, "ledger_http_connections_open", "gauge", "Open client connections.", hs.connections_open);
+    obs_single(&b, "ledger_http_connections_rejected_total", "counter", "Connections closed at once: over the limit.", hs.connections_rejected_total);
+    obs_single(&b, "ledger_http_protocol_errors_total", "counter", "Requests refused by the HTTP layer (400/413/414/431).", hs.protocol_errors_total);
+    obs_single(&b, "ledger_http_timeouts_total", "counter", "Connections closed by header or idle timeouts.", hs.timeouts_total);
   }
   http_respond(r->http, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
   atomic_fetch_add_explicit(&api->requests[r->route][status_slot(200)], 1, memory_order_relaxed);

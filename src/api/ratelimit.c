@@ -179,21 +179,35 @@ static void ratelimit__claim(ratelimit__shard_t *sh, ratelimit__bucket_t *b,
   b->updated_ns = now_ns;
 }
 
+/* Finds (or claims) key's bucket, refilled to now, with its shard locked. */
+static ratelimit__bucket_t *ratelimit__acquire(ratelimit_t *rl, uint64_t key, const ratelimit__params_t *p,
+                                               uint64_t now_ns, ratelimit__shard_t **shard_out) {
+  const uint64_t hash = ratelimit__mix(key);
+  ratelimit__shard_t *sh = &rl->shards[(hash >> 32) & (RATELIMIT_SHARDS - 1)];
+  int rc = pthread_mutex_lock(&sh->lock);
+  LEDGER_ASSERT(rc == 0);
+  ratelimit__slot_kind_t kind;
+  ratelimit__bucket_t *b = ratelimit__find(sh->buckets, rl->slots_per_shard - 1, hash, key, now_ns, &kind);
+  if (kind == RATELIMIT__FOUND) ratelimit__refill(b, p, now_ns);
+  else ratelimit__claim(sh, b, kind, key, p, now_ns);
+  *shard_out = sh;
+  return b;
+}
+
+/* Records when the bucket will be full again (eviction order) and unlocks its shard. */
+static void ratelimit__release(ratelimit__shard_t *sh, ratelimit__bucket_t *b, const ratelimit__params_t *p) {
+  uint64_t to_full_ns = ratelimit__ceil_div(p->burst_pico - b->tokens_pico, p->rate_milli_per_s);
+  if (__builtin_add_overflow(b->updated_ns, to_full_ns, &b->full_ns)) b->full_ns = UINT64_MAX;
+  int rc = pthread_mutex_unlock(&sh->lock);
+  LEDGER_ASSERT(rc == 0);
+}
+
 uint32_t ratelimit_take(ratelimit_t *rl, uint64_t key, const ratelimit_rule_t *rule, double cost,
                         uint64_t now_ns) {
   LEDGER_ASSERT(rl != NULL && rule != NULL);
   const ratelimit__params_t p = ratelimit__params(rule, cost);
-  const uint64_t hash = ratelimit__mix(key);
-  ratelimit__shard_t *sh = &rl->shards[(hash >> 32) & (RATELIMIT_SHARDS - 1)];
-  const size_t mask = rl->slots_per_shard - 1;
-
-  int rc = pthread_mutex_lock(&sh->lock);
-  LEDGER_ASSERT(rc == 0);
-  ratelimit__slot_kind_t kind;
-  ratelimit__bucket_t *b = ratelimit__find(sh->buckets, mask, hash, key, now_ns, &kind);
-  if (kind == RATELIMIT__FOUND) ratelimit__refill(b, &p, now_ns);
-  else ratelimit__claim(sh, b, kind, key, &p, now_ns);
-
+  ratelimit__shard_t *sh;
+  ratelimit__bucket_t *b = ratelimit__acquire(rl, key, &p, now_ns, &sh);
   uint32_t retry_s = 0;
   if (b->tokens_pico >= p.cost_pico) {
     b->tokens_pico -= p.cost_pico;
@@ -206,30 +220,17 @@ uint32_t ratelimit_take(ratelimit_t *rl, uint64_t key, const ratelimit_rule_t *r
     retry_s = (uint32_t)wait_s;
     ratelimit__bump(&sh->limited_total);
   }
-  uint64_t to_full_ns = ratelimit__ceil_div(p.burst_pico - b->tokens_pico, p.rate_milli_per_s);
-  if (__builtin_add_overflow(b->updated_ns, to_full_ns, &b->full_ns)) b->full_ns = UINT64_MAX;
-  rc = pthread_mutex_unlock(&sh->lock);
-  LEDGER_ASSERT(rc == 0);
+  ratelimit__release(sh, b, &p);
   return retry_s;
 }
 
 void ratelimit_drain(ratelimit_t *rl, uint64_t key, const ratelimit_rule_t *rule, double cost, uint64_t now_ns) {
   LEDGER_ASSERT(rl != NULL && rule != NULL);
   const ratelimit__params_t p = ratelimit__params(rule, cost);
-  const uint64_t hash = ratelimit__mix(key);
-  ratelimit__shard_t *sh = &rl->shards[(hash >> 32) & (RATELIMIT_SHARDS - 1)];
-  const size_t mask = rl->slots_per_shard - 1;
-  int rc = pthread_mutex_lock(&sh->lock);
-  LEDGER_ASSERT(rc == 0);
-  ratelimit__slot_kind_t kind;
-  ratelimit__bucket_t *b = ratelimit__find(sh->buckets, mask, hash, key, now_ns, &kind);
-  if (kind == RATELIMIT__FOUND) ratelimit__refill(b, &p, now_ns);
-  else ratelimit__claim(sh, b, kind, key, &p, now_ns);
+  ratelimit__shard_t *sh;
+  ratelimit__bucket_t *b = ratelimit__acquire(rl, key, &p, now_ns, &sh);
   b->tokens_pico -= b->tokens_pico < p.cost_pico ? b->tokens_pico : p.cost_pico;
-  uint64_t to_full_ns = ratelimit__ceil_div(p.burst_pico - b->tokens_pico, p.rate_milli_per_s);
-  if (__builtin_add_overflow(b->updated_ns, to_full_ns, &b->full_ns)) b->full_ns = UINT64_MAX;
-  rc = pthread_mutex_unlock(&sh->lock);
-  LEDGER_ASSERT(rc == 0);
+  ratelimit__release(sh, b, &p);
 }
 
 int ratelimit_create(size_t capacity, ratelimit_t **out) {

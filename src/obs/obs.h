@@ -23,6 +23,8 @@ void obs_printf(obs_buf_t *b, const char *fmt, ...) __attribute__((format(printf
 void obs_header(obs_buf_t *b, const char *name, const char *type, const char *help);
 /* name{labels} value — labels may be "" (then no braces). */
 void obs_value(obs_buf_t *b, const char *name, const char *labels, uint64_t value);
+/* An unlabelled counter or gauge: its HELP/TYPE lines and its value. */
+void obs_single(obs_buf_t *b, const char *name, const char *type, const char *help, uint64_t value);
 /* A histogram whose values are in `unit` (e.g. 1e-9 to show ns as seconds). */
 void obs_hist(obs_buf_t *b, const char *name, const char *labels, const ledger_hist_t *h, double unit);
 

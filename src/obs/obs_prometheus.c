@@ -29,6 +29,11 @@ void obs_value(obs_buf_t *b, const char *name, const char *labels, uint64_t valu
   else obs_printf(b, "%s %llu\n", name, (unsigned long long)value);
 }
 
+void obs_single(obs_buf_t *b, const char *name, const char *type, const char *help, uint64_t value) {
+  obs_header(b, name, type, help);
+  obs_value(b, name, "", value);
+}
+
 void obs_hist(obs_buf_t *b, const char *name, const char *labels, const ledger_hist_t *h, double unit) {
   uint64_t cum = 0;
   const char *sep = labels[0] ? "," : "";
