@@ -50,6 +50,15 @@ bool json_get_currency(const cJSON *obj, const char *name, bool required, uint8_
  * (cap LEDGER_EXTRA_BYTES_MAX); *len_out 0 when neither is present. */
 bool json_get_extra(const cJSON *obj, char *buf, uint32_t *len_out, api_error_t *e);
 
+/* cJSON's allocations on a net thread come from a per-thread bump arena while a request is
+ * being parsed (cJSON_InitHooks): a batch body makes ~50,000 nodes, and malloc/free of each
+ * was the largest cost of the batch endpoint. Past the arena (JSON_ARENA_BYTES) it falls back
+ * to malloc. Everything taken from the tree must be copied before json_arena_end(). */
+#define JSON_ARENA_BYTES (8u * 1024u * 1024u)
+void json_hooks_install(void); /* once, before any parse */
+void json_arena_begin(void);
+void json_arena_end(void);
+
 /* Query strings: finds key, percent-decodes its value into buf. Returns false if absent. */
 bool query_get(const char *query, size_t query_len, const char *key, char *buf, size_t cap, bool *too_long);
 

@@ -292,6 +292,76 @@ bool json_get_extra(const cJSON *obj, char *buf, uint32_t *len_out, api_error_t 
   return true;
 }
 
+/* ------------------------------------------------------------ parse arena */
+
+#include <pthread.h>
+
+typedef struct arena {
+  char *base;
+  size_t used;
+  bool active;
+} arena_t;
+
+static pthread_key_t arena_key;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+
+static void arena_destroy(void *p) {
+  arena_t *a = p;
+  free(a->base);
+  free(a);
+}
+
+static void arena_key_init(void) { (void)pthread_key_create(&arena_key, arena_destroy); }
+
+static void *arena_malloc(size_t n) {
+  arena_t *a = pthread_getspecific(arena_key);
+  if (a && a->active) {
+    n = (n + 15u) & ~(size_t)15u;
+    if (n <= JSON_ARENA_BYTES - a->used) {
+      void *p = a->base + a->used;
+      a->used += n;
+      return p;
+    }
+  }
+  return malloc(n);
+}
+
+static void arena_free(void *p) {
+  arena_t *a = pthread_getspecific(arena_key);
+  if (a && (char *)p >= a->base && (char *)p < a->base + JSON_ARENA_BYTES) return; /* freed at end */
+  free(p);
+}
+
+void json_hooks_install(void) {
+  pthread_once(&arena_once, arena_key_init);
+  cJSON_Hooks hooks = {arena_malloc, arena_free};
+  cJSON_InitHooks(&hooks);
+}
+
+void json_arena_begin(void) {
+  pthread_once(&arena_once, arena_key_init);
+  arena_t *a = pthread_getspecific(arena_key);
+  if (!a) {
+    a = calloc(1, sizeof *a);
+    if (!a) return;
+    a->base = malloc(JSON_ARENA_BYTES);
+    if (!a->base) {
+      free(a);
+      return;
+    }
+    (void)pthread_setspecific(arena_key, a);
+  }
+  a->used = 0;
+  a->active = true;
+}
+
+void json_arena_end(void) {
+  arena_t *a = pthread_getspecific(arena_key);
+  if (!a) return;
+  a->active = false;
+  a->used = 0;
+}
+
 /* ------------------------------------------------------------ query strings */
 
 static int hexv(char c) {

@@ -743,6 +743,7 @@ static cJSON *parse_body(api_req_t *r, api_error_t *e) {
     return NULL;
   }
   const char *end = NULL;
+  json_arena_begin(); /* ended in build(), after the tree is deleted */
   cJSON *root = cJSON_ParseWithLengthOpts(h->body, h->body_len, &end, false);
   if (!root) {
     api_err(e, 400, "invalid_json", "the body is not valid JSON");
@@ -1476,7 +1477,10 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
     bool empty_ok = r->route == R_ACCOUNT_FREEZE || r->route == R_ACCOUNT_UNFREEZE || r->route == R_TRANSFER_VOID ||
                     r->route == R_TRANSFER_POST;
     if (!(empty_ok && r->http->body_len == 0)) {
-      if (!(body = parse_body(r, e))) return false;
+      if (!(body = parse_body(r, e))) {
+        json_arena_end();
+        return false;
+      }
     }
     if (!is_auth_route(r->route) && !idempotency(r, e)) goto out;
   }
@@ -1573,6 +1577,7 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
   }
 out:
   cJSON_Delete(body);
+  json_arena_end();
   return ok;
 }
 
@@ -1634,6 +1639,7 @@ int api_create(const api_config_t *config, api_t **out) {
   api_t *api = aligned_alloc(64, (sizeof(api_t) + 63) / 64 * 64);
   if (!api) return LEDGER_ENOMEM;
   memset(api, 0, sizeof *api);
+  json_hooks_install();
   api->engine = config->engine;
   api->hash_pool = config->hash_pool;
   api->no_auth = config->no_auth;
