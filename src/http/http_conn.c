@@ -365,9 +365,15 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
   http_msg_t *m = &c->msg;
   m->header_bytes += len;
   if (m->header_bytes > HTTP_HEADER_BYTES_MAX) return parse_fail(c, 431);
-  if (!m->last_was_value) { /* first piece of this value; duplicates: the last one wins */
+  if (!m->last_was_value) { /* first piece of this value */
     m->last_was_value = true;
     m->hdr_cur = header_match(m);
+    /* A credential or an idempotency key given twice is ambiguous: which one did the client
+     * mean, and which one would a proxy have checked? Refuse (400). Other kept headers: the
+     * last one wins. */
+    if ((m->hdr_cur == HTTP_HDR_AUTHORIZATION || m->hdr_cur == HTTP_HDR_IDEMPOTENCY_KEY) &&
+        m->hdr_set[m->hdr_cur])
+      return parse_fail(c, 400);
     if (m->hdr_cur != HTTP_HDR_NONE) {
       m->hdr_off[m->hdr_cur] = c->req_buf.len;
       m->hdr_len[m->hdr_cur] = 0;

@@ -127,6 +127,15 @@ def run_all(ck, srv, c, rnd):
         data = s.recv(65536)
         s.close()
         ck.check("a chunked request body -> 201", data.startswith(b"HTTP/1.1 201"), data[:80])
+        for dup in (b"Idempotency-Key: a1\r\nIdempotency-Key: a2\r\n", auth + auth):
+            req2 = (b"POST /v1/deposits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth + dup +
+                    b"Content-Length: %d\r\n\r\n" % len(body)) + body
+            s = socket.create_connection((srv.host, srv.port), timeout=30)
+            s.sendall(req2)
+            data = s.recv(65536)
+            s.close()
+            ck.check(f"a repeated {dup.split(b':')[0].decode()} header -> 400 (ambiguous)",
+                     data.startswith(b"HTTP/1.1 400"), data[:80])
         ck.eq("both deposits applied once", c.balance(acct), "2.00")
         s = socket.create_connection((srv.host, srv.port), timeout=30)
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
