@@ -343,9 +343,15 @@ static void test_simple(void) {
   simple_exchange("POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde", 200, "abcde");
   simple_exchange("GET /nope HTTP/1.1\r\n\r\n", 404, "{}");
   simple_exchange("POST /info?a=1&b=2 HTTP/1.1\r\nAUTHORIZATION: Bearer t\r\n"
-                  "Idempotency-Key: k1\r\nidempotency-key: k2\r\ncontent-TYPE: app/json\r\n"
+                  "idempotency-key: k2\r\ncontent-TYPE: app/json\r\nContent-Type: app/json\r\n"
                   "Cookie: s=1\r\nX-Other: y\r\nContent-Length: 0\r\n\r\n",
                   200, "POST|/info|a=1&b=2|Bearer t|k2|app/json|s=1|127.0.0.1");
+  /* A credential or idempotency key given twice is ambiguous: refused, not "last wins". */
+  simple_exchange("POST /info HTTP/1.1\r\nIdempotency-Key: k1\r\nidempotency-key: k2\r\n"
+                  "Content-Length: 0\r\n\r\n",
+                  400, NULL);
+  simple_exchange("GET /info HTTP/1.1\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n",
+                  400, NULL);
   simple_exchange("GET /info HTTP/1.1\r\n\r\n", 200, "GET|/info||-|-|-|-|127.0.0.1");
   simple_exchange("DELETE http://h:1/info?q HTTP/1.1\r\n\r\n", 200,
                   "DELETE|/info|q|-|-|-|-|127.0.0.1");
