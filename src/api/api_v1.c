@@ -919,6 +919,18 @@ static size_t split_path(const char *path, size_t len, seg_t *segs) {
 
 static bool seg_is(seg_t s, const char *lit) { return s.n == strlen(lit) && memcmp(s.p, lit, s.n) == 0; }
 
+/* A positive id in a path: 1..2^53-1, digits only. */
+static bool parse_u53(seg_t s, uint64_t *out) {
+  if (s.n == 0 || s.n > 16) return false;
+  uint64_t v = 0;
+  for (size_t i = 0; i < s.n; i++) {
+    if (s.p[i] < '0' || s.p[i] > '9') return false;
+    v = v * 10 + (uint64_t)(s.p[i] - '0');
+  }
+  *out = v;
+  return v >= 1 && v < (1ull << 53);
+}
+
 /* An account id in a path: digits (1..2^53-1) or the alias cash:<CUR>. */
 static bool parse_account_ref(seg_t s, uint64_t *id) {
   if (s.n == 8 && memcmp(s.p, "cash:", 5) == 0) {
@@ -926,14 +938,7 @@ static bool parse_account_ref(seg_t s, uint64_t *id) {
     *id = c; /* system accounts have id == currency id (docs/api.md) */
     return c != 0;
   }
-  if (s.n == 0 || s.n > 16) return false;
-  uint64_t v = 0;
-  for (size_t i = 0; i < s.n; i++) {
-    if (s.p[i] < '0' || s.p[i] > '9') return false;
-    v = v * 10 + (uint64_t)(s.p[i] - '0');
-  }
-  *id = v;
-  return v >= 1 && v < (1ull << 53);
+  return parse_u53(s, id);
 }
 
 /* -1: not a UUID; 0: a UUID this ledger never issued; 1: ok. */
@@ -1283,17 +1288,6 @@ static bool build_key_create(api_req_t *r, const cJSON *body, api_error_t *e) {
   r->cmd.u.auth.name = r->name;
   auth_token_new("ldk", r->token, r->cmd.u.auth.token_hash);
   return true;
-}
-
-static bool parse_u53(seg_t s, uint64_t *out) {
-  if (s.n == 0 || s.n > 16) return false;
-  uint64_t v = 0;
-  for (size_t i = 0; i < s.n; i++) {
-    if (s.p[i] < '0' || s.p[i] > '9') return false;
-    v = v * 10 + (uint64_t)(s.p[i] - '0');
-  }
-  *out = v;
-  return v >= 1 && v < (1ull << 53);
 }
 
 static bool build_audit(api_req_t *r, api_error_t *e) {

@@ -443,29 +443,38 @@ class Server:
         line_box = []
         got = threading.Event()
         proc = self.proc
+        # With --tls-listen, ledgerd prints a second line `listening on https://HOST:PORT`.
+        want = ("listening on https://",) if "--tls-listen" in self.extra_args else ()
 
         def drain():
-            # Reads the first line, then keeps draining stdout so the server never blocks on it.
+            # Reads the listening lines, then keeps draining stdout so the server never blocks.
             for raw in proc.stdout:
                 if not got.is_set():
                     line_box.append(raw.decode(errors="replace").strip())
-                    if "listening on" in line_box[-1]:
+                    seen = "\n".join(line_box)
+                    if "listening on http://" in seen and all(w in seen for w in want):
                         got.set()
             got.set()
 
         self._stdout_thread = threading.Thread(target=drain, daemon=True)
         self._stdout_thread.start()
-        if not got.wait(timeout) or not any("listening on" in l for l in line_box):
+        if (not got.wait(timeout) or not any("listening on http://" in l for l in line_box)
+                or not all(any(w in l for l in line_box) for w in want)):
             rc = proc.poll()
             self.kill()
             raise RuntimeError(f"ledgerd did not print 'listening on' within {timeout}s "
                                f"(exit {rc}, stdout {line_box!r}, stderr {self.stderr_tail()!r})")
-        line = [l for l in line_box if "listening on" in l][0]
+        line = [l for l in line_box if "listening on http://" in l][0]
         m = re.search(r"listening on http://([0-9.]+):(\d+)", line)
         if not m:
             self.kill()
             raise RuntimeError(f"cannot parse listening line {line!r}")
         self.host, self.port = m.group(1), int(m.group(2))
+        self.tls_port = None
+        for l in line_box:
+            mt = re.search(r"listening on https://([0-9.]+):(\d+)", l)
+            if mt:
+                self.tls_port = int(mt.group(2))
         # A new ledger writes its first admin credential here (docs/security.md); tests act
         # as that admin unless they pass another token.
         keyfile = os.path.join(self.data_dir, "bootstrap-admin-key")

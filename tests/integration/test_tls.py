@@ -67,54 +67,12 @@ def make_pki(d):
 # ---------------------------------------------------------------- server with a TLS port
 
 class TlsServer(Server):
-    """The harness's Server, but it also reads the second stdout line
-    `listening on https://HOST:PORT` (the harness keeps only the first). start() mirrors
-    Server.start(); stop(), kill() and the stderr scan are the harness's own."""
+    """The harness's Server with a TLS listener: start() also reads `listening on https://`
+    into tls_port (the harness does that whenever --tls-listen is given)."""
 
     def __init__(self, tls_args, **kw):
         super().__init__(extra_args=tls_args, **kw)
         self.tls_port = None
-
-    def start(self, timeout=30):
-        if self.proc is not None:
-            raise RuntimeError("already running")
-        self.runs += 1
-        errpath = os.path.join(self.scratch, f"stderr.{self.runs}.log")
-        self.stderr_files.append(errpath)
-        env = dict(os.environ)
-        env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
-        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
-        cmd = [os.path.join(bin_dir(), "ledgerd"), "--listen", f"{HOST}:0",
-               "--data-dir", self.data_dir] + self.extra_args
-        with open(errpath, "wb") as errf:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf,
-                                         stdin=subprocess.DEVNULL, env=env)
-        lines, got, proc = [], threading.Event(), self.proc
-
-        def drain():  # keeps reading so the server never blocks on a full pipe
-            for raw in proc.stdout:
-                lines.append(raw.decode(errors="replace").strip())
-                if any("listening on https://" in ln for ln in lines):
-                    got.set()
-            got.set()
-
-        self._stdout_thread = threading.Thread(target=drain, daemon=True)
-        self._stdout_thread.start()
-        got.wait(timeout)
-        text = "\n".join(lines)
-        m = re.search(r"^listening on http://([0-9.]+):(\d+)$", text, re.M)
-        mt = re.search(r"^listening on https://([0-9.]+):(\d+)$", text, re.M)
-        if not m or not mt or text.find("https://") < text.find("http://"):
-            rc = proc.poll()
-            self.kill()
-            raise RuntimeError(f"no http + https listening lines (exit {rc}, stdout {lines!r}, "
-                               f"stderr {self.stderr_tail()!r})")
-        self.host, self.port, self.tls_port = m.group(1), int(m.group(2)), int(mt.group(2))
-        keyfile = os.path.join(self.data_dir, "bootstrap-admin-key")  # as Server.start()
-        if os.path.exists(keyfile):
-            with open(keyfile) as f:
-                self.admin_token = f.read().strip()
-        return self
 
     def auth_headers(self):
         token = getattr(self, "admin_token", None)
