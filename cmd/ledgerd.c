@@ -25,6 +25,7 @@ static void usage(void) {
           "               [--tls-listen HOST:PORT --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
           "               [--session-ttl-s S] [--argon2-opslimit N --argon2-memlimit-kib N]\n"
           "               [--no-auth] [--list-routes] [--rate-limit NAME=RATE/BURST | --rate-limit off]\n"
+          "               [--config FILE] [--time-offset-s S]\n"
           "  rate-limit names: signin.addr signin.user write.addr write.cred read.addr read.cred\n"
           "  --listen 127.0.0.1:0 picks a free port; the line 'listening on http://ADDR:PORT'\n"
           "  is printed once ready. On a new ledger the first admin credential is written to\n"
@@ -32,7 +33,10 @@ static void usage(void) {
           "  only; benchmarks and local use). --argon2-* lower the password hashing cost (tests).\n"
           "  --tls-listen adds a TLS-only listener (PEM cert chain and key; with --tls-client-ca\n"
           "  a client certificate from that CA is required); it prints 'listening on https://...'\n"
-          "  on the line after the http one.\n");
+          "  on the line after the http one.\n"
+          "  --config FILE: the risk rules and default region (docs/rules.md); without it the\n"
+          "  built-in rule flags transfers of 10,000.00 or more. SIGHUP or POST /v1/rules/reload\n"
+          "  re-reads it. --time-offset-s (tests only) runs the ledger's clock S seconds ahead.\n");
 }
 
 /* "off", or NAME=RATE/BURST (rate per second, burst tokens). */
@@ -142,6 +146,22 @@ static int tls_server_start(const tls_opts_t *o, const http_config_t *plain, htt
   return rc;
 }
 
+/* Start-up and SIGHUP: read the rules file and hand it to the engine. */
+static int reload_rules(engine_t *engine, const char *path, bool at_start) {
+  engine_rules_t *rules = malloc(sizeof *rules);
+  if (!rules) return LEDGER_ENOMEM;
+  char err[200];
+  int rc = api_rules_read(path, rules, err, sizeof err);
+  uint32_t version = 0;
+  bool changed = false;
+  if (rc == 0) rc = api_rules_apply(engine, rules, &version, &changed);
+  else fprintf(stderr, "ledgerd: rules not %s: %s\n", at_start ? "loaded" : "reloaded (the old ones stay)", err);
+  if (rc == 0)
+    LOG_INFO("rules: %s, version %u%s", path ? path : "built-in", (unsigned)version, changed ? " (new)" : " (unchanged)");
+  free(rules);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   const char *listen = "127.0.0.1:8080", *data_dir = NULL;
   uint64_t queue_max = ENGINE_QUEUE_COMMANDS_MAX;
@@ -152,6 +172,8 @@ int main(int argc, char **argv) {
   uint64_t session_ttl_s = AUTH_SESSION_TTL_S_DEFAULT;
   auth_params_t argon = auth_params_default();
   uint64_t argon_ops = argon.opslimit, argon_mem_kib = argon.memlimit_bytes / 1024;
+  const char *config_path = NULL;
+  uint64_t time_offset_s = 0;
   uint64_t threads = 0, retention_s = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT / 1000, snapshot_mb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -170,7 +192,9 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--no-auth") == 0) { no_auth = true; i--; }
     else if (strcmp(a, "--rate-limit") == 0 && v) ok = parse_rate(v, &ac);
     else if (strcmp(a, "--list-routes") == 0) { api_print_routes(stdout); return 0; }
-    else if (strcmp(a, "--config") == 0 || strcmp(a, "--compat") == 0 || strcmp(a, "--compat-open") == 0) {
+    else if (strcmp(a, "--config") == 0 && v) config_path = v;
+    else if (strcmp(a, "--time-offset-s") == 0 && v) ok = parse_u64(v, 10ull * 366 * 86400, &time_offset_s);
+    else if (strcmp(a, "--compat") == 0 || strcmp(a, "--compat-open") == 0) {
       fprintf(stderr, "ledgerd: %s is not supported yet (see docs/api.md)\n", a);
       return 2;
     } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -223,6 +247,7 @@ int main(int argc, char **argv) {
   sigemptyset(&stop_set);
   sigaddset(&stop_set, SIGTERM);
   sigaddset(&stop_set, SIGINT);
+  sigaddset(&stop_set, SIGHUP); /* reload the rules file */
   pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
   signal(SIGPIPE, SIG_IGN);
 
@@ -230,12 +255,19 @@ int main(int argc, char **argv) {
                         .idempotency_retention_ms = retention_s * 1000,
                         .snapshot_log_bytes = snapshot_mb * 1024 * 1024,
                         .fsync = true,
-                        .queue_commands_max = (uint32_t)queue_max};
+                        .queue_commands_max = (uint32_t)queue_max,
+                        .time_offset_ms = (int64_t)time_offset_s * 1000};
   engine_t *engine = NULL;
   int rc = engine_open(&ec, &engine);
   if (rc != 0) {
     fprintf(stderr, "ledgerd: cannot open %s: %s\n", data_dir, ledger_strerror(rc));
     return 1;
+  }
+  /* The rules in force come from the file (or the built-in set) at every start: a change is
+   * logged as a new version; the same content changes nothing. */
+  if (reload_rules(engine, config_path, true) != 0) {
+    engine_close(engine);
+    return 2;
   }
   argon.opslimit = argon_ops;
   argon.memlimit_bytes = (size_t)argon_mem_kib * 1024;
@@ -259,6 +291,8 @@ int main(int argc, char **argv) {
   ac.hash_pool = hash_pool;
   ac.no_auth = no_auth;
   ac.session_ttl_s = (uint32_t)session_ttl_s;
+  ac.rules_path = config_path;
+  ac.time_offset_ms = (int64_t)time_offset_s * 1000;
   api_t *api = NULL;
   if ((rc = api_create(&ac, &api)) != 0) {
     fprintf(stderr, "ledgerd: %s\n", ledger_strerror(rc));
@@ -301,7 +335,7 @@ int main(int argc, char **argv) {
   LOG_INFO("ledgerd ready: %s, data dir %s, %u net threads", listen, data_dir, (unsigned)threads);
 
   int sig = 0;
-  sigwait(&stop_set, &sig);
+  while (sigwait(&stop_set, &sig) == 0 && sig == SIGHUP) (void)reload_rules(engine, config_path, false);
   LOG_INFO("signal %d: shutting down", sig);
   engine_stop(engine);           /* answers everything it accepted */
   auth_pool_destroy(hash_pool);  /* finishes queued hashing; those requests then get 503 */

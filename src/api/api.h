@@ -47,7 +47,16 @@ typedef struct api_config {
   struct auth_pool *hash_pool; /* Argon2id workers (src/auth) */
   bool no_auth;                /* every request runs as the operator (local use, benchmarks) */
   uint32_t session_ttl_s;
+  const char *rules_path;  /* --config FILE: risk rules (docs/rules.md); NULL = built-in */
+  int64_t time_offset_ms;  /* tests only: the engine's clock offset (for "today") */
 } api_config_t;
+
+/* Reads and parses a rules file (NULL: the built-in rules). Returns 0, or LEDGER_EINVAL /
+ * LEDGER_EIO with a one-line reason in err ("FILE: line N: ..."). Any thread; blocking I/O. */
+LEDGER_MUST_USE int api_rules_read(const char *path, engine_rules_t *out, char *err, size_t cap);
+/* Hands a rule set to the engine as the operator and waits (main thread: start-up, SIGHUP).
+ * Returns 0 with the version in force and whether it changed, else an error. */
+LEDGER_MUST_USE int api_rules_apply(engine_t *engine, const engine_rules_t *rules, uint32_t *version, bool *changed);
 
 LEDGER_MUST_USE int api_create(const api_config_t *config, api_t **out);
 /* Route table, for `ledgerd --list-routes` and the authorization-matrix test: one line per

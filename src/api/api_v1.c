@@ -46,6 +46,13 @@ typedef enum {
   R_API_KEYS_CREATE,
   R_API_KEY_DELETE,
   R_AUDIT,
+  R_TRANSFER_RECEIPT,
+  R_RULES_GET,
+  R_RULES_RELOAD,
+  R_SUSPICIOUS_LIST,
+  R_SUSPICIOUS_REVIEW,
+  R_SETTLEMENTS,
+  R_SETTLEMENTS_CSV,
   R_METHOD_NOT_ALLOWED,
   R_COUNT
 } route_t;
@@ -77,6 +84,13 @@ static const char *const route_names[R_COUNT] = {
     [R_API_KEYS_CREATE] = "POST /v1/api-keys",
     [R_API_KEY_DELETE] = "DELETE /v1/api-keys/{id}",
     [R_AUDIT] = "GET /v1/audit",
+    [R_TRANSFER_RECEIPT] = "GET /v1/transfers/{id}/receipt",
+    [R_RULES_GET] = "GET /v1/rules",
+    [R_RULES_RELOAD] = "POST /v1/rules/reload",
+    [R_SUSPICIOUS_LIST] = "GET /v1/suspicious",
+    [R_SUSPICIOUS_REVIEW] = "POST /v1/suspicious/{id}/review",
+    [R_SETTLEMENTS] = "GET /v1/settlements",
+    [R_SETTLEMENTS_CSV] = "GET /v1/reports/settlements.csv",
     [R_METHOD_NOT_ALLOWED] = "method_not_allowed",
 };
 
@@ -104,7 +118,8 @@ static const char *const error_codes[] = {
     "limit_exceeded", "transfer_not_pending", "amount_exceeds_pending", "idempotency_conflict",
     "batch_aborted", "invalid_operation", "capacity_exhausted", "idempotency_expired", "overloaded",
     "not_ready", "not_implemented", "internal", "unauthorized", "forbidden", "username_taken",
-    "user_not_found", "api_key_not_found", "rate_limited"};
+    "user_not_found", "api_key_not_found", "rate_limited", "rule_rejected", "under_review", "already_reviewed",
+    "invalid_rules", "result_too_large"};
 #define ERROR_SLOTS LEDGER_ARRAY_LEN(error_codes)
 
 typedef struct completion_stack {
@@ -122,6 +137,8 @@ struct api {
   auth_pool_t *hash_pool;
   bool no_auth;
   uint32_t session_ttl_s;
+  const char *rules_path; /* --config, NULL = built-in rules */
+  int64_t time_offset_ms;
   out_slot_t out[HTTP_THREADS_MAX];
   http_server_t *http;
   completion_stack_t done[HTTP_THREADS_MAX];
@@ -152,6 +169,7 @@ typedef struct api_req {
   char region[API_REGION_BYTES_MAX + 1];
   char extra[LEDGER_EXTRA_BYTES_MAX];
   char *batch_extra; /* batch: all items' extras */
+  engine_rules_t *rules; /* rules reload / get */
   struct api_req *next;
 } api_req_t;
 
@@ -183,16 +201,22 @@ static void req_free(api_req_t *r) {
   free(r->results);
   free(r->rows);
   free(r->batch_extra);
+  free(r->rules);
   free(r);
 }
 
 /* Sends and frees the request. */
-static void finish(api_req_t *r, int status, const char *headers, const char *body, size_t len) {
+static void finish_typed(api_req_t *r, int status, const char *ctype, const char *headers, const char *body,
+                         size_t len) {
   api_t *api = r->api;
-  http_respond(r->http, status, "application/json; charset=utf-8", headers, body, len);
+  http_respond(r->http, status, ctype, headers, body, len);
   atomic_fetch_add_explicit(&api->requests[r->route][status_slot(status)], 1, memory_order_relaxed);
   hist_record(&api->latency_ns, time_mono_ns() - r->started_ns);
   req_free(r);
+}
+
+static void finish(api_req_t *r, int status, const char *headers, const char *body, size_t len) {
+  finish_typed(r, status, "application/json; charset=utf-8", headers, body, len);
 }
 
 static void finish_json(api_req_t *r, int status, const char *headers) {
@@ -376,6 +400,14 @@ static void render_transfer(api_t *api, jw_t *w, const engine_transfer_t *t, boo
   }
   jw_key(w, "seq");
   jw_u64(w, t->seq);
+  if (!(t->flags & ENGINE_TF_SETTLEMENT)) {
+    jw_key(w, "rules_version");
+    jw_u64(w, t->rules_version);
+  }
+  if (t->flags & ENGINE_TF_SUSPICIOUS) {
+    jw_key(w, "flags");
+    jw_lit(w, (t->flags & ENGINE_TF_HELD) ? "[\"suspicious\",\"held\"]" : "[\"suspicious\"]");
+  }
   if (with_extra) splice_extra(api, w, t->extra_pos, t->extra_len);
   jw_close(w, '}');
 }
@@ -494,7 +526,9 @@ static int result_status(int result) {
     case ENGINE_R_FORBIDDEN: return 403;
     case ENGINE_R_USERNAME_TAKEN: return 409;
     case ENGINE_R_USER_NOT_FOUND:
+    case ENGINE_R_SUSPICIOUS_NOT_FOUND:
     case ENGINE_R_API_KEY_NOT_FOUND: return 404;
+    case ENGINE_R_ALREADY_REVIEWED: return 409;
     default: return 422;
   }
 }
@@ -521,12 +555,22 @@ static const char *result_message(int result) {
     case ENGINE_R_USERNAME_TAKEN: return "that username is taken";
     case ENGINE_R_USER_NOT_FOUND: return "no such user";
     case ENGINE_R_API_KEY_NOT_FOUND: return "no such API key";
+    case ENGINE_R_RULE_REJECTED: return "a risk rule rejected this transfer";
+    case ENGINE_R_UNDER_REVIEW: return "the transfer is held for review: its review decides it";
+    case ENGINE_R_SUSPICIOUS_NOT_FOUND: return "no such suspicious-activity entry";
+    case ENGINE_R_ALREADY_REVIEWED: return "this entry was already reviewed";
     default: return "rejected";
   }
 }
 
 static const char *cursor_prefix(route_t route) {
-  return route == R_ACCOUNTS_LIST ? "a" : route == R_AUDIT ? "e" : "h";
+  switch (route) {
+    case R_ACCOUNTS_LIST: return "a";
+    case R_AUDIT: return "e";
+    case R_SUSPICIOUS_LIST: return "s";
+    case R_TRANSFERS_SEARCH: return "t";
+    default: return "h";
+  }
 }
 
 static void render_page_end(api_req_t *r, uint64_t next) {
@@ -540,6 +584,269 @@ static void render_page_end(api_req_t *r, uint64_t next) {
     jw_lit(w, "null");
   }
   jw_lit(w, "}");
+}
+
+/* ------------------------------------------------------------ risk, settlements, receipts */
+
+static void fail_rule(api_req_t *r) {
+  engine_cmd_t *c = &r->cmd;
+  count_error(r->api, "rule_rejected");
+  jw_t *w = &r->api->out[r->http->thread_index].w;
+  jw_reset(w);
+  jw_lit(w, "{\"error\":{\"code\":\"rule_rejected\",\"message\":");
+  const char *msg = result_message(ENGINE_R_RULE_REJECTED);
+  jw_str(w, msg, strlen(msg));
+  if (c->reject_rule && c->reject_rule <= ENGINE_RULES_MAX && c->rule_ids[c->reject_rule - 1][0]) {
+    jw_lit(w, ",\"rule\":");
+    jw_str(w, c->rule_ids[c->reject_rule - 1], strlen(c->rule_ids[c->reject_rule - 1]));
+  }
+  jw_lit(w, ",\"rules_version\":");
+  jw_u64(w, c->rules_version);
+  jw_lit(w, "}}");
+  finish_json(r, 422, c->replayed ? "Idempotent-Replayed: true\r\n" : NULL);
+}
+
+static void render_rules(jw_t *w, const engine_rules_t *rs) {
+  jw_lit(w, "{\"version\":");
+  jw_u64(w, rs->version);
+  jw_key_str(w, "default_region", rs->default_region[0] ? rs->default_region : "default");
+  jw_lit(w, ",\"rules\":[");
+  for (unsigned i = 0; i < rs->count && i < ENGINE_RULES_MAX; i++) {
+    const engine_rule_t *ru = &rs->rules[i];
+    if (i) jw_raw(w, ",", 1);
+    jw_open(w, '{');
+    jw_key_str(w, "id", ru->id);
+    jw_key_str(w, "type", engine_rule_type_name(ru->type));
+    jw_key_str(w, "action", engine_rule_action_name(ru->action));
+    if (ru->currency) jw_key_str(w, "currency", ledger_currency_get(ru->currency)->code);
+    if (ru->type == ENGINE_RULE_VELOCITY || ru->type == ENGINE_RULE_NEW_ACCOUNT) {
+      jw_key(w, ru->type == ENGINE_RULE_VELOCITY ? "window_ms" : "age_ms");
+      jw_u64(w, (uint64_t)ru->window_ms);
+    }
+    if (ru->count_max) {
+      jw_key(w, "count");
+      jw_u64(w, ru->count_max);
+    }
+    if (ru->type != ENGINE_RULE_BLOCKLIST) {
+      bool any = false;
+      for (unsigned c = 1; c <= ledger_currency_count(); c++) {
+        if (ru->threshold_minor[c] == ENGINE_THRESHOLD_NONE) continue;
+        if (!any) {
+          jw_key(w, ru->type == ENGINE_RULE_VELOCITY ? "amounts" : "thresholds");
+          jw_open(w, '{');
+          any = true;
+        }
+        jw_key(w, ledger_currency_get((ledger_currency_id_t)c)->code);
+        jw_money(w, ru->threshold_minor[c], exponent_of((uint8_t)c));
+      }
+      if (any) jw_close(w, '}');
+    } else {
+      jw_key(w, "accounts");
+      jw_open(w, '[');
+      for (uint32_t k = 0; k < ru->block_count && ru->block_first + k < ENGINE_BLOCKLIST_MAX; k++) {
+        if (k) jw_raw(w, ",", 1);
+        jw_u64(w, rs->blocklist[ru->block_first + k]);
+      }
+      jw_close(w, ']');
+    }
+    jw_close(w, '}');
+  }
+  jw_lit(w, "]}");
+}
+
+static void render_suspicious(jw_t *w, const engine_suspicious_t *e, bool close) {
+  jw_open(w, '{');
+  jw_key(w, "id");
+  jw_u64(w, e->id);
+  jw_key(w, "transfer_id");
+  jw_uuid(w, e->transfer_no, e->transfer_created_ms);
+  jw_key_str(w, "rule", e->rule_id);
+  jw_key(w, "rules_version");
+  jw_u64(w, e->rules_version);
+  jw_key_str(w, "action", engine_rule_action_name(e->action));
+  jw_key_str(w, "status", engine_suspicious_status_name(e->status));
+  jw_key(w, "amount");
+  jw_money(w, e->amount_minor, exponent_of(e->currency));
+  jw_key_str(w, "currency", ledger_currency_get(e->currency)->code);
+  jw_key(w, "debit_account_id");
+  jw_u64(w, e->debit_account_id);
+  jw_key(w, "credit_account_id");
+  jw_u64(w, e->credit_account_id);
+  jw_key(w, "created_at");
+  jw_time(w, e->transfer_created_ms);
+  jw_key(w, "reviewed_by");
+  if (e->reviewed_ms) jw_principal(w, e->reviewer_id);
+  else jw_lit(w, "null");
+  jw_key(w, "reviewed_at");
+  if (e->reviewed_ms) jw_time(w, e->reviewed_ms);
+  else jw_lit(w, "null");
+  if (close) jw_close(w, '}');
+}
+
+/* A 128-bit count of minor units as a decimal string with `exponent` fraction digits. */
+static size_t format_wide(engine_wide_t v, uint8_t exponent, char *buf) {
+  __extension__ unsigned __int128 u = v < 0 ? -(unsigned __int128)v : (unsigned __int128)v;
+  char rev[64];
+  size_t n = 0;
+  do {
+    rev[n++] = (char)('0' + (int)(u % 10));
+    u /= 10;
+  } while (u != 0 || n <= exponent);
+  size_t k = 0;
+  if (v < 0) buf[k++] = '-';
+  while (n > 0) {
+    buf[k++] = rev[--n];
+    if (n == exponent && exponent > 0) buf[k++] = '.';
+  }
+  buf[k] = '\0';
+  return k;
+}
+
+static size_t format_day(int32_t day, char *buf) {
+  char t[TIME_TEXT_BYTES];
+  time_format_ms((int64_t)day * 86400000, t);
+  memcpy(buf, t, 10);
+  buf[10] = '\0';
+  return 10;
+}
+
+static int settlement_cmp(const void *a, const void *b, void *ctx) {
+  const engine_settlement_t *x = a, *y = b;
+  engine_t *engine = ctx;
+  if (x->day != y->day) return x->day < y->day ? -1 : 1;
+  int c = strcmp(engine_region_name(engine, x->region), engine_region_name(engine, y->region));
+  if (c) return c;
+  return strcmp(ledger_currency_get(x->currency)->code, ledger_currency_get(y->currency)->code);
+}
+
+static void render_settlements(api_req_t *r) {
+  engine_cmd_t *c = &r->cmd;
+  jw_t *w = &r->api->out[r->http->thread_index].w;
+  engine_settlement_t *rows = r->rows;
+  qsort_r(rows, c->row_count, sizeof *rows, settlement_cmp, r->api->engine);
+  bool csv = r->route == R_SETTLEMENTS_CSV;
+  jw_reset(w);
+  if (csv) jw_lit(w, "date,region,currency,count,volume,deposits,withdrawals\r\n");
+  else jw_lit(w, "{\"data\":[");
+  for (uint32_t i = 0; i < c->row_count; i++) {
+    const engine_settlement_t *row = &rows[i];
+    uint8_t x = exponent_of(row->currency);
+    char date[16], vol[64], dep[64], wd[64], count[24];
+    format_day(row->day, date);
+    format_wide(row->volume, x, vol);
+    format_wide(row->deposits, x, dep);
+    format_wide(row->withdrawals, x, wd);
+    snprintf(count, sizeof count, "%llu", (unsigned long long)row->count);
+    const char *region = engine_region_name(r->api->engine, row->region);
+    const char *cur = ledger_currency_get(row->currency)->code;
+    if (csv) {
+      const char *cells[7] = {date, region, cur, count, vol, dep, wd};
+      for (int k = 0; k < 7; k++) {
+        if (k) jw_raw(w, ",", 1);
+        jw_lit(w, cells[k]); /* none needs quoting: digits, '.', '-', a-z and A-Z only */
+      }
+      jw_lit(w, "\r\n");
+    } else {
+      if (i) jw_raw(w, ",", 1);
+      jw_open(w, '{');
+      jw_key_str(w, "date", date);
+      jw_key_str(w, "region", region);
+      jw_key_str(w, "currency", cur);
+      jw_key(w, "count");
+      jw_lit(w, count);
+      jw_key_str(w, "volume", vol);
+      jw_key_str(w, "deposits", dep);
+      jw_key_str(w, "withdrawals", wd);
+      jw_close(w, '}');
+    }
+  }
+  if (!csv) jw_lit(w, "]}");
+}
+
+static void html_text(jw_t *w, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    switch (s[i]) {
+      case '&': jw_lit(w, "&amp;"); break;
+      case '<': jw_lit(w, "&lt;"); break;
+      case '>': jw_lit(w, "&gt;"); break;
+      case '"': jw_lit(w, "&quot;"); break;
+      case '\'': jw_lit(w, "&#39;"); break;
+      default: jw_raw(w, &s[i], 1);
+    }
+  }
+}
+
+/* The description, from the transfer's stored extra (NUL-terminated into buf; "" if none). */
+static void transfer_description(api_t *api, const engine_transfer_t *t, char *buf, size_t cap) {
+  buf[0] = '\0';
+  if (t->extra_len < 2) return;
+  char *raw = malloc(t->extra_len);
+  if (raw && engine_read_extra(api->engine, t->extra_pos, t->extra_len, raw) == 0) {
+    cJSON *o = cJSON_ParseWithLength(raw, t->extra_len);
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "description");
+    if (cJSON_IsString(d)) snprintf(buf, cap, "%s", d->valuestring);
+    cJSON_Delete(o);
+    json_arena_end();
+  }
+  free(raw);
+}
+
+/* GET /v1/transfers/{id}/receipt: a printable HTML page, every field escaped. */
+static void render_receipt(api_req_t *r) {
+  const engine_transfer_t *t = &r->cmd.transfer;
+  jw_t *w = &r->api->out[r->http->thread_index].w;
+  char id[UUID_TEXT_BYTES], amount[MONEY_TEXT_BYTES_MAX + 1], created[TIME_TEXT_BYTES + 1], dr[24], cr[24], seq[24];
+  ledger_uuid_t u = uuid_from_transfer(t->created_ms, t->no);
+  uuid_format(&u, id);
+  size_t an = money_format(t->amount_minor, exponent_of(t->currency), amount);
+  amount[an] = '\0';
+  size_t tn = time_format_ms(t->created_ms, created);
+  created[tn] = '\0';
+  snprintf(dr, sizeof dr, "%llu", (unsigned long long)t->debit_account_id);
+  snprintf(cr, sizeof cr, "%llu", (unsigned long long)t->credit_account_id);
+  snprintf(seq, sizeof seq, "%llu", (unsigned long long)t->seq);
+  char desc[API_DESCRIPTION_BYTES_MAX + 1];
+  transfer_description(r->api, t, desc, sizeof desc);
+  const char *cur = ledger_currency_get(t->currency)->code;
+  const char *labels[] = {"Transfer id", "Amount", "Currency", "Status", "Kind", "From account",
+                          "To account", "Created", "Ledger sequence", "Description"};
+  const char *values[] = {id, amount, cur, engine_status_name(t->status), engine_kind_name(t->kind), dr, cr,
+                          created, seq, desc};
+  /* The digest covers the fields as printed, one per line. */
+  crypto_hash_sha256_state hs;
+  crypto_hash_sha256_init(&hs);
+  for (size_t i = 0; i < LEDGER_ARRAY_LEN(values); i++) {
+    crypto_hash_sha256_update(&hs, (const unsigned char *)values[i], strlen(values[i]));
+    crypto_hash_sha256_update(&hs, (const unsigned char *)"\n", 1);
+  }
+  unsigned char digest[crypto_hash_sha256_BYTES];
+  crypto_hash_sha256_final(&hs, digest);
+  char hex[crypto_hash_sha256_BYTES * 2 + 1];
+  sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+  jw_reset(w);
+  jw_lit(w, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Receipt ");
+  html_text(w, id, strlen(id));
+  jw_lit(w, "</title><style>body{font-family:sans-serif;max-width:42em;margin:2em auto;color:#111}"
+            "table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4em;border-bottom:1px solid #ccc}"
+            ".digest{font-family:monospace;word-break:break-all}</style></head><body>\n<h1>Transfer receipt</h1>\n<table>\n");
+  for (size_t i = 0; i < LEDGER_ARRAY_LEN(values); i++) {
+    jw_lit(w, "<tr><th>");
+    jw_lit(w, labels[i]);
+    jw_lit(w, "</th><td>");
+    html_text(w, values[i], strlen(values[i]));
+    jw_lit(w, "</td></tr>\n");
+  }
+  jw_lit(w, "</table>\n<p>Digest (SHA-256 of the fields above): <span class=\"digest\">");
+  jw_lit(w, hex);
+  jw_lit(w, "</span></p>\n<p>ledgerd has no audit hash chain yet: the digest identifies this receipt's content; "
+            "it is not a proof against the ledger.</p>\n</body></html>\n");
+  if (w->overflow) {
+    fail(r, 500, "internal", "response too large");
+    return;
+  }
+  finish_typed(r, 200, "text/html; charset=utf-8",
+               "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'\r\nX-Content-Type-Options: nosniff\r\n",
+               w->buf, w->len);
 }
 
 static void complete_ok(api_req_t *r) {
@@ -574,7 +881,12 @@ static void complete_ok(api_req_t *r) {
         } else {
           jw_lit(w, ",\"status\":\"error\",\"error\":{\"code\":\"");
           jw_lit(w, engine_result_code(it->result));
-          jw_lit(w, "\"}");
+          jw_lit(w, "\"");
+          if (it->rule && it->rule <= ENGINE_RULES_MAX && c->rule_ids[it->rule - 1][0]) {
+            jw_lit(w, ",\"rule\":");
+            jw_str(w, c->rule_ids[it->rule - 1], strlen(c->rule_ids[it->rule - 1]));
+          }
+          jw_lit(w, "}");
         }
         jw_lit(w, "}");
       }
@@ -636,6 +948,52 @@ static void complete_ok(api_req_t *r) {
       render_page_end(r, c->next_cursor);
       break;
     }
+    case R_TRANSFERS_SEARCH: {
+      const engine_transfer_t *rows = r->rows;
+      jw_lit(w, "{\"data\":[");
+      for (uint32_t i = 0; i < c->row_count; i++) {
+        if (i) jw_raw(w, ",", 1);
+        render_transfer(api, w, &rows[i], true);
+      }
+      render_page_end(r, c->next_cursor);
+      break;
+    }
+    case R_TRANSFER_RECEIPT: render_receipt(r); return;
+    case R_RULES_GET: render_rules(w, r->rules); break;
+    case R_RULES_RELOAD:
+      jw_lit(w, "{\"version\":");
+      jw_u64(w, c->rules_version);
+      jw_lit(w, c->rules_changed ? ",\"changed\":true}" : ",\"changed\":false}");
+      break;
+    case R_SUSPICIOUS_LIST: {
+      const engine_suspicious_t *rows = r->rows;
+      jw_lit(w, "{\"data\":[");
+      for (uint32_t i = 0; i < c->row_count; i++) {
+        if (i) jw_raw(w, ",", 1);
+        render_suspicious(w, &rows[i], true);
+      }
+      render_page_end(r, c->next_cursor);
+      break;
+    }
+    case R_SUSPICIOUS_REVIEW:
+      render_suspicious(w, &c->suspicious, false);
+      jw_key(w, "transfer");
+      render_transfer(api, w, &c->transfer, false);
+      jw_close(w, '}');
+      break;
+    case R_SETTLEMENTS:
+    case R_SETTLEMENTS_CSV:
+      if (c->u.settlements.truncated) {
+        fail(r, 422, "result_too_large", "more settlement rows than one answer holds: narrow the range or filter");
+        return;
+      }
+      render_settlements(r);
+      if (r->route == R_SETTLEMENTS_CSV) {
+        finish_typed(r, 200, "text/csv; charset=utf-8",
+                     "Content-Disposition: attachment; filename=\"settlements.csv\"\r\n", w->buf, w->len);
+        return;
+      }
+      break;
     case R_METRICS: LEDGER_ASSERT(!"metrics are answered by their resume step"); break;
     default: LEDGER_ASSERT(!"route without an engine command");
   }
@@ -648,6 +1006,8 @@ static void complete(api_req_t *r) {
     fail(r, 503, "not_ready", "the ledger stopped; the outcome is unknown: retry with the same Idempotency-Key");
   } else if (c->result == ENGINE_OK || (r->route == R_TRANSFERS_BATCH && c->result == ENGINE_R_BATCH_ABORTED)) {
     complete_ok(r); /* a batch always answers 200 with per-item results */
+  } else if (c->result == ENGINE_R_RULE_REJECTED) {
+    fail_rule(r);
   } else {
     const char *code = engine_result_code(c->result);
     if (c->replayed) {
@@ -882,7 +1242,7 @@ static bool build_account_create(api_req_t *r, const cJSON *body, api_error_t *e
     }
     strcpy(r->region, region->valuestring);
   } else {
-    strcpy(r->region, "default");
+    r->region[0] = '\0'; /* the engine's default region (docs/rules.md: default_region) */
   }
   if (!json_get_extra(body, r->extra, &r->cmd.u.account_create.extra_len, e)) return false;
   r->cmd.kind = ENGINE_CMD_ACCOUNT_CREATE;
@@ -974,8 +1334,15 @@ static route_t route_of(const http_request_t *h, seg_t *segs, size_t *nseg) {
     if (n == 3) return PICK(R_TRANSFER_GET, R_NOT_FOUND);
     if (n == 4 && seg_is(segs[3], "post")) return PICK(R_NOT_FOUND, R_TRANSFER_POST);
     if (n == 4 && seg_is(segs[3], "void")) return PICK(R_NOT_FOUND, R_TRANSFER_VOID);
+    if (n == 4 && seg_is(segs[3], "receipt")) return PICK(R_TRANSFER_RECEIPT, R_NOT_FOUND);
     return R_NOT_FOUND;
   }
+  if (n == 2 && seg_is(segs[1], "rules")) return PICK(R_RULES_GET, R_NOT_FOUND);
+  if (n == 3 && seg_is(segs[1], "rules") && seg_is(segs[2], "reload")) return PICK(R_NOT_FOUND, R_RULES_RELOAD);
+  if (n == 2 && seg_is(segs[1], "suspicious")) return PICK(R_SUSPICIOUS_LIST, R_NOT_FOUND);
+  if (n == 4 && seg_is(segs[1], "suspicious") && seg_is(segs[3], "review")) return PICK(R_NOT_FOUND, R_SUSPICIOUS_REVIEW);
+  if (n == 2 && seg_is(segs[1], "settlements")) return PICK(R_SETTLEMENTS, R_NOT_FOUND);
+  if (n == 3 && seg_is(segs[1], "reports") && seg_is(segs[2], "settlements.csv")) return PICK(R_SETTLEMENTS_CSV, R_NOT_FOUND);
   if (n == 2 && seg_is(segs[1], "users")) return PICK(R_NOT_FOUND, R_USERS_CREATE);
   if (n == 4 && seg_is(segs[1], "users") && seg_is(segs[3], "role")) return PICK(R_NOT_FOUND, R_USER_ROLE);
   if (n == 2 && seg_is(segs[1], "sessions")) return PICK(R_NOT_FOUND, R_SESSIONS_CREATE);
@@ -1098,6 +1465,218 @@ static bool build_history(api_req_t *r, uint64_t account_id, api_error_t *e) {
     return false;
   }
   c->u.history.rows = r->rows;
+  return true;
+}
+
+/* ------------------------------------------------------------ search, risk, settlements */
+
+static bool alloc_rows(api_req_t *r, uint32_t n, size_t size, api_error_t *e) {
+  r->rows = calloc(n, size);
+  if (!r->rows) api_err(e, 503, "overloaded", "out of memory");
+  return r->rows != NULL;
+}
+
+static bool amount_param(const http_request_t *h, const char *name, bool *has, int64_t *digits, uint8_t *scale,
+                         api_error_t *e) {
+  char v[64];
+  bool too_long;
+  if (!query_get(h->query, h->query_len, name, v, sizeof v, &too_long)) return true;
+  if (too_long || money_parse_decimal(v, strlen(v), digits, scale) != 0) {
+    api_err(e, 400, "invalid_amount", "'%s' must be a decimal amount such as 100.00", name);
+    return false;
+  }
+  *has = true;
+  return true;
+}
+
+/* One of `names` (index returned), or -1 when absent; -2 on a bad value (error set). */
+static int enum_param(const http_request_t *h, const char *name, const char *const *names, api_error_t *e) {
+  char v[32];
+  bool too_long;
+  if (!query_get(h->query, h->query_len, name, v, sizeof v, &too_long)) return -1;
+  for (int i = 0; names[i] && !too_long; i++)
+    if (strcmp(v, names[i]) == 0) return i;
+  api_err(e, 400, "invalid_parameter", "'%s' has an unknown value", name);
+  return -2;
+}
+
+static bool build_search(api_req_t *r, api_error_t *e) {
+  const http_request_t *h = r->http;
+  engine_cmd_t *c = &r->cmd;
+  engine_search_t *f = &c->u.search.filter;
+  c->kind = ENGINE_CMD_TRANSFER_SEARCH;
+  f->from_ms = INT64_MIN;
+  f->to_ms = INT64_MAX;
+  static const char *const kinds[] = {"transfer", "deposit", "withdrawal", NULL};
+  static const char *const statuses[] = {"posted", "pending", "voided", NULL};
+  static const char *const bools[] = {"false", "true", NULL};
+  int kind = enum_param(h, "kind", kinds, e), status = enum_param(h, "status", statuses, e),
+      flagged = enum_param(h, "flagged", bools, e);
+  if (kind == -2 || status == -2 || flagged == -2) return false;
+  f->kind = (int16_t)kind; /* the enum's order is engine_transfer_kind_t's */
+  f->status = (int16_t)status;
+  f->flagged = (int8_t)flagged;
+  if (!page_params(h, r->route, &c->u.search.limit, &c->u.search.cursor_no, &c->u.search.ascending, e) ||
+      !time_param(h, "from", &f->from_ms, e) || !time_param(h, "to", &f->to_ms, e) ||
+      !amount_param(h, "min_amount", &f->has_min, &f->min_digits, &f->min_scale, e) ||
+      !amount_param(h, "max_amount", &f->has_max, &f->max_digits, &f->max_scale, e))
+    return false;
+  char v[64];
+  bool too_long;
+  if (query_get(h->query, h->query_len, "account_id", v, sizeof v, &too_long)) {
+    seg_t sv = {v, strlen(v)};
+    if (too_long || !parse_account_ref(sv, &f->account_id)) {
+      api_err(e, 400, "invalid_parameter", "'account_id' must be an account id");
+      return false;
+    }
+  }
+  if (query_get(h->query, h->query_len, "region", r->region, sizeof r->region, &too_long)) {
+    if (too_long || !valid_region(r->region)) {
+      api_err(e, 400, "invalid_parameter", "'region' must be 1-%u characters of a-z, 0-9 and '-'", API_REGION_BYTES_MAX);
+      return false;
+    }
+    f->has_region = true;
+    f->region = engine_region_find(r->api->engine, r->region); /* 0: matches nothing */
+  }
+  if (query_get(h->query, h->query_len, "q", f->q, sizeof f->q, &too_long)) {
+    if (too_long || f->q[0] == '\0') {
+      api_err(e, 400, "invalid_parameter", "'q' must be 1-64 bytes");
+      return false;
+    }
+  }
+  if (!alloc_rows(r, c->u.search.limit, sizeof(engine_transfer_t), e)) return false;
+  c->u.search.rows = r->rows;
+  return true;
+}
+
+static bool build_suspicious_list(api_req_t *r, api_error_t *e) {
+  const http_request_t *h = r->http;
+  engine_cmd_t *c = &r->cmd;
+  c->kind = ENGINE_CMD_SUSPICIOUS_LIST;
+  c->u.suspicious.from_ms = INT64_MIN;
+  c->u.suspicious.to_ms = INT64_MAX;
+  static const char *const statuses[] = {"open", "cleared", "confirmed", NULL};
+  int status = enum_param(h, "status", statuses, e);
+  if (status == -2) return false;
+  c->u.suspicious.status = (int16_t)status; /* same order as ENGINE_SUSPICIOUS_* */
+  if (!page_params(h, r->route, &c->u.suspicious.limit, &c->u.suspicious.cursor_id, &c->u.suspicious.ascending, e) ||
+      !time_param(h, "from", &c->u.suspicious.from_ms, e) || !time_param(h, "to", &c->u.suspicious.to_ms, e))
+    return false;
+  bool too_long;
+  if (query_get(h->query, h->query_len, "rule", c->u.suspicious.rule_id, sizeof c->u.suspicious.rule_id, &too_long) &&
+      (too_long || c->u.suspicious.rule_id[0] == '\0')) {
+    api_err(e, 400, "invalid_parameter", "'rule' must be a rule id (1-%u characters)", ENGINE_RULE_ID_BYTES_MAX);
+    return false;
+  }
+  if (!alloc_rows(r, c->u.suspicious.limit, sizeof(engine_suspicious_t), e)) return false;
+  c->u.suspicious.rows = r->rows;
+  return true;
+}
+
+static bool build_review(api_req_t *r, seg_t id, const cJSON *body, api_error_t *e) {
+  static const char *const fields[] = {"decision", NULL};
+  engine_cmd_t *c = &r->cmd;
+  if (!parse_u53(id, &c->u.review.id)) {
+    api_err(e, 404, "not_found", "no such suspicious-activity entry");
+    return false;
+  }
+  if (!json_check_fields(body, fields, e)) return false;
+  const cJSON *d = cJSON_GetObjectItemCaseSensitive(body, "decision");
+  if (!cJSON_IsString(d) || (strcmp(d->valuestring, "clear") != 0 && strcmp(d->valuestring, "confirm") != 0)) {
+    api_err(e, 400, "invalid_request", "'decision' must be \"clear\" or \"confirm\"");
+    return false;
+  }
+  c->kind = ENGINE_CMD_SUSPICIOUS_REVIEW;
+  c->u.review.decision = strcmp(d->valuestring, "clear") == 0 ? ENGINE_SUSPICIOUS_CLEARED : ENGINE_SUSPICIOUS_CONFIRMED;
+  return true;
+}
+
+/* A date "YYYY-MM-DD" (UTC) as days since 1970-01-01. */
+static int date_param(const http_request_t *h, const char *name, int32_t *day, api_error_t *e) {
+  char v[32];
+  bool too_long;
+  int64_t ms;
+  if (!query_get(h->query, h->query_len, name, v, sizeof v, &too_long)) return 0;
+  if (too_long || strlen(v) != 10 || time_parse_ms(v, 10, &ms) != 0 || ms < 0) {
+    api_err(e, 400, "invalid_parameter", "'%s' must be a date YYYY-MM-DD (1970 or later)", name);
+    return -1;
+  }
+  *day = (int32_t)(ms / 86400000);
+  return 1;
+}
+
+#define SETTLEMENT_ROWS_PER_DAY_MAX 4096u   /* one date: regions x currencies */
+#define SETTLEMENT_ROWS_PER_REPORT_MAX 50000u /* a CSV answer stays within API_RESPONSE_BYTES_MAX */
+#define SETTLEMENT_REPORT_DAYS_MAX 366
+
+static bool build_settlements(api_req_t *r, api_error_t *e) {
+  const http_request_t *h = r->http;
+  engine_cmd_t *c = &r->cmd;
+  c->kind = ENGINE_CMD_SETTLEMENTS;
+  if (r->route == R_SETTLEMENTS_CSV) {
+    int a = date_param(h, "from", &c->u.settlements.day_from, e);
+    if (a < 0) return false;
+    int b = date_param(h, "to", &c->u.settlements.day_to, e);
+    if (b < 0) return false;
+    if (a == 0 || b == 0) {
+      api_err(e, 400, "invalid_parameter", "'from' and 'to' (YYYY-MM-DD, inclusive) are required");
+      return false;
+    }
+    if (c->u.settlements.day_to < c->u.settlements.day_from ||
+        c->u.settlements.day_to - c->u.settlements.day_from >= SETTLEMENT_REPORT_DAYS_MAX) {
+      api_err(e, 400, "invalid_parameter", "'to' must be on or after 'from', at most %d days in all",
+              SETTLEMENT_REPORT_DAYS_MAX);
+      return false;
+    }
+    c->u.settlements.cap = SETTLEMENT_ROWS_PER_REPORT_MAX;
+  } else {
+    int a = date_param(h, "date", &c->u.settlements.day_from, e);
+    if (a < 0) return false;
+    if (a == 0) c->u.settlements.day_from = (int32_t)((time_now_ms() + r->api->time_offset_ms) / 86400000);
+    c->u.settlements.day_to = c->u.settlements.day_from;
+    c->u.settlements.cap = SETTLEMENT_ROWS_PER_DAY_MAX;
+    char v[64];
+    bool too_long;
+    if (query_get(h->query, h->query_len, "currency", v, sizeof v, &too_long)) {
+      c->u.settlements.currency = too_long ? 0 : ledger_currency_find(v, strlen(v));
+      if (!c->u.settlements.currency) {
+        api_err(e, 400, "invalid_currency", "'currency' must be a supported ISO 4217 code");
+        return false;
+      }
+    }
+    if (query_get(h->query, h->query_len, "region", r->region, sizeof r->region, &too_long)) {
+      if (too_long || !valid_region(r->region)) {
+        api_err(e, 400, "invalid_parameter", "'region' must be 1-%u characters of a-z, 0-9 and '-'", API_REGION_BYTES_MAX);
+        return false;
+      }
+      c->u.settlements.has_region = true;
+      c->u.settlements.region = engine_region_find(r->api->engine, r->region);
+    }
+  }
+  if (!alloc_rows(r, c->u.settlements.cap, sizeof(engine_settlement_t), e)) return false;
+  c->u.settlements.rows = r->rows;
+  return true;
+}
+
+static bool build_rules_reload(api_req_t *r, const cJSON *body, api_error_t *e) {
+  static const char *const none[] = {NULL};
+  if (body && !json_check_fields(body, none, e)) return false;
+  r->rules = malloc(sizeof *r->rules);
+  if (!r->rules) {
+    api_err(e, 503, "overloaded", "out of memory");
+    return false;
+  }
+  if (!r->api->rules_path) {
+    api_err(e, 422, "invalid_rules", "this server runs the built-in rules: start it with --config FILE to reload");
+    return false;
+  }
+  char err[160];
+  if (api_rules_read(r->api->rules_path, r->rules, err, sizeof err) != 0) {
+    api_err(e, 422, "invalid_rules", "%s", err);
+    return false;
+  }
+  r->cmd.kind = ENGINE_CMD_RULES_SET;
+  r->cmd.u.rules.set = r->rules;
   return true;
 }
 
@@ -1451,7 +2030,9 @@ static bool is_write_route(route_t rt) {
     case R_USERS_CREATE:
     case R_USER_ROLE:
     case R_SESSIONS_CREATE:
-    case R_API_KEYS_CREATE: return true;
+    case R_API_KEYS_CREATE:
+    case R_RULES_RELOAD:
+    case R_SUSPICIOUS_REVIEW: return true;
     default: return false;
   }
 }
@@ -1469,14 +2050,15 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
   uint64_t id = 0;
   if (is_write_route(r->route)) {
     bool empty_ok = r->route == R_ACCOUNT_FREEZE || r->route == R_ACCOUNT_UNFREEZE || r->route == R_TRANSFER_VOID ||
-                    r->route == R_TRANSFER_POST;
+                    r->route == R_TRANSFER_POST || r->route == R_RULES_RELOAD;
     if (!(empty_ok && r->http->body_len == 0)) {
       if (!(body = parse_body(r, e))) {
         json_arena_end();
         return false;
       }
     }
-    if (!is_auth_route(r->route) && !idempotency(r, e)) goto out;
+    /* A reload reads the file as it is now: a key could not make a repeat mean anything. */
+    if (!is_auth_route(r->route) && r->route != R_RULES_RELOAD && !idempotency(r, e)) goto out;
   }
   switch (r->route) {
     case R_ACCOUNTS_CREATE: ok = build_account_create(r, body, e); break;
@@ -1508,6 +2090,7 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
     case R_WITHDRAWALS: ok = build_transfer(r, body, ENGINE_KIND_WITHDRAWAL, e); break;
     case R_TRANSFERS_BATCH: ok = build_batch(r, body, e); break;
     case R_TRANSFER_GET:
+    case R_TRANSFER_RECEIPT:
     case R_TRANSFER_POST:
     case R_TRANSFER_VOID: {
       uint64_t no;
@@ -1518,7 +2101,7 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
         else api_err(e, 404, "transfer_not_found", "no such transfer");
         break;
       }
-      if (r->route == R_TRANSFER_GET) {
+      if (r->route == R_TRANSFER_GET || r->route == R_TRANSFER_RECEIPT) {
         r->cmd.kind = ENGINE_CMD_TRANSFER_GET;
         r->cmd.u.transfer_get.no = no;
         r->cmd.u.transfer_get.created_ms = created;
@@ -1539,6 +2122,19 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
       ok = true;
       break;
     }
+    case R_TRANSFERS_SEARCH: ok = build_search(r, e); break;
+    case R_RULES_GET:
+      r->cmd.kind = ENGINE_CMD_RULES_GET;
+      r->rules = malloc(sizeof *r->rules);
+      r->cmd.u.rules.out = r->rules;
+      ok = r->rules != NULL;
+      if (!ok) api_err(e, 503, "overloaded", "out of memory");
+      break;
+    case R_RULES_RELOAD: ok = build_rules_reload(r, body, e); break;
+    case R_SUSPICIOUS_LIST: ok = build_suspicious_list(r, e); break;
+    case R_SUSPICIOUS_REVIEW: ok = build_review(r, segs[2], body, e); break;
+    case R_SETTLEMENTS:
+    case R_SETTLEMENTS_CSV: ok = build_settlements(r, e); break;
     case R_USERS_CREATE: ok = build_user_create(r, body, e); break;
     case R_SESSIONS_CREATE: ok = build_session_create(r, body, e); break;
     case R_API_KEYS_CREATE: ok = build_key_create(r, body, e); break;
@@ -1615,9 +2211,6 @@ void api_handle(http_request_t *h, void *ctx) {
         submit(r);
       }
       return;
-    case R_TRANSFERS_SEARCH:
-      fail(r, 501, "not_implemented", "transfer search is not built yet; use /v1/accounts/{id}/transfers");
-      return;
     default: break;
   }
   api_error_t e;
@@ -1638,6 +2231,8 @@ int api_create(const api_config_t *config, api_t **out) {
   api->hash_pool = config->hash_pool;
   api->no_auth = config->no_auth;
   api->session_ttl_s = config->session_ttl_s ? config->session_ttl_s : AUTH_SESSION_TTL_S_DEFAULT;
+  api->rules_path = config->rules_path;
+  api->time_offset_ms = config->time_offset_ms;
   for (unsigned i = 0; i < API_RL_COUNT; i++)
     api->rules[i] = (ratelimit_rule_t){config->rates[i].rate_per_s, config->rates[i].burst};
   if (!config->rate_limits_off) {

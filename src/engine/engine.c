@@ -38,6 +38,7 @@ struct engine {
   pthread_t thread;
   bool thread_running;
   encoder_t enc;
+  uint64_t enc_record_pos; /* log offset the batch being built will be written at */
   engine_cmd_t **batch;
   engine_cmd_t *carry; /* taken from the queue but did not fit the previous batch */
   uint64_t log_at_snapshot;      /* log covered by the newest snapshot started */
@@ -134,10 +135,11 @@ static void complete(engine_t *e, engine_cmd_t **cmds, size_t n) {
 
 static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {
   engine_state_t *st = &e->st;
-  int64_t now = time_now_ms();
+  int64_t now = time_now_ms() + e->cfg.time_offset_ms;
   int64_t time_ms = now > st->last_time_ms ? now : st->last_time_ms;
   uint64_t seq = st->last_seq + 1;
   uint64_t record_pos = store_log_end(e->store);
+  e->enc_record_pos = record_pos;
   uint64_t transfers_before = st->transfer_count;
   e->enc.len = STORE_RECORD_HEADER_BYTES + ENGINE_BATCH_HEADER_BYTES;
   bool changed = state_begin_batch(st, seq, time_ms);
@@ -219,7 +221,7 @@ static size_t take_batch(engine_t *e) {
 }
 
 static bool expiry_due(const engine_t *e) {
-  return e->st.pending_count > 0 && e->st.pending[0].deadline_ms <= time_now_ms();
+  return e->st.pending_count > 0 && e->st.pending[0].deadline_ms <= time_now_ms() + e->cfg.time_offset_ms;
 }
 
 static void wait_for_work(engine_t *e) {
@@ -296,6 +298,19 @@ static int recover(engine_t *e) {
   return rc != 0 ? LEDGER_ECORRUPT : LEDGER_OK;
 }
 
+/* Search reads descriptions: from the log, or, for a transfer made earlier in the batch
+ * being built, from the encoder (its bytes are not written yet). Engine thread. */
+static int state_read_extra(void *ctx, uint64_t pos, uint32_t len, char *buf) {
+  engine_t *e = ctx;
+  if (pos >= e->enc_record_pos) {
+    uint64_t off = pos - e->enc_record_pos;
+    if (off + len > e->enc.len) return LEDGER_EIO;
+    memcpy(buf, e->enc.buf + off, len);
+    return LEDGER_OK;
+  }
+  return store_log_read(e->store, pos, buf, len);
+}
+
 static void engine_free(engine_t *e) {
   if (!e) return;
   snapshot_reap(e, true);
@@ -319,6 +334,9 @@ int engine_open(const engine_config_t *config, engine_t **out) {
   if (rc != 0) goto fail;
   if ((rc = state_init(&e->st, e->cfg.idempotency_retention_ms)) != 0) goto fail;
   if ((rc = recover(e)) != 0) goto fail;
+  e->st.read_extra = state_read_extra;
+  e->st.read_extra_ctx = e;
+  e->enc_record_pos = UINT64_MAX;
   rc = LEDGER_ENOMEM;
   e->enc.cap = ENGINE_BATCH_LOG_BYTES_MAX;
   e->enc.buf = malloc(e->enc.cap);

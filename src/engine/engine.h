@@ -48,6 +48,10 @@ typedef enum {
   ENGINE_R_USERNAME_TAKEN,   /* 409 */
   ENGINE_R_USER_NOT_FOUND,   /* 404 */
   ENGINE_R_API_KEY_NOT_FOUND, /* 404 */
+  ENGINE_R_RULE_REJECTED,     /* 422: a risk rule with action reject fired */
+  ENGINE_R_UNDER_REVIEW,      /* 422: a held transfer is settled by its review only */
+  ENGINE_R_SUSPICIOUS_NOT_FOUND, /* 404 */
+  ENGINE_R_ALREADY_REVIEWED,  /* 409 */
   ENGINE_R_COUNT
 } engine_result_t;
 /* Stable machine code for a result ("insufficient_funds"). */
@@ -71,6 +75,9 @@ const char *engine_status_name(unsigned status);
 #define ENGINE_TF_PENDING 0x01u    /* created as a pending (two-phase) transfer */
 #define ENGINE_TF_SETTLEMENT 0x02u /* the post/void entry of a pending transfer */
 #define ENGINE_TF_EXPIRED 0x04u    /* voided by its timeout */
+#define ENGINE_TF_SUSPICIOUS 0x08u /* a risk rule fired: it has a suspicious-activity entry */
+#define ENGINE_TF_HELD 0x10u       /* a rule held it for review (created pending) */
+#define ENGINE_TF_PENDING_ASKED 0x20u /* held, and the client had asked for two-phase itself */
 
 /* Account */
 #define ENGINE_ACCOUNT_KIND_CUSTOMER 0u
@@ -124,7 +131,7 @@ typedef struct engine_transfer {
   uint8_t status;
   uint8_t currency;
   uint8_t flags;
-  uint8_t pad[4];
+  uint32_t rules_version; /* the rule set that judged it (0: none) */
 } engine_transfer_t;
 static_assert(sizeof(engine_transfer_t) == 152, "transfer record size");
 
@@ -190,6 +197,8 @@ typedef enum {
   ENGINE_AUDIT_ROLE_CHANGED = 7,
   ENGINE_AUDIT_ACCOUNT_FROZEN = 8,
   ENGINE_AUDIT_ACCOUNT_UNFROZEN = 9,
+  ENGINE_AUDIT_SUSPICIOUS_REVIEWED = 10, /* subject: the entry; detail: the decision */
+  ENGINE_AUDIT_RULES_CHANGED = 11,       /* subject: the new rule-set version */
 } engine_audit_kind_t;
 const char *engine_audit_name(unsigned kind);
 
@@ -205,6 +214,113 @@ typedef struct engine_audit_event {
   char detail[ENGINE_USERNAME_BYTES_MAX + 1]; /* e.g. the username of a failed sign-in */
   char addr[47];         /* client address, when known */
 } engine_audit_event_t;
+
+/* ---- risk rules (engine_rules.c; docs/rules.md) ----
+ * A rule set is plain data: parsed from the configuration file by ledgerd, handed to the
+ * engine in one RULES_SET command (logged whole, so replay judges with the same rules), and
+ * swapped in between two commands: no transfer is ever judged by a half-loaded set. */
+typedef enum {
+  ENGINE_RULE_AMOUNT = 1,      /* amount >= threshold */
+  ENGINE_RULE_VELOCITY = 2,    /* out of one account in a sliding window: count > N or sum > X */
+  ENGINE_RULE_NEW_ACCOUNT = 3, /* debit account younger than age and amount >= threshold */
+  ENGINE_RULE_BLOCKLIST = 4,   /* debit or credit account listed */
+} engine_rule_type_t;
+typedef enum {
+  ENGINE_ACTION_FLAG = 1,   /* allow and mark */
+  ENGINE_ACTION_HOLD = 2,   /* create as pending, awaiting review */
+  ENGINE_ACTION_REJECT = 3, /* 422 rule_rejected */
+} engine_rule_action_t;
+const char *engine_rule_type_name(unsigned type);
+const char *engine_rule_action_name(unsigned action);
+
+#define ENGINE_RULES_MAX 32u
+#define ENGINE_RULE_ID_BYTES_MAX 31u
+#define ENGINE_VELOCITY_RULES_MAX 4u
+#define ENGINE_BLOCKLIST_MAX 1024u /* account ids over all blocklist rules of a set */
+#define ENGINE_RULE_WINDOW_MS_MAX (31ll * 24 * 3600 * 1000)
+#define ENGINE_THRESHOLD_NONE INT64_MAX /* no threshold for that currency */
+
+typedef struct engine_rule {
+  char id[ENGINE_RULE_ID_BYTES_MAX + 1];
+  uint8_t type;     /* engine_rule_type_t */
+  uint8_t action;   /* engine_rule_action_t */
+  uint8_t currency; /* 0 = every currency */
+  uint8_t vel_slot; /* velocity: its slot 0..3 in the per-account window state */
+  uint32_t count_max; /* velocity: fires when the count, with this one, is > count_max (0: unused) */
+  int64_t window_ms;  /* velocity: window; new_account: age */
+  /* amount / new_account: fires at amount >= threshold; velocity: at sum > threshold.
+   * Minor units per currency id; ENGINE_THRESHOLD_NONE = not set. */
+  int64_t threshold_minor[LEDGER_CURRENCIES_MAX];
+  uint32_t block_first, block_count; /* blocklist: its ids in engine_rules_t.blocklist */
+} engine_rule_t;
+
+typedef struct engine_rules {
+  uint32_t version; /* set by the engine: 1, 2, ... for each change; 0 = never set */
+  uint32_t count;
+  uint32_t block_count;
+  uint32_t pad;
+  char default_region[API_REGION_BYTES_MAX + 8]; /* NUL-terminated; "" = "default" (no padding) */
+  engine_rule_t rules[ENGINE_RULES_MAX];
+  uint64_t blocklist[ENGINE_BLOCKLIST_MAX]; /* each rule's range sorted ascending */
+} engine_rules_t;
+static_assert(sizeof(engine_rule_t) == 184 && sizeof(engine_rules_t) == 56 + 32 * 184 + 8 * 1024,
+              "rule sets are logged and compared byte for byte: no padding");
+
+/* Parses a configuration file's text (docs/rules.md). Returns 0, or LEDGER_EINVAL with
+ * "line N: reason" in err. Pure; any thread. */
+LEDGER_MUST_USE int engine_rules_parse(const char *text, size_t len, engine_rules_t *out, char *err, size_t cap);
+/* The set used when no configuration file is given: amount >= 10,000.00 → flag. */
+void engine_rules_default(engine_rules_t *out);
+
+/* A suspicious-activity entry: one per transfer a rule flagged or held. */
+#define ENGINE_SUSPICIOUS_OPEN 0u
+#define ENGINE_SUSPICIOUS_CLEARED 1u
+#define ENGINE_SUSPICIOUS_CONFIRMED 2u
+const char *engine_suspicious_status_name(unsigned status);
+typedef struct engine_suspicious {
+  uint64_t id; /* 1.. in transfer order */
+  uint64_t transfer_no;
+  int64_t transfer_created_ms; /* with transfer_no: the transfer id */
+  uint64_t debit_account_id, credit_account_id;
+  int64_t amount_minor;
+  int64_t reviewed_ms; /* 0 = not reviewed */
+  uint64_t reviewer_id;
+  uint32_t rules_version;
+  uint32_t fired_mask; /* every rule (by index) that fired */
+  uint8_t action;      /* the deciding action: flag or hold */
+  uint8_t status;
+  uint8_t currency;
+  uint8_t pad[5];
+  char rule_id[ENGINE_RULE_ID_BYTES_MAX + 1]; /* the deciding rule */
+} engine_suspicious_t;
+static_assert(sizeof(engine_suspicious_t) == 112, "suspicious entry size");
+
+/* Settlement aggregate: per (UTC day, region, currency). Sums are 128-bit: they cannot wrap. */
+__extension__ typedef __int128 engine_wide_t;
+typedef struct engine_settlement {
+  int32_t day; /* days since 1970-01-01 */
+  uint16_t region;
+  uint8_t currency;
+  uint8_t pad;
+  uint64_t count;
+  engine_wide_t volume, deposits, withdrawals;
+} engine_settlement_t;
+#define ENGINE_SETTLEMENT_ROWS_MAX (1u * 1024u * 1024u)
+
+/* Search filter (GET /v1/transfers). */
+typedef struct engine_search {
+  uint64_t account_id; /* 0 = any */
+  int16_t kind;        /* -1 = any */
+  int16_t status;      /* -1 = any */
+  int8_t flagged;      /* -1 = any, 0, 1 */
+  bool has_region;
+  uint16_t region;     /* with has_region (0: an unknown name → nothing matches) */
+  bool has_min, has_max;
+  int64_t min_digits, max_digits;
+  uint8_t min_scale, max_scale;
+  int64_t from_ms, to_ms; /* [from, to) */
+  char q[65];             /* lower-case; "" = any */
+} engine_search_t;
 
 /* ---- commands ---- */
 typedef enum {
@@ -224,6 +340,8 @@ typedef enum {
   ENGINE_CMD_API_KEY_REVOKE = 12,
   ENGINE_CMD_SIGNIN_FAILED = 13,
   ENGINE_CMD_USER_ROLE_SET = 14,
+  ENGINE_CMD_RULES_SET = 15,         /* admin: swap in a new rule set */
+  ENGINE_CMD_SUSPICIOUS_REVIEW = 16, /* admin: clear or confirm an entry */
   /* reads (never logged) */
   ENGINE_CMD_ACCOUNT_GET = 64,
   ENGINE_CMD_ACCOUNT_LIST = 65,
@@ -232,6 +350,10 @@ typedef enum {
   ENGINE_CMD_WHOAMI = 68,      /* resolves the credential: principal, user, key */
   ENGINE_CMD_USER_LOOKUP = 69, /* by username, for sign-in (trusted) */
   ENGINE_CMD_AUDIT_LIST = 70,
+  ENGINE_CMD_RULES_GET = 71,
+  ENGINE_CMD_SUSPICIOUS_LIST = 72,
+  ENGINE_CMD_SETTLEMENTS = 73,
+  ENGINE_CMD_TRANSFER_SEARCH = 74,
 } engine_cmd_kind_t;
 
 /* One transfer request (single, or one item of a batch). Fixed layout: stored in the log. */
@@ -255,7 +377,8 @@ typedef struct engine_transfer_in {
 typedef struct engine_item_result {
   uint16_t result;
   uint8_t status;
-  uint8_t pad[5];
+  uint8_t rule; /* rule_rejected: the rule's index + 1 (its id in cmd->rule_ids) */
+  uint8_t pad[4];
   uint64_t no;
   int64_t created_ms;
 } engine_item_result_t;
@@ -342,6 +465,39 @@ struct engine_cmd {
       uint32_t limit;
       engine_history_row_t *rows; /* limit entries */
     } history;
+    struct {
+      const engine_rules_t *set; /* RULES_SET */
+      engine_rules_t *out;       /* RULES_GET */
+    } rules;
+    struct {
+      uint64_t id;
+      uint8_t decision; /* ENGINE_SUSPICIOUS_CLEARED or _CONFIRMED */
+    } review;
+    struct {
+      int64_t from_ms, to_ms; /* [from, to) of created_ms */
+      int16_t status;         /* -1 = any */
+      char rule_id[ENGINE_RULE_ID_BYTES_MAX + 1]; /* "" = any */
+      bool ascending;
+      uint64_t cursor_id; /* 0 = start */
+      uint32_t limit;
+      engine_suspicious_t *rows;
+    } suspicious;
+    struct {
+      int32_t day_from, day_to; /* inclusive */
+      bool has_region;
+      uint16_t region; /* with has_region; 0 = unknown name: nothing */
+      uint8_t currency; /* 0 = any */
+      uint32_t cap;
+      engine_settlement_t *rows; /* cap entries; unsorted */
+      bool truncated;            /* more rows than cap */
+    } settlements;
+    struct {
+      engine_search_t filter;
+      bool ascending;
+      uint64_t cursor_no; /* 0 = start */
+      uint32_t limit;
+      engine_transfer_t *rows;
+    } search;
   } u;
   engine_done_fn done;
   void *done_arg;
@@ -357,7 +513,12 @@ struct engine_cmd {
   engine_api_key_t api_key;   /* API_KEY_*, WHOAMI (when a key) */
   engine_account_t account;   /* ACCOUNT_* and GET */
   engine_transfer_t transfer; /* TRANSFER*, TRANSFER_GET */
-  uint32_t row_count;         /* LIST, HISTORY */
+  engine_suspicious_t suspicious; /* SUSPICIOUS_REVIEW */
+  uint8_t reject_rule;        /* RULE_REJECTED (single transfer): the rule's index + 1 */
+  uint32_t rules_version;     /* RULE_REJECTED; RULES_SET: the version now in force */
+  bool rules_changed;         /* RULES_SET: false when the set was identical */
+  char rule_ids[ENGINE_RULES_MAX][ENGINE_RULE_ID_BYTES_MAX + 1]; /* filled on RULE_REJECTED */
+  uint32_t row_count;         /* LIST, HISTORY, SUSPICIOUS_LIST, SETTLEMENTS, SEARCH */
   uint64_t next_cursor;       /* LIST, HISTORY: 0 = no more */
   engine_cmd_t *next;         /* engine's intrusive list; also free for the submitter after done */
 };
@@ -370,6 +531,7 @@ typedef struct engine_config {
   uint64_t snapshot_log_bytes; /* checkpoint after this many log bytes; 0 = default */
   bool fsync;                  /* false only for tests that measure CPU */
   uint32_t queue_commands_max; /* power of two, 2..ENGINE_QUEUE_COMMANDS_MAX; 0 = that */
+  int64_t time_offset_ms;      /* tests only: the engine clock is the wall clock + this (>= 0) */
 } engine_config_t;
 
 /* Opens (or creates) the data directory, takes its lock, recovers state from the newest

@@ -49,6 +49,8 @@ const char *engine_audit_name(unsigned kind) {
     case ENGINE_AUDIT_ROLE_CHANGED: return "user.role_changed";
     case ENGINE_AUDIT_ACCOUNT_FROZEN: return "account.frozen";
     case ENGINE_AUDIT_ACCOUNT_UNFROZEN: return "account.unfrozen";
+    case ENGINE_AUDIT_SUSPICIOUS_REVIEWED: return "suspicious.reviewed";
+    case ENGINE_AUDIT_RULES_CHANGED: return "rules.changed";
     default: return "unknown";
   }
 }
@@ -205,9 +207,13 @@ int auth_permit(uint8_t kind, uint8_t role) {
     case ENGINE_CMD_ACCOUNT_LIST:
     case ENGINE_CMD_TRANSFER_GET:
     case ENGINE_CMD_HISTORY:
+    case ENGINE_CMD_TRANSFER_SEARCH:
     case ENGINE_CMD_WHOAMI:
     case ENGINE_CMD_SESSION_REVOKE: return ENGINE_OK; /* customers: filtered by ownership */
-    case ENGINE_CMD_AUDIT_LIST: return role == ENGINE_ROLE_CUSTOMER ? ENGINE_R_FORBIDDEN : ENGINE_OK;
+    case ENGINE_CMD_AUDIT_LIST:
+    case ENGINE_CMD_RULES_GET:
+    case ENGINE_CMD_SUSPICIOUS_LIST:
+    case ENGINE_CMD_SETTLEMENTS: return role == ENGINE_ROLE_CUSTOMER ? ENGINE_R_FORBIDDEN : ENGINE_OK;
     case ENGINE_CMD_ACCOUNT_CREATE:
     case ENGINE_CMD_TRANSFER:
     case ENGINE_CMD_TRANSFER_POST:
@@ -217,7 +223,9 @@ int auth_permit(uint8_t kind, uint8_t role) {
     case ENGINE_CMD_ACCOUNT_UNFREEZE:
     case ENGINE_CMD_API_KEY_CREATE:
     case ENGINE_CMD_API_KEY_REVOKE:
-    case ENGINE_CMD_USER_ROLE_SET: return role == ENGINE_ROLE_ADMIN ? ENGINE_OK : ENGINE_R_FORBIDDEN;
+    case ENGINE_CMD_USER_ROLE_SET:
+    case ENGINE_CMD_RULES_SET:
+    case ENGINE_CMD_SUSPICIOUS_REVIEW: return role == ENGINE_ROLE_ADMIN ? ENGINE_OK : ENGINE_R_FORBIDDEN;
     default: return ENGINE_R_FORBIDDEN;
   }
 }

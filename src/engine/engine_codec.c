@@ -49,6 +49,8 @@ static size_t body_bytes(const engine_cmd_t *c) {
     case ENGINE_CMD_API_KEY_REVOKE: return 8 + 1 + strlen(c->client_addr);
     case ENGINE_CMD_SIGNIN_FAILED: return 2 + strlen(c->u.auth.username) + strlen(c->client_addr);
     case ENGINE_CMD_USER_ROLE_SET: return 9 + 1 + strlen(c->client_addr);
+    case ENGINE_CMD_RULES_SET: return sizeof(engine_rules_t);
+    case ENGINE_CMD_SUSPICIOUS_REVIEW: return 9;
     case ENGINE_CMD_TRANSFER_BATCH: {
       size_t n = 8 + (size_t)c->u.batch.item_count * ITEM_WIRE_BYTES;
       for (uint32_t i = 0; i < c->u.batch.item_count; i++) n += c->u.batch.items[i].extra_len;
@@ -183,6 +185,11 @@ size_t codec_encode_cmd(encoder_t *enc, const engine_cmd_t *c) {
       *p++ = c->u.auth.role;
       p = put_str(p, c->client_addr);
       break;
+    case ENGINE_CMD_RULES_SET: p = put(p, c->u.rules.set, sizeof(engine_rules_t)); break;
+    case ENGINE_CMD_SUSPICIOUS_REVIEW:
+      p = put(p, &c->u.review.id, 8);
+      *p++ = c->u.review.decision;
+      break;
     case ENGINE_CMD_TRANSFER_BATCH: {
       uint32_t n = c->u.batch.item_count, zero = 0;
       p = put(p, &n, 4);
@@ -209,6 +216,7 @@ size_t codec_decode_cmd(const uint8_t *p0, size_t avail, engine_cmd_t *c, engine
     char email[ENGINE_EMAIL_BYTES_MAX + 1];
     char pwhash[ENGINE_PWHASH_BYTES_MAX];
     char name[ENGINE_KEY_NAME_BYTES_MAX + 1];
+    engine_rules_t rules;
   } strs;
   const uint8_t *p = p0;
   if (avail < CMD_HEADER_BYTES) return 0;
@@ -318,6 +326,16 @@ size_t codec_decode_cmd(const uint8_t *p0, size_t avail, engine_cmd_t *c, engine
       p = get(p, &c->u.auth.user_id, 8);
       c->u.auth.role = *p++;
       if (!(p = get_str(p, end, c->client_addr, sizeof c->client_addr))) return 0;
+      break;
+    case ENGINE_CMD_RULES_SET:
+      if ((size_t)(end - p) < sizeof(engine_rules_t)) return 0;
+      p = get(p, &strs.rules, sizeof strs.rules);
+      c->u.rules.set = &strs.rules;
+      break;
+    case ENGINE_CMD_SUSPICIOUS_REVIEW:
+      if (end - p < 9) return 0;
+      p = get(p, &c->u.review.id, 8);
+      c->u.review.decision = *p++;
       break;
     case ENGINE_CMD_TRANSFER_BATCH: {
       uint32_t n, pad;

@@ -8,7 +8,8 @@
  *
  * Layout: header (below) | regions | accounts | transfers | live idempotency entries |
  * pending heap | the used part of the batch-codes ring | users | API keys | live credentials |
- * the audit ring (oldest first) | crc32c u32 of all before it.
+ * the audit ring (oldest first) | the rule set | suspicious entries | settlement rows |
+ * velocity windows (when a velocity rule was ever in force) | crc32c u32 of all before it.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -18,7 +19,7 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-#define SNAP_MAGIC 0x32504e534744474cull /* "LGDGSNP2" */
+#define SNAP_MAGIC 0x33504e534744474cull /* "LGDGSNP3" */
 
 typedef struct snap_header {
   uint64_t magic;
@@ -36,6 +37,9 @@ typedef struct snap_header {
   uint64_t key_count;
   uint64_t audit_count; /* total; the ring's newest min(count, ring) are saved */
   uint64_t cred_count;
+  uint64_t suspicious_count;
+  uint64_t settle_count;
+  uint64_t vel_accounts; /* accounts whose velocity windows follow (0: none saved) */
   uint64_t reserved;
 } snap_header_t;
 
@@ -88,7 +92,8 @@ int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *f
   snap_header_t h = {SNAP_MAGIC, st->last_seq, st->last_time_ms, log_pos, st->account_count,
                      st->transfer_count, idem_count, st->pending_count, st->codes_total,
                      codes_saved(st), atomic_load(&st->region_count), st->user_count, st->key_count,
-                     st->audit_count, cred_count, 0};
+                     st->audit_count, cred_count, st->suspicious_count, st->settle_count,
+                     st->vel_used ? st->account_count : 0, 0};
   sink_put(&s, &h, sizeof h);
   sink_put(&s, st->regions, h.region_count * sizeof st->regions[0]);
   sink_put(&s, st->accounts, h.account_count * sizeof(engine_account_t));
@@ -124,6 +129,10 @@ int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *f
   uint64_t audit_saved = h.audit_count < ENGINE_AUDIT_RING_EVENTS ? h.audit_count : ENGINE_AUDIT_RING_EVENTS;
   for (uint64_t seq = h.audit_count - audit_saved; seq < h.audit_count; seq++)
     sink_put(&s, &st->audit[seq % ENGINE_AUDIT_RING_EVENTS], sizeof(engine_audit_event_t));
+  sink_put(&s, &st->rules, sizeof st->rules);
+  sink_put(&s, st->suspicious, h.suspicious_count * sizeof(engine_suspicious_t));
+  sink_put(&s, st->settle_rows, h.settle_count * sizeof(engine_settlement_t));
+  sink_put(&s, st->vel, h.vel_accounts * ENGINE_VELOCITY_RULES_MAX * sizeof(vel_slot_t));
   uint32_t crc = s.crc;
   if (s.rc == 0) s.rc = store_write_all(fd, &crc, sizeof crc);
   if (s.rc == 0 && fsync(fd) != 0) s.rc = LEDGER_EIO;
@@ -160,7 +169,8 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
                     h.codes_saved > h.codes_total || h.region_count > ENGINE_REGIONS_MAX ||
                     h.region_count < 2 || h.account_count < ledger_currency_count() ||
                     h.user_count > ENGINE_USERS_MAX || h.key_count > ENGINE_API_KEYS_MAX ||
-                    h.cred_count > ENGINE_CREDENTIALS_MAX * 2u))
+                    h.cred_count > ENGINE_CREDENTIALS_MAX * 2u || h.suspicious_count > ENGINE_SUSPICIOUS_MAX ||
+                    h.settle_count > ENGINE_SETTLEMENT_ROWS_MAX || h.vel_accounts > h.account_count))
     s.rc = LEDGER_ECORRUPT;
   if (s.rc == 0) {
     src_get(&s, st->regions, h.region_count * sizeof st->regions[0]);
@@ -190,6 +200,10 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
     uint64_t audit_saved = h.audit_count < ENGINE_AUDIT_RING_EVENTS ? h.audit_count : ENGINE_AUDIT_RING_EVENTS;
     for (uint64_t seq = h.audit_count - audit_saved; seq < h.audit_count && s.rc == 0; seq++)
       src_get(&s, &st->audit[seq % ENGINE_AUDIT_RING_EVENTS], sizeof(engine_audit_event_t));
+    src_get(&s, &st->rules, sizeof st->rules);
+    src_get(&s, st->suspicious, h.suspicious_count * sizeof(engine_suspicious_t));
+    src_get(&s, st->settle_rows, h.settle_count * sizeof(engine_settlement_t));
+    src_get(&s, st->vel, h.vel_accounts * ENGINE_VELOCITY_RULES_MAX * sizeof(vel_slot_t));
   }
   uint32_t want = s.crc, got = 0;
   if (s.rc == 0 && (fread(&got, 1, sizeof got, f) != sizeof got || got != want)) s.rc = LEDGER_ECORRUPT;
@@ -204,7 +218,11 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
   st->user_count = h.user_count;
   st->key_count = h.key_count;
   st->audit_count = h.audit_count;
+  st->suspicious_count = h.suspicious_count;
+  st->settle_count = h.settle_count;
+  st->vel_used = h.vel_accounts != 0;
   if (!auth_user_index_rebuild(st)) return LEDGER_ENOMEM;
+  if (!risk_settle_index_rebuild(st)) return LEDGER_ECORRUPT;
   st->last_seq = h.seq;
   st->last_time_ms = h.time_ms;
   *log_pos_out = h.log_pos;

@@ -36,7 +36,7 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
   st->saved_times = reserve(2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
   if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes || !st->saved_times ||
-      auth_state_init(st) != 0) {
+      auth_state_init(st) != 0 || risk_state_init(st) != 0) {
     state_free(st);
     return LEDGER_ENOMEM;
   }
@@ -64,6 +64,7 @@ void state_free(engine_state_t *st) {
   if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
   if (st->saved_times) munmap(st->saved_times, 2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
   auth_state_free(st);
+  risk_state_free(st);
   memset(st, 0, sizeof *st);
 }
 
@@ -237,7 +238,7 @@ static int resolve(engine_state_t *st, const engine_transfer_in_t *in, uint8_t r
 
 /* Checks and applies one transfer; on rejection nothing changed. */
 static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const engine_transfer_in_t *in,
-                          uint64_t extra_pos, engine_transfer_t **out) {
+                          uint64_t extra_pos, engine_transfer_t **out, uint8_t *rule_out) {
   resolved_t r;
   int res = resolve(st, in, cmd->role, cmd->principal_id, &r);
   if (res != ENGINE_OK) return res;
@@ -251,7 +252,20 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
     return ENGINE_R_LIMIT_EXCEEDED;
   if (floored(r.dr) && avail < 0) return ENGINE_R_INSUFFICIENT_FUNDS;
   if (st->transfer_count >= ENGINE_TRANSFERS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
-  if (in->pending) {
+  /* Risk rules judge it here, in the same step as the money (docs/rules.md). */
+  risk_verdict_t verdict;
+  risk_judge(st, r.dr, r.cr, amount, &verdict);
+  if (verdict.action == ENGINE_ACTION_REJECT) {
+    *rule_out = verdict.rule;
+    return ENGINE_R_RULE_REJECTED;
+  }
+  bool held = verdict.action == ENGINE_ACTION_HOLD;
+  bool pending = in->pending || held;
+  engine_transfer_t proto = {.debit_account_id = r.dr->id, .credit_account_id = r.cr->id, .kind = in->kind,
+                             .currency = r.dr->currency, .created_ms = st->batch_time_ms};
+  if (!risk_has_room(st, &verdict) || (!pending && !settlement_has_room(st, &proto)))
+    return ENGINE_R_CAPACITY_EXHAUSTED;
+  if (pending) {
     if (!money_add(r.dr->pending_debits_minor, amount, &new_dr) ||
         !money_add(r.cr->pending_credits_minor, amount, &new_cr))
       return ENGINE_R_LIMIT_EXCEEDED;
@@ -268,8 +282,9 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
   engine_transfer_t *t = transfer_append(st, r.dr, r.cr);
   t->amount_minor = amount;
   t->kind = in->kind;
-  t->status = in->pending ? ENGINE_STATUS_PENDING : ENGINE_STATUS_POSTED;
-  t->flags = in->pending ? ENGINE_TF_PENDING : 0;
+  t->status = pending ? ENGINE_STATUS_PENDING : ENGINE_STATUS_POSTED;
+  t->flags = pending ? ENGINE_TF_PENDING : 0;
+  if (held) t->flags |= ENGINE_TF_HELD | (in->pending ? ENGINE_TF_PENDING_ASKED : 0);
   t->timeout_s = in->pending ? in->timeout_s : 0;
   t->extra_pos = in->extra_len ? extra_pos : 0;
   t->extra_len = in->extra_len;
@@ -277,6 +292,8 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
   t->credit_balance_after = r.cr->balance_minor;
   if (in->pending && in->timeout_s)
     heap_push(st, st->batch_time_ms + (int64_t)in->timeout_s * 1000, t->no);
+  risk_record(st, t, &verdict);
+  if (!pending) settlement_add(st, t, 1);
   *out = t;
   return ENGINE_OK;
 }
@@ -286,6 +303,8 @@ static void transfer_undo(engine_state_t *st) {
   engine_transfer_t *t = &st->transfers[st->transfer_count - 1];
   engine_account_t *dr = account_at(st, t->debit_account_id);
   engine_account_t *cr = account_at(st, t->credit_account_id);
+  risk_unrecord(st, t);
+  if (t->status == ENGINE_STATUS_POSTED) settlement_add(st, t, -1);
   if (t->status == ENGINE_STATUS_PENDING) {
     dr->pending_debits_minor -= t->amount_minor;
     cr->pending_credits_minor -= t->amount_minor;
@@ -313,8 +332,8 @@ static void transfer_undo(engine_state_t *st) {
 }
 
 /* Settles a pending transfer: post `amount` (0 = all) or void. Appends a settlement entry. */
-static int settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t amount,
-                  bool expired, engine_transfer_t **entry_out) {
+int state_settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t amount, bool expired,
+                 engine_transfer_t **entry_out) {
   if (p->status != ENGINE_STATUS_PENDING) return ENGINE_R_TRANSFER_NOT_PENDING;
   engine_account_t *dr = account_at(st, p->debit_account_id);
   engine_account_t *cr = account_at(st, p->credit_account_id);
@@ -330,6 +349,9 @@ static int settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t a
       return ENGINE_R_LIMIT_EXCEEDED;
   }
   if (st->transfer_count >= ENGINE_TRANSFERS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
+  engine_transfer_t proto = {.debit_account_id = dr->id, .credit_account_id = cr->id, .kind = p->kind,
+                             .currency = p->currency, .created_ms = st->batch_time_ms};
+  if (post && !settlement_has_room(st, &proto)) return ENGINE_R_CAPACITY_EXHAUSTED;
   dr->pending_debits_minor -= p->amount_minor;
   cr->pending_credits_minor -= p->amount_minor;
   dr->balance_minor = new_dr;
@@ -351,6 +373,8 @@ static int settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t a
   e->pending_created_ms = p->created_ms;
   e->debit_balance_after = dr->balance_minor;
   e->credit_balance_after = cr->balance_minor;
+  e->rules_version = p->rules_version;
+  if (post) settlement_add(st, e, 1);
   if (entry_out) *entry_out = e;
   return ENGINE_OK;
 }
@@ -366,7 +390,7 @@ bool state_begin_batch(engine_state_t *st, uint64_t seq, int64_t time_ms) {
     heap_pop(st);
     engine_transfer_t *p = &st->transfers[no - 1];
     if (p->status != ENGINE_STATUS_PENDING) continue; /* posted or voided before */
-    if (settle(st, p, false, 0, true, NULL) == ENGINE_OK) changed = true;
+    if (state_settle(st, p, false, 0, true, NULL) == ENGINE_OK) changed = true;
   }
   return changed;
 }
@@ -455,6 +479,12 @@ static idem_entry_t *idem_slot_for_insert(engine_state_t *st, ledger_hash128_t k
 
 /* ---------------------------------------------------------------- commands */
 
+/* A rejection names its rule: the ids of the set in force go back with the command. */
+static void rules_names(const engine_state_t *st, engine_cmd_t *cmd) {
+  cmd->rules_version = st->rules.version;
+  for (unsigned i = 0; i < st->rules.count; i++) memcpy(cmd->rule_ids[i], st->rules.rules[i].id, sizeof cmd->rule_ids[i]);
+}
+
 /* The transfer as its creating response showed it (idempotent replays answer this). */
 static engine_transfer_t creation_view(const engine_transfer_t *t) {
   engine_transfer_t v = *t;
@@ -485,7 +515,9 @@ static int apply_account_create(engine_state_t *st, engine_cmd_t *cmd, uint64_t 
     if (cmd->u.account_create.allow_overdraft) return ENGINE_R_FORBIDDEN; /* credit is granted, not taken */
     owner = cmd->principal_id;
   }
-  uint16_t region = state_region_intern(st, cmd->u.account_create.region);
+  const char *region_name = cmd->u.account_create.region;
+  if (region_name[0] == '\0') region_name = st->rules.default_region[0] ? st->rules.default_region : "default";
+  uint16_t region = state_region_intern(st, region_name);
   if (region == 0) return ENGINE_R_LIMIT_EXCEEDED;
   engine_account_t *a = &st->accounts[st->account_count++];
   memset(a, 0, sizeof *a);
@@ -525,7 +557,14 @@ static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
        money_to_minor(cmd->u.settle.amount_digits, cmd->u.settle.amount_scale,
                       ledger_currency_get(p->currency)->exponent, &amount) != 0))
     return ENGINE_R_INVALID_AMOUNT;
-  int res = settle(st, p, post, amount, false, NULL);
+  if (p->flags & ENGINE_TF_HELD) {
+    const engine_suspicious_t *s = risk_entry_of(st, p->no);
+    if (s && s->status == ENGINE_SUSPICIOUS_OPEN) {
+      cmd->transfer = *p;
+      return ENGINE_R_UNDER_REVIEW;
+    }
+  }
+  int res = state_settle(st, p, post, amount, false, NULL);
   cmd->transfer = *p;
   return res;
 }
@@ -545,10 +584,13 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
       st->saved_times[saved++] = (struct saved_time){acc.dr->id, acc.dr->updated_ms};
       st->saved_times[saved++] = (struct saved_time){acc.cr->id, acc.cr->updated_ms};
     }
-    int res = transfer_apply(st, cmd, in, extra_pos, &t);
+    uint8_t rule = 0;
+    int res = transfer_apply(st, cmd, in, extra_pos, &t, &rule);
     extra_pos += in->extra_len;
     memset(r, 0, sizeof *r);
     r->result = (uint16_t)res;
+    r->rule = rule;
+    if (rule) rules_names(st, cmd);
     if (res == ENGINE_OK) {
       r->no = t->no;
       r->created_ms = t->created_ms;
@@ -579,10 +621,15 @@ static int apply_fresh(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
     case ENGINE_CMD_ACCOUNT_CREATE: return apply_account_create(st, cmd, extra_pos);
     case ENGINE_CMD_TRANSFER: {
       engine_transfer_t *t = NULL;
-      int res = transfer_apply(st, cmd, &cmd->u.transfer, extra_pos, &t);
+      uint8_t rule = 0;
+      int res = transfer_apply(st, cmd, &cmd->u.transfer, extra_pos, &t, &rule);
       if (res == ENGINE_OK) cmd->transfer = *t;
+      cmd->reject_rule = rule;
+      if (rule) rules_names(st, cmd);
       return res;
     }
+    case ENGINE_CMD_RULES_SET: return risk_apply_rules_set(st, cmd);
+    case ENGINE_CMD_SUSPICIOUS_REVIEW: return risk_apply_review(st, cmd);
     case ENGINE_CMD_TRANSFER_POST: return apply_settle(st, cmd, true);
     case ENGINE_CMD_TRANSFER_VOID: return apply_settle(st, cmd, false);
     case ENGINE_CMD_ACCOUNT_FREEZE: return apply_freeze(st, cmd, true);
@@ -610,6 +657,11 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
       break;
     case ENGINE_CMD_TRANSFER:
       if (e->result == ENGINE_OK) cmd->transfer = creation_view(&st->transfers[e->object - 1]);
+      if (e->result == ENGINE_R_RULE_REJECTED) { /* the rule's id, while that rule set is in force */
+        cmd->reject_rule = (uint8_t)e->object;
+        if (e->count == st->rules.version) rules_names(st, cmd);
+        cmd->rules_version = e->count;
+      }
       break;
     case ENGINE_CMD_TRANSFER_POST:
     case ENGINE_CMD_TRANSFER_VOID:
@@ -618,6 +670,12 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
     case ENGINE_CMD_ACCOUNT_FREEZE:
     case ENGINE_CMD_ACCOUNT_UNFREEZE:
       if (e->object) cmd->account = *account_at(st, e->object);
+      break;
+    case ENGINE_CMD_SUSPICIOUS_REVIEW:
+      if (e->object) {
+        cmd->suspicious = st->suspicious[e->object - 1];
+        cmd->transfer = st->transfers[cmd->suspicious.transfer_no - 1];
+      }
       break;
     case ENGINE_CMD_TRANSFER_BATCH: {
       if (st->codes_total - e->codes_pos > ENGINE_CODES_RING_BYTES ||
@@ -657,7 +715,14 @@ static void idem_record(engine_state_t *st, idem_entry_t *slot, ledger_hash128_t
     case ENGINE_CMD_ACCOUNT_UNFREEZE: slot->object = cmd->account.id; break;
     case ENGINE_CMD_TRANSFER:
     case ENGINE_CMD_TRANSFER_POST:
-    case ENGINE_CMD_TRANSFER_VOID: slot->object = cmd->transfer.no; break;
+    case ENGINE_CMD_TRANSFER_VOID:
+      slot->object = cmd->transfer.no;
+      if (cmd->result == ENGINE_R_RULE_REJECTED) {
+        slot->object = cmd->reject_rule;
+        slot->count = cmd->rules_version;
+      }
+      break;
+    case ENGINE_CMD_SUSPICIOUS_REVIEW: slot->object = cmd->suspicious.id; break;
     case ENGINE_CMD_TRANSFER_BATCH:
       slot->object = first_no;
       slot->count = cmd->u.batch.item_count;
@@ -716,7 +781,7 @@ bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
   uint64_t accounts_before = st->account_count;
   cmd->result = (int16_t)apply_fresh(st, cmd, extra_pos);
   bool changed = st->transfer_count + 1 != first_no || st->account_count != accounts_before ||
-                 (cmd->result == ENGINE_OK);
+                 (cmd->result == ENGINE_OK && (cmd->kind != ENGINE_CMD_RULES_SET || cmd->rules_changed));
   if (slot) {
     /* Capacity is not a business outcome: a retry later must be able to succeed. */
     if (cmd->result == ENGINE_R_CAPACITY_EXHAUSTED || cmd->result == ENGINE_R_INVALID_AMOUNT ||
@@ -827,6 +892,10 @@ void state_read(const engine_state_t *st, engine_cmd_t *cmd) {
       break;
     }
     case ENGINE_CMD_ACCOUNT_LIST: read_list(st, cmd); break;
+    case ENGINE_CMD_RULES_GET:
+    case ENGINE_CMD_SUSPICIOUS_LIST:
+    case ENGINE_CMD_SETTLEMENTS: risk_read(st, cmd); break;
+    case ENGINE_CMD_TRANSFER_SEARCH: search_read(st, cmd); break;
     case ENGINE_CMD_HISTORY: read_history(st, cmd); break;
     default: LEDGER_ASSERT(!"not a read command");
   }
@@ -900,6 +969,5 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
       }
     }
   }
-  problem[0] = '\0';
-  return LEDGER_OK;
+  return risk_check(st, problem, cap);
 }

@@ -87,7 +87,29 @@ typedef struct engine_state {
   uint64_t batch_seq;
   int64_t batch_time_ms;
   bool replaying; /* commands come from the log: apply without idempotency lookups */
+  /* Risk rules, velocity windows, suspicious activity, settlements (engine_rules.c). */
+  engine_rules_t rules;
+  struct vel_slot *vel; /* [(account id - 1) * ENGINE_VELOCITY_RULES_MAX + slot] */
+  bool vel_used;        /* a velocity rule has been in force: the table is in snapshots */
+  engine_suspicious_t *suspicious;
+  uint64_t suspicious_count;
+  engine_settlement_t *settle_rows;
+  uint64_t settle_count;
+  uint32_t *settle_index; /* row index + 1, open addressing */
+  /* Reads description/metadata bytes from the log (search q); NULL in replay tools. */
+  int (*read_extra)(void *ctx, uint64_t pos, uint32_t len, char *buf);
+  void *read_extra_ctx;
 } engine_state_t;
+
+/* Per account and velocity rule: the sliding window's oldest entry and sums (engine_rules.c). */
+typedef struct vel_slot {
+  uint32_t version; /* rule-set version it was built for; another → rebuilt from history */
+  uint32_t count;
+  uint64_t start_no; /* oldest history entry still in the window (0: none) */
+  engine_wide_t amount;
+} vel_slot_t;
+#define ENGINE_SUSPICIOUS_MAX (16u * 1024u * 1024u)
+#define ENGINE_SETTLE_SLOTS (2u * ENGINE_SETTLEMENT_ROWS_MAX)
 
 /* Reserves a table as virtual memory (MAP_NORESERVE; huge pages advised); NULL on failure. */
 void *state_reserve(size_t bytes);
@@ -130,6 +152,42 @@ bool auth_user_index_rebuild(engine_state_t *st);
 /* Snapshot load: re-inserts a saved idempotency entry. False if the table is full. */
 bool state_idem_restore(engine_state_t *st, const idem_entry_t *e);
 uint16_t state_region_find(const engine_state_t *st, const char *name);
+
+/* ---- risk, settlements, search (engine_rules.c, engine_search.c) ---- */
+LEDGER_MUST_USE int risk_state_init(engine_state_t *st);
+void risk_state_free(engine_state_t *st);
+bool risk_settle_index_rebuild(engine_state_t *st); /* after a snapshot load */
+typedef struct risk_verdict {
+  uint8_t action;      /* 0: nothing fired */
+  uint8_t rule;        /* deciding rule index + 1 */
+  uint32_t fired_mask;
+} risk_verdict_t;
+/* Judges a fresh transfer about to be applied (accounts resolved, amount in minor units).
+ * Moves velocity windows forward (a pure function of time), changes nothing else. */
+void risk_judge(engine_state_t *st, const engine_account_t *dr, const engine_account_t *cr, int64_t amount,
+                risk_verdict_t *v);
+/* Room for what risk_record and settlement_add will need (false: capacity exhausted). */
+bool risk_has_room(const engine_state_t *st, const risk_verdict_t *v);
+bool settlement_has_room(const engine_state_t *st, const engine_transfer_t *proto);
+/* After the transfer was appended: velocity sums and, when a rule fired, its suspicious entry. */
+void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t *v);
+/* Undoes risk_record for the newest transfer (atomic batch rollback). */
+void risk_unrecord(engine_state_t *st, const engine_transfer_t *t);
+/* Adds (sign +1) or removes (-1) a posted movement to its day/region/currency row. */
+void settlement_add(engine_state_t *st, const engine_transfer_t *t, int sign);
+/* The region a transfer belongs to: the debit account's, a deposit's credit account's. */
+uint16_t transfer_region(const engine_state_t *st, const engine_transfer_t *t);
+/* The entry of a transfer with ENGINE_TF_SUSPICIOUS (NULL if none). */
+engine_suspicious_t *risk_entry_of(const engine_state_t *st, uint64_t transfer_no);
+int risk_apply_rules_set(engine_state_t *st, engine_cmd_t *cmd);
+int risk_apply_review(engine_state_t *st, engine_cmd_t *cmd);
+void risk_read(const engine_state_t *st, engine_cmd_t *cmd); /* RULES_GET, SUSPICIOUS_LIST, SETTLEMENTS */
+void search_read(const engine_state_t *st, engine_cmd_t *cmd);
+/* Settles a pending transfer (engine_state.c): post `amount` (0 = all) or void. */
+int state_settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t amount, bool expired,
+                 engine_transfer_t **entry_out);
+/* Settlement rows equal a recomputation from the transfers; suspicious entries match. */
+LEDGER_MUST_USE int risk_check(const engine_state_t *st, char *problem, size_t cap);
 
 /* Invariant checks for verify and tests: zero sum per currency, floors, history chains.
  * Returns 0 or LEDGER_ECORRUPT with a message in problem. */

@@ -33,6 +33,10 @@ const char *engine_result_code(int result) {
       [ENGINE_R_USERNAME_TAKEN] = "username_taken",
       [ENGINE_R_USER_NOT_FOUND] = "user_not_found",
       [ENGINE_R_API_KEY_NOT_FOUND] = "api_key_not_found",
+      [ENGINE_R_RULE_REJECTED] = "rule_rejected",
+      [ENGINE_R_UNDER_REVIEW] = "under_review",
+      [ENGINE_R_SUSPICIOUS_NOT_FOUND] = "not_found",
+      [ENGINE_R_ALREADY_REVIEWED] = "already_reviewed",
   };
   if (result < 0 || result >= ENGINE_R_COUNT) return "internal";
   return codes[result];
@@ -80,8 +84,12 @@ static int compare_with_snapshot(const engine_state_t *replayed, const char *pat
              (unsigned long long)snap.last_seq);
     rc = LEDGER_ECORRUPT;
   } else if (memcmp(snap.accounts, replayed->accounts, snap.account_count * sizeof(engine_account_t)) != 0 ||
-             memcmp(snap.transfers, replayed->transfers, snap.transfer_count * sizeof(engine_transfer_t)) != 0) {
-    snprintf(problem, cap, "snapshot seq %llu: balances or transfers differ from the log",
+             memcmp(snap.transfers, replayed->transfers, snap.transfer_count * sizeof(engine_transfer_t)) != 0 ||
+             snap.suspicious_count != replayed->suspicious_count || snap.settle_count != replayed->settle_count ||
+             memcmp(&snap.rules, &replayed->rules, sizeof snap.rules) != 0 ||
+             memcmp(snap.suspicious, replayed->suspicious, snap.suspicious_count * sizeof(engine_suspicious_t)) != 0 ||
+             memcmp(snap.settle_rows, replayed->settle_rows, snap.settle_count * sizeof(engine_settlement_t)) != 0) {
+    snprintf(problem, cap, "snapshot seq %llu: balances, transfers, rules, suspicious entries or settlements differ from the log",
              (unsigned long long)snap.last_seq);
     rc = LEDGER_ECORRUPT;
   }

@@ -1,0 +1,276 @@
+/*
+ * engine_search.c — GET /v1/transfers: filtered, keyset-paginated search over the transfers.
+ *
+ * No index is written on the write path. The search walks one of three orders the state
+ * already keeps, picked by the filter (docs/api.md, "Search"):
+ *  - account_id: that account's history chain (only its own entries are visited);
+ *  - flagged=true: the suspicious-activity entries (only flagged transfers are visited);
+ *  - otherwise: the transfer table, which is in time order, so from/to bound the range by
+ *    binary search.
+ * Every other filter is checked on each visited transfer. A request visits at most
+ * ENGINE_SCAN_STEPS_MAX entries and reads at most SEARCH_TEXT_READS_MAX descriptions (for q)
+ * before it answers with what it found and a cursor: a page may be short, never wrong.
+ */
+#include <string.h>
+
+#include "engine/engine_state.h"
+
+#define SEARCH_TEXT_READS_MAX 20000u
+
+typedef struct bounds {
+  engine_wide_t lo[LEDGER_CURRENCIES_MAX], hi[LEDGER_CURRENCIES_MAX];
+} bounds_t;
+
+/* digits*10^-scale major units → minor units of `exponent`, rounded up (lower bounds) or down. */
+static engine_wide_t to_minor(int64_t digits, uint8_t scale, uint8_t exponent, bool round_up) {
+  engine_wide_t v = digits;
+  if (scale <= exponent) {
+    for (unsigned i = scale; i < exponent; i++) v *= 10;
+    return v;
+  }
+  engine_wide_t div = 1;
+  for (unsigned i = exponent; i < scale; i++) div *= 10;
+  return v / div + (round_up && v % div != 0 ? 1 : 0);
+}
+
+static void make_bounds(const engine_search_t *f, bounds_t *b) {
+  for (unsigned c = 0; c < LEDGER_CURRENCIES_MAX; c++) {
+    const ledger_currency_t *cur = ledger_currency_get((ledger_currency_id_t)c);
+    b->lo[c] = f->has_min && cur ? to_minor(f->min_digits, f->min_scale, cur->exponent, true) : 0;
+    b->hi[c] = f->has_max && cur ? to_minor(f->max_digits, f->max_scale, cur->exponent, false) : INT64_MAX;
+  }
+}
+
+/* ---- q: a case-insensitive substring of the description or of a metadata value ---- */
+
+static char lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c; }
+
+static unsigned hexval(char c) {
+  if (c >= '0' && c <= '9') return (unsigned)(c - '0');
+  c = lower(c);
+  return c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10) : 0;
+}
+
+static size_t put_utf8(char *out, unsigned cp) {
+  if (cp < 0x80) {
+    out[0] = (char)cp;
+    return 1;
+  }
+  if (cp < 0x800) {
+    out[0] = (char)(0xC0 | (cp >> 6));
+    out[1] = (char)(0x80 | (cp & 0x3F));
+    return 2;
+  }
+  if (cp < 0x10000) {
+    out[0] = (char)(0xE0 | (cp >> 12));
+    out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[2] = (char)(0x80 | (cp & 0x3F));
+    return 3;
+  }
+  out[0] = (char)(0xF0 | (cp >> 18));
+  out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+  out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+  out[3] = (char)(0x80 | (cp & 0x3F));
+  return 4;
+}
+
+/* Decodes the JSON string starting after its opening quote at s[*i], into out (lower-cased
+ * ASCII); leaves *i after the closing quote. Returns the decoded length. */
+static size_t decode_string(const char *s, size_t len, size_t *i, char *out) {
+  size_t n = 0, k = *i;
+  while (k < len && s[k] != '"') {
+    char c = s[k++];
+    if (c != '\\' || k >= len) {
+      out[n++] = lower(c);
+      continue;
+    }
+    char e = s[k++];
+    switch (e) {
+      case 'n': out[n++] = '\n'; break;
+      case 't': out[n++] = '\t'; break;
+      case 'r': out[n++] = '\r'; break;
+      case 'b': out[n++] = '\b'; break;
+      case 'f': out[n++] = '\f'; break;
+      case 'u': {
+        if (k + 4 > len) break;
+        unsigned cp = hexval(s[k]) << 12 | hexval(s[k + 1]) << 8 | hexval(s[k + 2]) << 4 | hexval(s[k + 3]);
+        k += 4;
+        if (cp >= 0xD800 && cp < 0xDC00 && k + 6 <= len && s[k] == '\\' && s[k + 1] == 'u') {
+          unsigned lo = hexval(s[k + 2]) << 12 | hexval(s[k + 3]) << 8 | hexval(s[k + 4]) << 4 | hexval(s[k + 5]);
+          if (lo >= 0xDC00 && lo < 0xE000) {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            k += 6;
+          }
+        }
+        size_t m = put_utf8(out + n, cp);
+        if (m == 1) out[n] = lower(out[n]);
+        n += m;
+        break;
+      }
+      default: out[n++] = lower(e); break; /* \" \\ \/ */
+    }
+  }
+  *i = k + 1;
+  out[n] = '\0';
+  return n;
+}
+
+/* The extra is the compact JSON the API wrote: {"description":S,"metadata":{K:V,...}}. A
+ * string right after ':' is a value. */
+static bool extra_matches(const char *json, size_t len, const char *q) {
+  char text[LEDGER_EXTRA_BYTES_MAX + 8];
+  char prev = 0;
+  for (size_t i = 0; i < len;) {
+    char c = json[i];
+    if (c == '"') {
+      bool is_value = prev == ':';
+      i++;
+      decode_string(json, len, &i, text);
+      if (is_value && strstr(text, q)) return true;
+      prev = '"';
+      continue;
+    }
+    if (c != ' ') prev = c;
+    i++;
+  }
+  return false;
+}
+
+/* ---- the walk ---- */
+
+typedef struct walk {
+  const engine_state_t *st;
+  engine_cmd_t *cmd;
+  const engine_search_t *f;
+  bounds_t b;
+  uint32_t text_reads;
+  char q[65];
+} walk_t;
+
+static bool visible_to(const walk_t *w, uint64_t account_id) {
+  return w->cmd->role != ENGINE_ROLE_CUSTOMER || w->st->accounts[account_id - 1].owner_id == w->cmd->principal_id;
+}
+
+/* -1: stop here (text budget spent), 0: no, 1: yes */
+static int matches(walk_t *w, const engine_transfer_t *t) {
+  const engine_search_t *f = w->f;
+  if (t->flags & ENGINE_TF_SETTLEMENT) return 0;
+  if (t->created_ms < f->from_ms || t->created_ms >= f->to_ms) return 0;
+  if (f->kind >= 0 && t->kind != f->kind) return 0;
+  if (f->status >= 0 && t->status != f->status) return 0;
+  if (f->flagged >= 0 && ((t->flags & ENGINE_TF_SUSPICIOUS) != 0) != (f->flagged == 1)) return 0;
+  if (f->account_id && t->debit_account_id != f->account_id && t->credit_account_id != f->account_id) return 0;
+  if (t->amount_minor < w->b.lo[t->currency] || t->amount_minor > w->b.hi[t->currency]) return 0;
+  if (f->has_region && transfer_region(w->st, t) != f->region) return 0;
+  if (!visible_to(w, t->debit_account_id) && !visible_to(w, t->credit_account_id)) return 0;
+  if (w->q[0]) {
+    if (t->extra_len == 0 || !w->st->read_extra) return 0;
+    if (w->text_reads++ >= SEARCH_TEXT_READS_MAX) return -1;
+    char buf[LEDGER_EXTRA_BYTES_MAX];
+    if (t->extra_len > sizeof buf || w->st->read_extra(w->st->read_extra_ctx, t->extra_pos, t->extra_len, buf) != 0)
+      return 0;
+    if (!extra_matches(buf, t->extra_len, w->q)) return 0;
+  }
+  return 1;
+}
+
+/* First transfer number whose created_ms >= ms (transfer_count + 1 if none). */
+static uint64_t first_at_or_after(const engine_state_t *st, int64_t ms) {
+  uint64_t lo = 0, hi = st->transfer_count;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (st->transfers[mid].created_ms < ms) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo + 1;
+}
+
+/* Index of the first suspicious entry with transfer_no >= no. */
+static uint64_t suspicious_at(const engine_state_t *st, uint64_t no) {
+  uint64_t lo = 0, hi = st->suspicious_count;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (st->suspicious[mid].transfer_no < no) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/* The walk's positions are transfer numbers; next() gives the following one (0 = end). */
+static uint64_t next_no(const walk_t *w, uint64_t no, uint64_t *sidx) {
+  const engine_state_t *st = w->st;
+  bool asc = w->cmd->u.search.ascending;
+  if (w->f->account_id) {
+    const engine_transfer_t *t = &st->transfers[no - 1];
+    bool is_debit = t->debit_account_id == w->f->account_id;
+    return asc ? (is_debit ? t->next_debit_no : t->next_credit_no) : (is_debit ? t->prev_debit_no : t->prev_credit_no);
+  }
+  if (w->f->flagged == 1) {
+    if (asc) {
+      if (++*sidx >= st->suspicious_count) return 0;
+    } else {
+      if (*sidx == 0) return 0;
+      --*sidx;
+    }
+    return st->suspicious[*sidx].transfer_no;
+  }
+  if (asc) return no < st->transfer_count ? no + 1 : 0;
+  return no - 1;
+}
+
+void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
+  walk_t w = {.st = st, .cmd = cmd, .f = &cmd->u.search.filter};
+  make_bounds(w.f, &w.b);
+  for (size_t i = 0; i < sizeof w.q - 1 && w.f->q[i]; i++) w.q[i] = lower(w.f->q[i]);
+  bool asc = cmd->u.search.ascending;
+  uint64_t cursor = cmd->u.search.cursor_no;
+  uint64_t no = 0, sidx = 0;
+  cmd->row_count = 0;
+  cmd->next_cursor = 0;
+  cmd->result = ENGINE_OK;
+  if (cursor > st->transfer_count) return;
+  if (w.f->account_id) {
+    if (w.f->account_id > st->account_count || !visible_to(&w, w.f->account_id)) return; /* nothing, no leak */
+    const engine_account_t *a = &st->accounts[w.f->account_id - 1];
+    no = cursor ? cursor : (asc ? a->history_first_no : a->history_last_no);
+    if (no) {
+      const engine_transfer_t *t = &st->transfers[no - 1];
+      if (t->debit_account_id != a->id && t->credit_account_id != a->id) return; /* another account's cursor */
+    }
+  } else if (w.f->flagged == 1) {
+    if (st->suspicious_count == 0) return;
+    if (asc) {
+      sidx = suspicious_at(st, cursor ? cursor : first_at_or_after(st, w.f->from_ms));
+      if (sidx >= st->suspicious_count) return;
+    } else {
+      uint64_t end = cursor ? cursor + 1 : first_at_or_after(st, w.f->to_ms);
+      sidx = suspicious_at(st, end);
+      if (sidx == 0) return;
+      sidx--;
+    }
+    no = st->suspicious[sidx].transfer_no;
+  } else if (asc) {
+    no = cursor ? cursor : first_at_or_after(st, w.f->from_ms);
+    if (no > st->transfer_count) no = 0;
+  } else {
+    no = cursor ? cursor : first_at_or_after(st, w.f->to_ms) - 1;
+  }
+  uint32_t n = 0;
+  uint64_t steps = 0;
+  while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
+    const engine_transfer_t *t = &st->transfers[no - 1];
+    if (asc ? t->created_ms >= w.f->to_ms : t->created_ms < w.f->from_ms) {
+      no = 0; /* time order: nothing further can match */
+      break;
+    }
+    int m = matches(&w, t);
+    if (m < 0) break;
+    if (m > 0) {
+      if (n == cmd->u.search.limit) break;
+      cmd->u.search.rows[n++] = *t;
+    }
+    no = next_no(&w, no, &sidx);
+  }
+  cmd->row_count = n;
+  cmd->next_cursor = no;
+}
