@@ -1539,8 +1539,10 @@ static bool build_search(api_req_t *r, api_error_t *e) {
     f->region = engine_region_find(r->api->engine, r->region); /* 0: matches nothing */
   }
   if (query_get(h->query, h->query_len, "q", f->q, sizeof f->q, &too_long)) {
-    if (too_long || f->q[0] == '\0') {
-      api_err(e, 400, "invalid_parameter", "'q' must be 1-64 bytes");
+    size_t chars = 0;
+    for (const char *p = f->q; *p; p++) chars += ((unsigned char)*p & 0xC0) != 0x80;
+    if (too_long || chars == 0 || chars > API_QUERY_TEXT_CHARS_MAX) {
+      api_err(e, 400, "invalid_parameter", "'q' must be 1-%u characters", API_QUERY_TEXT_CHARS_MAX);
       return false;
     }
   }
@@ -1658,25 +1660,41 @@ static bool build_settlements(api_req_t *r, api_error_t *e) {
   return true;
 }
 
-static bool build_rules_reload(api_req_t *r, const cJSON *body, api_error_t *e) {
-  static const char *const none[] = {NULL};
-  if (body && !json_check_fields(body, none, e)) return false;
-  r->rules = malloc(sizeof *r->rules);
-  if (!r->rules) {
-    api_err(e, 503, "overloaded", "out of memory");
-    return false;
+/* Reload: the caller's role is checked first (a customer learns nothing about the server's
+ * files and cannot make it read them), then the file is read and handed to the engine. */
+static void rules_after_whoami(api_req_t *r) {
+  if (r->cmd.result != ENGINE_OK) {
+    fail(r, result_status(r->cmd.result), engine_result_code(r->cmd.result), result_message(r->cmd.result));
+    return;
+  }
+  if (r->cmd.role != ENGINE_ROLE_ADMIN) {
+    fail(r, 403, "forbidden", "your role may not do this");
+    return;
   }
   if (!r->api->rules_path) {
-    api_err(e, 422, "invalid_rules", "this server runs the built-in rules: start it with --config FILE to reload");
-    return false;
+    fail(r, 422, "invalid_rules", "this server runs the built-in rules: start it with --config FILE to reload");
+    return;
   }
   char err[160];
+  r->rules = malloc(sizeof *r->rules);
+  if (!r->rules) {
+    fail(r, 503, "overloaded", "out of memory");
+    return;
+  }
   if (api_rules_read(r->api->rules_path, r->rules, err, sizeof err) != 0) {
-    api_err(e, 422, "invalid_rules", "%s", err);
-    return false;
+    fail(r, 422, "invalid_rules", err);
+    return;
   }
   r->cmd.kind = ENGINE_CMD_RULES_SET;
   r->cmd.u.rules.set = r->rules;
+  submit(r);
+}
+
+static bool build_rules_reload(api_req_t *r, const cJSON *body, api_error_t *e) {
+  static const char *const none[] = {NULL};
+  if (body && !json_check_fields(body, none, e)) return false;
+  r->cmd.kind = ENGINE_CMD_WHOAMI;
+  r->resume = rules_after_whoami;
   return true;
 }
 

@@ -27,6 +27,7 @@
 /* Extra per transfer/account kept in the log: description + metadata as compact JSON. */
 #define LEDGER_EXTRA_BYTES_MAX 8192u
 #define API_REGION_BYTES_MAX 32u
+#define API_QUERY_TEXT_CHARS_MAX 64u /* search q: characters (UTF-8) */
 /* Responses: a page of 1000 history entries of ~400 bytes. */
 #define API_RESPONSE_BYTES_MAX (8u * 1024u * 1024u)
 

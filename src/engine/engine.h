@@ -319,7 +319,7 @@ typedef struct engine_search {
   int64_t min_digits, max_digits;
   uint8_t min_scale, max_scale;
   int64_t from_ms, to_ms; /* [from, to) */
-  char q[65];             /* lower-case; "" = any */
+  char q[API_QUERY_TEXT_CHARS_MAX * 4 + 1]; /* UTF-8, up to 64 characters; "" = any */
 } engine_search_t;
 
 /* ---- commands ---- */

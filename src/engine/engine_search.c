@@ -144,7 +144,7 @@ typedef struct walk {
   const engine_search_t *f;
   bounds_t b;
   uint32_t text_reads;
-  char q[65];
+  char q[sizeof(((engine_search_t *)0)->q)];
 } walk_t;
 
 static bool visible_to(const walk_t *w, uint64_t account_id) {

@@ -51,7 +51,7 @@ EXPECT = {
     "POST /v1/accounts/{id}/unfreeze":   row(401, 403, 403, 403, 200),
     "GET /v1/accounts/{id}/transfers":   row(401, 200, (404, ACC), 200, 200),
     "POST /v1/transfers":                row(401, 201, (404, ACC), 403, 201),
-    "GET /v1/transfers":                 row(401, 501, 501, 501, 501),  # search: not built yet
+    "GET /v1/transfers":                 row(401, 200, 200, 200, 200),  # customers: only their own
     "POST /v1/transfers/batch":          row(401, 200, 200, 403, 200),  # other: item account_not_found
     "GET /v1/transfers/{id}":            row(401, 200, (404, TRN), 200, 200),
     "POST /v1/transfers/{id}/post":      row(401, 200, (404, TRN), 403, 200),
@@ -67,6 +67,14 @@ EXPECT = {
     "POST /v1/api-keys":                 row(401, 403, 403, 403, 201),
     "DELETE /v1/api-keys/{id}":          row(401, 403, 403, 403, 204),
     "GET /v1/audit":                     row(401, 403, 403, 200, 200),
+    "GET /v1/transfers/{id}/receipt":    row(401, 200, (404, TRN), 200, 200),
+    "GET /v1/rules":                     row(401, 403, 403, 200, 200),
+    # This server runs the built-in rules (no --config): an admin's reload is refused as such.
+    "POST /v1/rules/reload":             row(401, 403, 403, 403, (422, "invalid_rules")),
+    "GET /v1/suspicious":                row(401, 403, 403, 200, 200),
+    "POST /v1/suspicious/{id}/review":   row(401, 403, 403, 403, 200),
+    "GET /v1/settlements":               row(401, 403, 403, 200, 200),
+    "GET /v1/reports/settlements.csv":   row(401, 403, 403, 200, 200),
 }
 
 
@@ -201,7 +209,74 @@ def b_transfer_create(ctx, caller):
 
 
 def b_transfer_search(ctx, caller):
-    return Req("GET", "/v1/transfers")
+    a = ctx.account(funded=True)
+    r = ctx.admin.transfer(a, ctx.house, "1.00")
+    assert r.status == 201, r.describe()
+    tid = r.json["id"]
+
+    def after(ck, label, caller, resp):
+        if resp.status == 200:
+            ids = [t["id"] for t in resp.json["data"]]
+            if caller.name == "other":
+                ck.eq(f"{label}: another customer's transfers are not listed", ids, [])
+            else:
+                ck.check(f"{label}: the transfer is listed", tid in ids, str(ids))
+    return Req("GET", f"/v1/transfers?account_id={a}", after=after)
+
+
+def b_receipt(ctx, caller):
+    a = ctx.account(funded=True)
+    r = ctx.admin.transfer(a, ctx.house, "1.00")
+    assert r.status == 201, r.describe()
+
+    def after(ck, label, caller, resp):
+        if resp.status == 200:
+            ck.check(f"{label}: an HTML receipt with the id",
+                     resp.headers.get("content-type", "").startswith("text/html") and r.json["id"].encode() in resp.body)
+    return Req("GET", f"/v1/transfers/{r.json['id']}/receipt", after=after,
+               missing=(f"/v1/transfers/{MISSING_TRANSFER}/receipt", None))
+
+
+def b_rules_get(ctx, caller):
+    return Req("GET", "/v1/rules")
+
+
+def b_rules_reload(ctx, caller):
+    return Req("POST", "/v1/rules/reload", {})
+
+
+def b_suspicious_list(ctx, caller):
+    return Req("GET", "/v1/suspicious")
+
+
+def b_review(ctx, caller):
+    # The built-in rule flags 10,000.00 and more: a deposit that size makes an open entry.
+    a = ctx.account()
+    r = ctx.admin.deposit(a, "10000.00")
+    assert r.status == 201 and r.json.get("flags") == ["suspicious"], r.describe()
+    page = ctx.admin.get("/v1/suspicious?limit=1")
+    entry = page.json["data"][0]
+    assert entry["transfer_id"] == r.json["id"], page.describe()
+
+    def after(ck, label, caller, resp):
+        status = next((e["status"] for e in ctx.admin.get("/v1/suspicious?limit=1000").json["data"]
+                       if e["id"] == entry["id"]), None)
+        ck.eq(f"{label}: the entry is reviewed iff the request succeeded", status,
+              "cleared" if resp.status == 200 else "open")
+    return Req("POST", f"/v1/suspicious/{entry['id']}/review", {"decision": "clear"}, key=True, after=after,
+               missing=(f"/v1/suspicious/{MISSING_ACCOUNT}/review", None))
+
+
+def b_settlements(ctx, caller):
+    return Req("GET", "/v1/settlements")
+
+
+def b_settlements_csv(ctx, caller):
+    def after(ck, label, caller, resp):
+        if resp.status == 200:
+            ck.check(f"{label}: CSV with its header",
+                     resp.body.startswith(b"date,region,currency,count,volume,deposits,withdrawals\r\n"))
+    return Req("GET", "/v1/reports/settlements.csv?from=2000-01-01&to=2000-12-31", after=after)
 
 
 def b_batch(ctx, caller):
@@ -372,6 +447,13 @@ BUILDERS = {
     "POST /v1/api-keys": b_key_create,
     "DELETE /v1/api-keys/{id}": b_key_delete,
     "GET /v1/audit": b_audit,
+    "GET /v1/transfers/{id}/receipt": b_receipt,
+    "GET /v1/rules": b_rules_get,
+    "POST /v1/rules/reload": b_rules_reload,
+    "GET /v1/suspicious": b_suspicious_list,
+    "POST /v1/suspicious/{id}/review": b_review,
+    "GET /v1/settlements": b_settlements,
+    "GET /v1/reports/settlements.csv": b_settlements_csv,
 }
 
 
