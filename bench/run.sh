@@ -10,10 +10,11 @@
 #
 # Runs $BIN/ledger-ceiling (the machine's ceiling: memory + append-only log + group commit) on
 # the data directory's file system, then:
-#  1. auth on/off (issue 3): two fresh servers side by side, one authenticated (bearer: the
-#     bootstrap admin key) and one --no-auth, both with the rate limits below and snapshots
-#     pushed out of reach; single-transfer and batch runs alternate between them (ROUNDS each,
-#     the order flipped every round); the second table gives the median of each and their ratio;
+#  1. auth on/off (issue 3) and rules on/off (issue 4): three fresh servers side by side, one
+#     authenticated (bearer: the bootstrap admin key) with the default rules, one --no-auth, one
+#     authenticated with an empty rules file; all with the rate limits below and snapshots pushed
+#     out of reach; single-transfer and batch runs rotate between them (ROUNDS each, the order
+#     rotated every round); the later tables give the median of each and their ratios;
 #  2. the main run: a third fresh server, authenticated, MAIN_ACCOUNTS accounts: /healthz (wrk
 #     and ledger-bench), single transfers (ledger-bench, wrk + bench/wrk_transfer.lua, ledger-bench
 #     again: goal 7 compares wrk with the mean of the two around it), the
@@ -207,14 +208,21 @@ setup_accounts; A_RANGE=$RANGE
 start_server noauth --no-auth "${RATE_FLAGS[@]}" "${NOSNAP[@]}"
 N_PID=$SERVER_PID; N_PORT=$PORT; N_DIR=$SERVER_DIR
 setup_accounts; N_RANGE=$RANGE
+# Rules on/off (issue 4): the auth server runs the default rules (no --config: amount >=
+# 10,000.00 flags); this third one is the same but with an empty rules file (no rules).
+printf '# no rules: the rules-off baseline of bench/run.sh\n' >"$WORK/norules.conf"
+start_server norules --config "$WORK/norules.conf" "${RATE_FLAGS[@]}" "${NOSNAP[@]}"
+R_PID=$SERVER_PID; R_PORT=$PORT; R_DIR=$SERVER_DIR; R_AUTH=("${AUTH[@]}")
+setup_accounts; R_RANGE=$RANGE
 [ "$A_RANGE" = "$N_RANGE" ] || echo "run.sh: note: account ranges differ ($A_RANGE vs $N_RANGE)" >&2
 use_auth()   { SERVER_PID=$A_PID; PORT=$A_PORT; SERVER_DIR=$A_DIR; AUTH=("${A_AUTH[@]}"); RANGE=$A_RANGE; }
 use_noauth() { SERVER_PID=$N_PID; PORT=$N_PORT; SERVER_DIR=$N_DIR; AUTH=(); RANGE=$N_RANGE; }
-CMP_T_AUTH=(); CMP_T_NOAUTH=(); CMP_B_AUTH=(); CMP_B_NOAUTH=()
-# cmp_round KIND R -> one run on each server, auth first in odd rounds, no-auth first in even.
+use_norules() { SERVER_PID=$R_PID; PORT=$R_PORT; SERVER_DIR=$R_DIR; AUTH=("${R_AUTH[@]}"); RANGE=$R_RANGE; }
+CMP_T_AUTH=(); CMP_T_NOAUTH=(); CMP_B_AUTH=(); CMP_B_NOAUTH=(); CMP_T_NORULES=(); CMP_B_NORULES=()
+# cmp_round KIND R -> one run on each server; the order rotates each round.
 cmp_round() {
-  local kind=$1 r=$2 order=(auth noauth) who args
-  [ $((r % 2)) -eq 1 ] || order=(noauth auth)
+  local kind=$1 r=$2 order=(auth noauth norules) who args
+  case $((r % 3)) in 0) order=(noauth norules auth) ;; 2) order=(norules auth noauth) ;; esac
   for who in "${order[@]}"; do
     "use_$who"
     if [ "$kind" = transfer ]; then args=(-m transfer -c 256); else args=(-m batch -b 8190 -c 8); fi
@@ -223,13 +231,14 @@ cmp_round() {
     case $kind-$who in
       transfer-auth) CMP_T_AUTH+=("$v") ;;   transfer-noauth) CMP_T_NOAUTH+=("$v") ;;
       batch-auth) CMP_B_AUTH+=("$v") ;;      batch-noauth) CMP_B_NOAUTH+=("$v") ;;
+      transfer-norules) CMP_T_NORULES+=("$v") ;; batch-norules) CMP_B_NORULES+=("$v") ;;
     esac
   done
 }
 for r in $(seq "$ROUNDS"); do cmp_round transfer "$r"; done
 for r in $(seq "$ROUNDS"); do cmp_round batch "$r"; done
-stop_server "$A_PID"; stop_server "$N_PID"
-rm -rf "$A_DIR" "$N_DIR"
+stop_server "$A_PID"; stop_server "$N_PID"; stop_server "$R_PID"
+rm -rf "$A_DIR" "$N_DIR" "$R_DIR"
 
 # ---- 2. the main run: a fresh authenticated server; accounts created and funded once ----
 start_server main "${RATE_FLAGS[@]}"
@@ -454,6 +463,8 @@ row "  ceiling fdatasync p50 / p99 us" "$(kv "$CEIL" fdatasync_p50_us)/$(kv "$CE
 row "  client CPU used: ledger-bench health / transfer" "$H_CPU / $T_CPUB" "wrk: $(val "$WRK_HUTIL" -) / $(val "$WRKL_UTIL" -)" "" "1.0 = one CPU busy" ""
 row "  ledger-bench transfers: before / after wrk" "$(fmt "$TR") / $(fmt "$T2R")" "wrk+Lua: $(fmt "$WRKL_RPS")" "" "" ""
 row "  wrk+Lua transfer errors (status / socket)" "$(kv "$WRKL_LINE" status_errors) / $(kv "$WRKL_LINE" socket_errors)" "" "" "" ""
+row "  search (issue 4), page of 50, ms: newest/acct" "$(val "$(kv "$REC_LINE" search_newest_ms)" -)/$(val "$(kv "$REC_LINE" search_account_ms)" -)" "ledger of $(val "$R_T" -) transfers" "" "milliseconds" ""
+row "  search ms: flagged / unindexed bounded scan" "$(val "$(kv "$REC_LINE" search_flagged_ms)" -)/$(val "$(kv "$REC_LINE" search_scan_ms)" -)" "(recovery.sh server)" "" "" ""
 echo "perf profiles: $PERF_STATE"
 echo "pgbench.sh: $PG_STATE; recovery.sh: $REC_STATE"
 
@@ -467,6 +478,14 @@ row "POST /v1/transfers with auth vs without" "$(fmt "$TA")" "no auth: $(fmt "$T
 row "  each run: auth | no auth (transfers/s)" "$(runs "${CMP_T_AUTH[@]}")" "$(runs "${CMP_T_NOAUTH[@]}")" "" "" ""
 row "POST /v1/transfers/batch with auth vs without" "$(fmt "$BA")" "no auth: $(fmt "$BN")" "$(ratio "$BA" "$BN")" ">= 0.90" "$(check "$(ratio "$BA" "$BN")" '>=' 0.90)"
 row "  each run: auth | no auth (transfers/s)" "$(runs "${CMP_B_AUTH[@]}")" "$(runs "${CMP_B_NOAUTH[@]}")" "" "" ""
+TR0=$(median "${CMP_T_NORULES[@]}"); BR0=$(median "${CMP_B_NORULES[@]}")
+echo
+echo "rules on/off (issue 4): the same rounds; 'on' is the auth server above (default rules: amount >= 10,000.00 flags), 'off' an identical server with an empty --config"
+hdr
+row "POST /v1/transfers, default rules vs none" "$(fmt "$TA")" "no rules: $(fmt "$TR0")" "$(ratio "$TA" "$TR0")" ">= 0.90" "$(check "$(ratio "$TA" "$TR0")" '>=' 0.90)"
+row "  each run: rules | no rules (transfers/s)" "$(runs "${CMP_T_AUTH[@]}")" "$(runs "${CMP_T_NORULES[@]}")" "" "" ""
+row "POST /v1/transfers/batch, default rules vs none" "$(fmt "$BA")" "no rules: $(fmt "$BR0")" "$(ratio "$BA" "$BR0")" ">= 0.90" "$(check "$(ratio "$BA" "$BR0")" '>=' 0.90)"
+row "  each run: rules | no rules (transfers/s)" "$(runs "${CMP_B_AUTH[@]}")" "$(runs "${CMP_B_NORULES[@]}")" "" "" ""
 ERRS=0
 for l in "${ALL_LINES[@]}"; do
   e=$(kv "$l" errors); ERRS=$((ERRS + ${e:-1}))  # a missing summary line counts as an error
