@@ -286,7 +286,9 @@ int risk_state_init(engine_state_t *st) {
   st->suspicious = state_reserve((size_t)ENGINE_SUSPICIOUS_MAX * sizeof(engine_suspicious_t));
   st->settle_rows = state_reserve((size_t)ENGINE_SETTLEMENT_ROWS_MAX * sizeof(engine_settlement_t));
   st->settle_index = state_reserve((size_t)ENGINE_SETTLE_SLOTS * sizeof(uint32_t));
-  return st->vel && st->suspicious && st->settle_rows && st->settle_index ? LEDGER_OK : LEDGER_ENOMEM;
+  st->rule_names = state_reserve((size_t)ENGINE_RULE_VERSIONS_MAX * sizeof *st->rule_names);
+  return st->vel && st->suspicious && st->settle_rows && st->settle_index && st->rule_names ? LEDGER_OK
+                                                                                              : LEDGER_ENOMEM;
 }
 
 void risk_state_free(engine_state_t *st) {
@@ -294,6 +296,8 @@ void risk_state_free(engine_state_t *st) {
   if (st->suspicious) munmap(st->suspicious, (size_t)ENGINE_SUSPICIOUS_MAX * sizeof(engine_suspicious_t));
   if (st->settle_rows) munmap(st->settle_rows, (size_t)ENGINE_SETTLEMENT_ROWS_MAX * sizeof(engine_settlement_t));
   if (st->settle_index) munmap(st->settle_index, (size_t)ENGINE_SETTLE_SLOTS * sizeof(uint32_t));
+  if (st->rule_names) munmap(st->rule_names, (size_t)ENGINE_RULE_VERSIONS_MAX * sizeof *st->rule_names);
+  st->rule_names = NULL;
   st->vel = NULL;
   st->suspicious = NULL;
   st->settle_rows = NULL;
@@ -368,6 +372,14 @@ void settlement_add(engine_state_t *st, const engine_transfer_t *t, int sign) {
   r->volume += amount;
   if (t->kind == ENGINE_KIND_DEPOSIT) r->deposits += amount;
   if (t->kind == ENGINE_KIND_WITHDRAWAL) r->withdrawals += amount;
+  /* An atomic batch rolled back (removals come newest first): a row it opened goes away again,
+   * so the state equals a replay of the log, where that batch never ran. Removing the newest
+   * key of a linear-probing table breaks no other key's probe. */
+  if (r->count == 0 && r == &st->settle_rows[st->settle_count - 1]) {
+    LEDGER_ASSERT(r->volume == 0 && st->settle_index[slot] == st->settle_count);
+    st->settle_index[slot] = 0;
+    st->settle_count--;
+  }
 }
 
 /* ---------------------------------------------------------------- velocity */
@@ -559,8 +571,11 @@ int risk_apply_rules_set(engine_state_t *st, engine_cmd_t *cmd) {
   next.version = st->rules.version;
   cmd->rules_changed = memcmp(&next, &st->rules, sizeof next) != 0;
   if (cmd->rules_changed) {
+    if (st->rules.version >= ENGINE_RULE_VERSIONS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
     next.version = st->rules.version + 1;
     st->rules = next;
+    memset(st->rule_names[next.version - 1], 0, sizeof st->rule_names[0]);
+    for (unsigned i = 0; i < next.count; i++) strcpy(st->rule_names[next.version - 1][i], next.rules[i].id);
     auth_audit(st, ENGINE_AUDIT_RULES_CHANGED, cmd->principal_id, next.version, 0, NULL, NULL);
   }
   cmd->rules_version = st->rules.version;

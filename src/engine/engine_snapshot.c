@@ -130,6 +130,7 @@ int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *f
   for (uint64_t seq = h.audit_count - audit_saved; seq < h.audit_count; seq++)
     sink_put(&s, &st->audit[seq % ENGINE_AUDIT_RING_EVENTS], sizeof(engine_audit_event_t));
   sink_put(&s, &st->rules, sizeof st->rules);
+  sink_put(&s, st->rule_names, (size_t)st->rules.version * sizeof st->rule_names[0]);
   sink_put(&s, st->suspicious, h.suspicious_count * sizeof(engine_suspicious_t));
   sink_put(&s, st->settle_rows, h.settle_count * sizeof(engine_settlement_t));
   sink_put(&s, st->vel, h.vel_accounts * ENGINE_VELOCITY_RULES_MAX * sizeof(vel_slot_t));
@@ -201,6 +202,8 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
     for (uint64_t seq = h.audit_count - audit_saved; seq < h.audit_count && s.rc == 0; seq++)
       src_get(&s, &st->audit[seq % ENGINE_AUDIT_RING_EVENTS], sizeof(engine_audit_event_t));
     src_get(&s, &st->rules, sizeof st->rules);
+    if (st->rules.version > ENGINE_RULE_VERSIONS_MAX) s.rc = LEDGER_ECORRUPT;
+    src_get(&s, st->rule_names, (size_t)st->rules.version * sizeof st->rule_names[0]);
     src_get(&s, st->suspicious, h.suspicious_count * sizeof(engine_suspicious_t));
     src_get(&s, st->settle_rows, h.settle_count * sizeof(engine_settlement_t));
     src_get(&s, st->vel, h.vel_accounts * ENGINE_VELOCITY_RULES_MAX * sizeof(vel_slot_t));

@@ -479,10 +479,15 @@ static idem_entry_t *idem_slot_for_insert(engine_state_t *st, ledger_hash128_t k
 
 /* ---------------------------------------------------------------- commands */
 
+#define BATCH_CODES_PREFIX 4u   /* the batch's rule-set version, before its item codes */
+#define BATCH_CODE_RULE 0x80u    /* an item code: rejected by the rule with this index (low bits) */
+static_assert(ENGINE_R_COUNT < BATCH_CODE_RULE && ENGINE_RULES_MAX <= BATCH_CODE_RULE, "item code layout");
+
 /* A rejection names its rule: the ids of the set in force go back with the command. */
-static void rules_names(const engine_state_t *st, engine_cmd_t *cmd) {
-  cmd->rules_version = st->rules.version;
-  for (unsigned i = 0; i < st->rules.count; i++) memcpy(cmd->rule_ids[i], st->rules.rules[i].id, sizeof cmd->rule_ids[i]);
+static void rules_names(const engine_state_t *st, engine_cmd_t *cmd, uint32_t version) {
+  cmd->rules_version = version;
+  if (version >= 1 && version <= st->rules.version)
+    memcpy(cmd->rule_ids, st->rule_names[version - 1], sizeof cmd->rule_ids);
 }
 
 /* The transfer as its creating response showed it (idempotent replays answer this). */
@@ -590,7 +595,7 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
     memset(r, 0, sizeof *r);
     r->result = (uint16_t)res;
     r->rule = rule;
-    if (rule) rules_names(st, cmd);
+    if (rule) rules_names(st, cmd, st->rules.version);
     if (res == ENGINE_OK) {
       r->no = t->no;
       r->created_ms = t->created_ms;
@@ -625,7 +630,7 @@ static int apply_fresh(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
       int res = transfer_apply(st, cmd, &cmd->u.transfer, extra_pos, &t, &rule);
       if (res == ENGINE_OK) cmd->transfer = *t;
       cmd->reject_rule = rule;
-      if (rule) rules_names(st, cmd);
+      if (rule) rules_names(st, cmd, st->rules.version);
       return res;
     }
     case ENGINE_CMD_RULES_SET: return risk_apply_rules_set(st, cmd);
@@ -659,8 +664,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
       if (e->result == ENGINE_OK) cmd->transfer = creation_view(&st->transfers[e->object - 1]);
       if (e->result == ENGINE_R_RULE_REJECTED) { /* the rule's id, while that rule set is in force */
         cmd->reject_rule = (uint8_t)e->object;
-        if (e->count == st->rules.version) rules_names(st, cmd);
-        cmd->rules_version = e->count;
+        rules_names(st, cmd, e->count);
       }
       break;
     case ENGINE_CMD_TRANSFER_POST:
@@ -684,10 +688,20 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
         return;
       }
       uint64_t no = e->object;
+      uint32_t version = 0;
+      for (unsigned k = 0; k < 4; k++)
+        version |= (uint32_t)st->codes[(e->codes_pos + k) % ENGINE_CODES_RING_BYTES] << (8 * k);
+      bool named = false;
       for (uint32_t i = 0; i < e->count; i++) {
         engine_item_result_t *r = &cmd->u.batch.results[i];
         memset(r, 0, sizeof *r);
-        r->result = st->codes[(e->codes_pos + i) % ENGINE_CODES_RING_BYTES];
+        uint8_t code = st->codes[(e->codes_pos + BATCH_CODES_PREFIX + i) % ENGINE_CODES_RING_BYTES];
+        r->result = code & BATCH_CODE_RULE ? ENGINE_R_RULE_REJECTED : code;
+        if (code & BATCH_CODE_RULE) {
+          r->rule = (uint8_t)((code & ~BATCH_CODE_RULE) + 1);
+          if (!named) rules_names(st, cmd, version);
+          named = true;
+        }
         if (r->result == ENGINE_OK) {
           engine_transfer_t v = creation_view(&st->transfers[no - 1]);
           r->no = no++;
@@ -726,10 +740,18 @@ static void idem_record(engine_state_t *st, idem_entry_t *slot, ledger_hash128_t
     case ENGINE_CMD_TRANSFER_BATCH:
       slot->object = first_no;
       slot->count = cmd->u.batch.item_count;
+      /* In the ring: the rule-set version (4 bytes), then one byte per item: its result, or
+       * BATCH_CODE_RULE | the rule's index for a rule rejection. */
       slot->codes_pos = st->codes_total;
-      for (uint32_t i = 0; i < slot->count; i++)
-        st->codes[(st->codes_total + i) % ENGINE_CODES_RING_BYTES] = (uint8_t)cmd->u.batch.results[i].result;
-      st->codes_total += slot->count;
+      for (unsigned k = 0; k < BATCH_CODES_PREFIX; k++)
+        st->codes[(st->codes_total + k) % ENGINE_CODES_RING_BYTES] = (uint8_t)(st->rules.version >> (8 * k));
+      for (uint32_t i = 0; i < slot->count; i++) {
+        const engine_item_result_t *r = &cmd->u.batch.results[i];
+        uint8_t code = (uint8_t)r->result;
+        if (r->result == ENGINE_R_RULE_REJECTED && r->rule) code = (uint8_t)(BATCH_CODE_RULE | (r->rule - 1));
+        st->codes[(st->codes_total + BATCH_CODES_PREFIX + i) % ENGINE_CODES_RING_BYTES] = code;
+      }
+      st->codes_total += BATCH_CODES_PREFIX + slot->count;
       break;
     default: break;
   }

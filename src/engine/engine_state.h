@@ -89,6 +89,9 @@ typedef struct engine_state {
   bool replaying; /* commands come from the log: apply without idempotency lookups */
   /* Risk rules, velocity windows, suspicious activity, settlements (engine_rules.c). */
   engine_rules_t rules;
+  /* The rule ids of every version (1..rules.version), so that an idempotent repeat of a
+   * rejection names its rule whatever set is in force now. */
+  char (*rule_names)[ENGINE_RULES_MAX][ENGINE_RULE_ID_BYTES_MAX + 1];
   struct vel_slot *vel; /* [(account id - 1) * ENGINE_VELOCITY_RULES_MAX + slot] */
   bool vel_used;        /* a velocity rule has been in force: the table is in snapshots */
   engine_suspicious_t *suspicious;
@@ -109,6 +112,7 @@ typedef struct vel_slot {
   engine_wide_t amount;
 } vel_slot_t;
 #define ENGINE_SUSPICIOUS_MAX (16u * 1024u * 1024u)
+#define ENGINE_RULE_VERSIONS_MAX (1u * 1024u * 1024u) /* rule-set changes over a ledger's life */
 #define ENGINE_SETTLE_SLOTS (2u * ENGINE_SETTLEMENT_ROWS_MAX)
 
 /* Reserves a table as virtual memory (MAP_NORESERVE; huge pages advised); NULL on failure. */

@@ -547,7 +547,7 @@ def targeted(ck, srv, c, m, env):
         got, _, _, problem = follow(c, {"q": q}, 1000)
         a_ids = expected(m, {"q": q}, "admin", ascii_lower)
         u_ids = expected(m, {"q": q}, "admin", str.lower)
-        how = ("ASCII-only folding" if got == a_ids else "Unicode folding" if got == u_ids
+        how = ("ASCII and Unicode folding agree" if got == a_ids == u_ids else "ASCII-only folding" if got == a_ids else "Unicode folding" if got == u_ids
                else f"neither ({len(got)} results; ASCII {len(a_ids)}, Unicode {len(u_ids)}; {problem})")
         log(f"# note: q={q!r} -> {how}")
         env.setdefault("fold_notes", []).append((q, how))

@@ -302,6 +302,44 @@ static void check_replay_identical(harness_t *h, int line) {
             y->status, (unsigned long long)y->extra_pos, y->extra_len);
     break;
   }
+  /* Risk state: the rule set, the suspicious entries, the settlement rows and (once a velocity
+   * rule was in force) the velocity windows are state like the money: byte for byte. */
+  CHECK(memcmp(&r.rules, &h->st.rules, sizeof r.rules) == 0);
+  CHECK_EQ(r.suspicious_count, h->st.suspicious_count);
+  if (r.suspicious_count == h->st.suspicious_count)
+    CHECK(memcmp(r.suspicious, h->st.suspicious, r.suspicious_count * sizeof(engine_suspicious_t)) == 0);
+  CHECK_EQ(r.settle_count, h->st.settle_count);
+  if (r.settle_count == h->st.settle_count)
+    CHECK(memcmp(r.settle_rows, h->st.settle_rows, r.settle_count * sizeof(engine_settlement_t)) == 0);
+  CHECK_EQ(r.vel_used, h->st.vel_used);
+  if ((r.vel_used || h->st.vel_used) && r.account_count == h->st.account_count) {
+    size_t slots = (size_t)r.account_count * ENGINE_VELOCITY_RULES_MAX;
+    CHECK(memcmp(r.vel, h->st.vel, slots * sizeof(vel_slot_t)) == 0);
+    for (size_t i = 0; i < slots; i++) {
+      const vel_slot_t *x = &h->st.vel[i], *y = &r.vel[i];
+      if (memcmp(x, y, sizeof *x) == 0) continue;
+      fprintf(stderr, "  velocity window of account %zu slot %zu differs: live version %u count %u start %llu amount %lld;"
+                      " replayed version %u count %u start %llu amount %lld\n",
+              i / ENGINE_VELOCITY_RULES_MAX + 1, i % ENGINE_VELOCITY_RULES_MAX, x->version, x->count,
+              (unsigned long long)x->start_no, (long long)x->amount, y->version, y->count,
+              (unsigned long long)y->start_no, (long long)y->amount);
+      break;
+    }
+  }
+  if (r.settle_count != h->st.settle_count) {
+    uint64_t zero = 0;
+    for (uint64_t k = 0; k < h->st.settle_count; k++) zero += h->st.settle_rows[k].count == 0;
+    fprintf(stderr, "  settlement rows: live %llu (%llu with count 0), replayed %llu\n",
+            (unsigned long long)h->st.settle_count, (unsigned long long)zero, (unsigned long long)r.settle_count);
+  }
+  for (uint64_t i = 0; i < r.transfer_count && i < h->st.transfer_count; i++) {
+    const engine_transfer_t *x = &h->st.transfers[i], *y = &r.transfers[i];
+    if (memcmp(x, y, sizeof *x) == 0) continue;
+    fprintf(stderr, "  transfer %llu differs: live flags 0x%x status %u amount %lld; replayed flags 0x%x status %u amount %lld\n",
+            (unsigned long long)x->no, x->flags, x->status, (long long)x->amount_minor, y->flags, y->status,
+            (long long)y->amount_minor);
+    break;
+  }
   if (check_failures != before) fprintf(stderr, "  (replay comparison called from line %d)\n", line);
   replay_ctx_free(&rc);
   state_free(&r);
@@ -1208,6 +1246,1776 @@ static void test_workload_determinism(void) {
   h_free(&h);
 }
 
+/* ------------------------------------------------------------ risk rules: parsing */
+
+static bool parse_at(const char *text, engine_rules_t *out, int line) {
+  char err[256] = "";
+  int rc = engine_rules_parse(text, strlen(text), out, err, sizeof err);
+  if (rc != 0) {
+    check_failures++;
+    fprintf(stderr, "%s:%d: engine_rules_parse failed (%d): %s\n", __FILE__, line, rc, err);
+    return false;
+  }
+  return true;
+}
+#define PARSE_OK(text, out) parse_at(text, out, __LINE__)
+
+/* The parse must fail with "line N: ..." (and contain `want` when given). */
+static void parse_err_at(const char *text, size_t len, unsigned want_line, const char *want, int line) {
+  static engine_rules_t r;
+  char err[256] = "", prefix[32];
+  int rc = engine_rules_parse(text, len, &r, err, sizeof err);
+  snprintf(prefix, sizeof prefix, "line %u: ", want_line);
+  if (rc != LEDGER_EINVAL || strncmp(err, prefix, strlen(prefix)) != 0 || (want && !strstr(err, want))) {
+    check_failures++;
+    fprintf(stderr, "%s:%d: parse of \"%.120s\" gave %d \"%s\"; want line %u%s%s\n", __FILE__, line, text, rc, err,
+            want_line, want ? " with " : "", want ? want : "");
+  }
+}
+#define PARSE_ERR(text, ln, want) parse_err_at(text, strlen(text), ln, want, __LINE__)
+
+static void test_rules_parse(void) {
+  static engine_rules_t r, r2;
+  const char *text = "# risk rules\n"
+                     "default_region us-east   # accounts created without a region\n"
+                     "\n"
+                     "   \t\n"
+                     "rule big amount threshold=10000.00 threshold.JPY=1000000 action=flag # large\n"
+                     "rule vel velocity window=60s count=5 amount=5000 amount.BHD=1.5 action=hold\r\n"
+                     "rule young new_account age=24h threshold=500 currency=USD action=hold\n"
+                     "\trule bl blocklist accounts=42,17,9007199254740991 action=reject\n"
+                     "rule vel2 velocity window=1500ms count=1 action=flag"; /* no final newline */
+  if (PARSE_OK(text, &r)) {
+    CHECK_EQ(r.count, 5);
+    CHECK_EQ(r.version, 0);
+    CHECK_STR(r.default_region, "us-east");
+    const engine_rule_t *big = &r.rules[0], *vel = &r.rules[1], *young = &r.rules[2], *bl = &r.rules[3];
+    const engine_rule_t *v2 = &r.rules[4];
+    CHECK_STR(big->id, "big");
+    CHECK_EQ(big->type, ENGINE_RULE_AMOUNT);
+    CHECK_EQ(big->action, ENGINE_ACTION_FLAG);
+    CHECK_EQ(big->currency, 0);
+    CHECK_EQ(big->threshold_minor[USD], 1000000);
+    CHECK_EQ(big->threshold_minor[EUR], 1000000);
+    CHECK_EQ(big->threshold_minor[JPY], 1000000); /* the override, not 10000 */
+    CHECK_EQ(big->threshold_minor[BHD], 10000000);
+    CHECK_EQ(big->threshold_minor[0], ENGINE_THRESHOLD_NONE);
+    CHECK_EQ(big->threshold_minor[ledger_currency_count() + 1], ENGINE_THRESHOLD_NONE);
+    CHECK_STR(vel->id, "vel");
+    CHECK_EQ(vel->type, ENGINE_RULE_VELOCITY);
+    CHECK_EQ(vel->action, ENGINE_ACTION_HOLD);
+    CHECK_EQ(vel->window_ms, 60000);
+    CHECK_EQ(vel->count_max, 5);
+    CHECK_EQ(vel->threshold_minor[USD], 500000);
+    CHECK_EQ(vel->threshold_minor[JPY], 5000);
+    CHECK_EQ(vel->threshold_minor[BHD], 1500);
+    CHECK_EQ(vel->vel_slot, 0);
+    CHECK_EQ(young->type, ENGINE_RULE_NEW_ACCOUNT);
+    CHECK_EQ(young->action, ENGINE_ACTION_HOLD);
+    CHECK_EQ(young->window_ms, 86400000);
+    CHECK_EQ(young->currency, USD);
+    CHECK_EQ(young->threshold_minor[USD], 50000);
+    CHECK_EQ(young->threshold_minor[JPY], 500);
+    CHECK_EQ(bl->type, ENGINE_RULE_BLOCKLIST);
+    CHECK_EQ(bl->action, ENGINE_ACTION_REJECT);
+    CHECK_EQ(bl->block_first, 0);
+    CHECK_EQ(bl->block_count, 3);
+    CHECK_EQ(r.block_count, 3);
+    CHECK_EQ(r.blocklist[0], 17); /* sorted */
+    CHECK_EQ(r.blocklist[1], 42);
+    CHECK_EQ(r.blocklist[2], 9007199254740991ll);
+    CHECK_EQ(v2->window_ms, 1500);
+    CHECK_EQ(v2->count_max, 1);
+    CHECK_EQ(v2->vel_slot, 1);
+    CHECK_EQ(v2->threshold_minor[USD], ENGINE_THRESHOLD_NONE);
+  }
+  /* Empty, comments only, CRLF. */
+  if (PARSE_OK("", &r)) CHECK_EQ(r.count, 0);
+  if (PARSE_OK("# nothing\n\n   # more\n", &r)) {
+    CHECK_EQ(r.count, 0);
+    CHECK_STR(r.default_region, "");
+  }
+  if (PARSE_OK("rule a amount threshold=1 action=flag\r\n\r\nrule b amount threshold=2 action=hold\r\n", &r)) {
+    CHECK_EQ(r.count, 2);
+    CHECK_EQ(r.rules[1].threshold_minor[USD], 200);
+  }
+
+  /* Per-currency overrides win whatever their place on the line. */
+  if (PARSE_OK("rule a amount threshold.JPY=7 threshold=1.00 action=flag\n", &r) &&
+      PARSE_OK("rule a amount threshold=1.00 threshold.JPY=7 action=flag\n", &r2)) {
+    CHECK(memcmp(&r, &r2, sizeof r) == 0);
+    CHECK_EQ(r.rules[0].threshold_minor[JPY], 7);
+    CHECK_EQ(r.rules[0].threshold_minor[USD], 100);
+    CHECK_EQ(r.rules[0].threshold_minor[BHD], 1000);
+  }
+  if (PARSE_OK("rule a amount action=flag threshold.BHD=0.001 threshold.USD=2 threshold=3\n", &r)) {
+    CHECK_EQ(r.rules[0].threshold_minor[BHD], 1);
+    CHECK_EQ(r.rules[0].threshold_minor[USD], 200);
+    CHECK_EQ(r.rules[0].threshold_minor[EUR], 300);
+    CHECK_EQ(r.rules[0].threshold_minor[JPY], 3);
+  }
+  if (PARSE_OK("rule a amount threshold.USD=2 action=flag\n", &r)) { /* only that currency */
+    CHECK_EQ(r.rules[0].threshold_minor[USD], 200);
+    CHECK_EQ(r.rules[0].threshold_minor[EUR], ENGINE_THRESHOLD_NONE);
+  }
+  if (PARSE_OK("rule a velocity amount.JPY=9 window=1m amount=2 action=flag\n", &r)) {
+    CHECK_EQ(r.rules[0].threshold_minor[JPY], 9);
+    CHECK_EQ(r.rules[0].threshold_minor[USD], 200);
+  }
+
+  /* Rounding: thresholds compared with >= round up, velocity sums compared with > round down. */
+  if (PARSE_OK("rule a amount threshold=0.5 action=flag\n"
+               "rule b new_account age=1h threshold=0.5 action=flag\n"
+               "rule c velocity window=1m amount=0.5 action=flag\n"
+               "rule d velocity window=1m amount=1.999 action=flag\n"
+               "rule e amount threshold=1.001 action=flag\n"
+               "rule f amount threshold=0.0001 action=flag\n",
+               &r)) {
+    CHECK_EQ(r.rules[0].threshold_minor[JPY], 1);
+    CHECK_EQ(r.rules[0].threshold_minor[USD], 50);
+    CHECK_EQ(r.rules[0].threshold_minor[BHD], 500);
+    CHECK_EQ(r.rules[1].threshold_minor[JPY], 1);
+    CHECK_EQ(r.rules[2].threshold_minor[JPY], 0);
+    CHECK_EQ(r.rules[2].threshold_minor[USD], 50);
+    CHECK_EQ(r.rules[3].threshold_minor[JPY], 1);
+    CHECK_EQ(r.rules[3].threshold_minor[USD], 199);
+    CHECK_EQ(r.rules[3].threshold_minor[BHD], 1999);
+    CHECK_EQ(r.rules[4].threshold_minor[USD], 101);
+    CHECK_EQ(r.rules[4].threshold_minor[JPY], 2);
+    CHECK_EQ(r.rules[4].threshold_minor[BHD], 1001);
+    CHECK_EQ(r.rules[5].threshold_minor[USD], 1);
+    CHECK_EQ(r.rules[5].threshold_minor[BHD], 1);
+    CHECK_EQ(r.rules[5].threshold_minor[JPY], 1);
+  }
+
+  /* Durations. */
+  static const struct {
+    const char *text;
+    int64_t ms; /* -1: refused */
+  } durations[] = {
+      {"1500ms", 1500},          {"1ms", 1},         {"90", 90000},       {"90s", 90000},
+      {"15m", 900000},           {"24h", 86400000},  {"7d", 604800000},   {"31d", 2678400000ll},
+      {"744h", 2678400000ll},    {"44640m", 2678400000ll}, {"2678400000ms", 2678400000ll},
+      {"0", -1},                 {"0s", -1},         {"0ms", -1},         {"32d", -1},
+      {"745h", -1},              {"44641m", -1},     {"2678400001ms", -1}, {"99999999999999999999999s", -1},
+      {"5x", -1},                {"-1s", -1},        {"s", -1},           {"1.5s", -1},
+      {"5S", -1},                {"5sec", -1},       {"1d1h", -1},
+  };
+  for (size_t i = 0; i < LEDGER_ARRAY_LEN(durations); i++) {
+    char line[128];
+    snprintf(line, sizeof line, "rule w velocity window=%s count=1 action=flag\n", durations[i].text);
+    if (durations[i].ms < 0) {
+      PARSE_ERR(line, 1, "window");
+    } else if (PARSE_OK(line, &r)) {
+      CHECK_EQ(r.rules[0].window_ms, durations[i].ms);
+    }
+    snprintf(line, sizeof line, "# c\nrule n new_account age=%s threshold=1 action=flag\n", durations[i].text);
+    if (durations[i].ms < 0) {
+      PARSE_ERR(line, 2, "age");
+    } else if (PARSE_OK(line, &r)) {
+      CHECK_EQ(r.rules[0].window_ms, durations[i].ms);
+    }
+  }
+
+  /* Errors name the line: three good lines first (a comment, a blank, a rule). */
+  static const struct {
+    const char *line;
+    const char *want;
+  } bad[] = {
+      {"rule x foo action=flag", "type"},
+      {"rule x amount threshold=1 color=red action=flag", "color"},
+      {"rule x amount threshold=1 window=60s action=flag", "window"},
+      {"rule x amount amount=1 action=flag", "amount=1"},
+      {"rule x amount threshold=1 count=2 action=flag", "count"},
+      {"rule x amount threshold=1 accounts=5 action=flag", "accounts"},
+      {"rule x velocity window=1s threshold=1 action=flag", "threshold"},
+      {"rule x velocity window=1s count=1 age=1h action=flag", "age"},
+      {"rule x new_account age=1h threshold=1 count=2 action=flag", "count"},
+      {"rule x new_account age=1h threshold=1 window=1h action=flag", "window"},
+      {"rule x blocklist accounts=5 currency=USD action=flag", "currency"},
+      {"rule x blocklist accounts=5 threshold=1 action=flag", "threshold"},
+      {"rule x amount threshold=1", "action"},
+      {"rule x amount threshold=1 action=block", "action"},
+      {"rule x amount threshold=1 action=", "action"},
+      {"rule x amount threshold=1 action=FLAG", "action"},
+      {"rule x amount threshold=1 flag", "flag"},
+      {"rule ok amount threshold=2 action=flag", "twice"},
+      {"rule Big amount threshold=1 action=flag", "id"},
+      {"rule a.b amount threshold=1 action=flag", "id"},
+      {"rule a/b amount threshold=1 action=flag", "id"},
+      {"rule abcdefghijabcdefghijabcdefghijab amount threshold=1 action=flag", "id"}, /* 32 chars */
+      {"rule x amount threshold=abc action=flag", "threshold"},
+      {"rule x amount threshold=-1 action=flag", "threshold"},
+      {"rule x amount threshold.XYZ=1 action=flag", "threshold"},
+      {"rule x amount threshold=1 currency=XYZ action=flag", "currency"},
+      {"rule x amount threshold=1.0000000000000000001 action=flag", "threshold"},
+      {"rule x amount action=flag", "threshold"},
+      {"rule x velocity count=1 action=flag", "window"},
+      {"rule x velocity window=1s action=flag", "count"},
+      {"rule x velocity window=1s count=0 action=flag", "count"},
+      {"rule x velocity window=1s count=abc action=flag", "count"},
+      {"rule x velocity window=1s count=3x action=flag", "count"},
+      {"rule x velocity window=1s count=1000000001 action=flag", "count"},
+      {"rule x new_account threshold=1 action=flag", "age"},
+      {"rule x new_account age=1h action=flag", "threshold"},
+      {"rule x blocklist action=flag", "accounts"},
+      {"rule x blocklist accounts= action=flag", "accounts"},
+      {"rule x blocklist accounts=, action=flag", "accounts"},
+      {"rule x blocklist accounts=1,,2 action=flag", "accounts"},
+      {"rule x blocklist accounts=0 action=flag", "accounts"},
+      {"rule x blocklist accounts=9007199254740992 action=flag", "accounts"},
+      {"rule x blocklist accounts=12a action=flag", "accounts"},
+      {"rule x blocklist accounts=-1 action=flag", "accounts"},
+      {"rule x blocklist accounts=1;2 action=flag", "accounts"},
+      {"rule x", "rule"},
+      {"rule", "rule"},
+      {"rules x amount threshold=1 action=flag", "rules"},
+      {"default_region US", "default_region"},
+      {"default_region eu_west", "default_region"},
+      {"default_region a b", "default_region"},
+      {"default_region", "default_region"},
+      {"default_region abcdefghijabcdefghijabcdefghijabc", "default_region"}, /* 33 chars */
+  };
+  for (size_t i = 0; i < LEDGER_ARRAY_LEN(bad); i++) {
+    char buf[512];
+    snprintf(buf, sizeof buf, "# header\n\nrule ok amount threshold=1 action=flag\n%s\nrule later amount threshold=1 action=flag\n",
+             bad[i].line);
+    PARSE_ERR(buf, 4, bad[i].want);
+  }
+  /* Limits that are allowed. */
+  if (PARSE_OK("rule abcdefghijabcdefghijabcdefghija amount threshold=1 action=flag\n"
+               "rule x_1-y velocity window=1s count=1000000000 action=flag\n"
+               "default_region abcdefghijabcdefghijabcdefghijab\n"
+               "rule bl blocklist accounts=9007199254740991 action=flag\n",
+               &r)) {
+    CHECK_EQ(r.count, 3);
+    CHECK_EQ(r.rules[1].count_max, 1000000000u);
+    CHECK_STR(r.default_region, "abcdefghijabcdefghijabcdefghijab");
+  }
+  /* More than 32 rules; more than 4 velocity rules; more than 1024 blocklisted ids. */
+  {
+    static char many[64 * 64];
+    size_t n = 0;
+    for (int i = 1; i <= 33; i++)
+      n += (size_t)snprintf(many + n, sizeof many - n, "rule r%d amount threshold=%d action=flag\n", i, i);
+    PARSE_ERR(many, 33, "32");
+    many[n - strlen("rule r33 amount threshold=33 action=flag\n")] = '\0';
+    if (PARSE_OK(many, &r)) CHECK_EQ(r.count, 32);
+    n = (size_t)snprintf(many, sizeof many, "# velocity\n");
+    for (int i = 1; i <= 5; i++)
+      n += (size_t)snprintf(many + n, sizeof many - n, "rule v%d velocity window=%ds count=%d action=flag\n", i, i, i);
+    PARSE_ERR(many, 6, "velocity");
+    many[n - strlen("rule v5 velocity window=5s count=5 action=flag\n")] = '\0';
+    if (PARSE_OK(many, &r)) {
+      CHECK_EQ(r.count, 4);
+      for (unsigned i = 0; i < 4; i++) CHECK_EQ(r.rules[i].vel_slot, i);
+    }
+    static char ids[20000];
+    for (int pass = 0; pass < 2; pass++) {
+      /* pass 0: 600 + 424 = 1024 ids (fine); pass 1: 600 + 425 (refused on line 2) */
+      n = (size_t)snprintf(ids, sizeof ids, "rule b1 blocklist action=flag accounts=");
+      for (int i = 0; i < 600; i++) n += (size_t)snprintf(ids + n, sizeof ids - n, "%s%d", i ? "," : "", 1000 - i);
+      n += (size_t)snprintf(ids + n, sizeof ids - n, "\nrule b2 blocklist action=flag accounts=");
+      for (int i = 0; i < 424 + pass; i++) n += (size_t)snprintf(ids + n, sizeof ids - n, "%s%d", i ? "," : "", 5000 + i);
+      n += (size_t)snprintf(ids + n, sizeof ids - n, "\n");
+      if (pass == 1) {
+        PARSE_ERR(ids, 2, "1024");
+      } else if (PARSE_OK(ids, &r)) {
+        CHECK_EQ(r.block_count, 1024);
+        CHECK_EQ(r.rules[1].block_first, 600);
+        CHECK_EQ(r.rules[1].block_count, 424);
+        CHECK_EQ(r.blocklist[0], 401);
+        CHECK_EQ(r.blocklist[599], 1000);
+      }
+    }
+  }
+  /* A NUL byte, an overlong line. */
+  {
+    const char nul[] = "rule a amount threshold=1 action=flag\nrule b amount\0 threshold=1 action=flag\n";
+    parse_err_at(nul, sizeof nul - 1, 2, NULL, __LINE__);
+    static char longline[9000];
+    memset(longline, ' ', sizeof longline - 1);
+    memcpy(longline, "\n\n#", 3);
+    PARSE_ERR(longline, 3, NULL);
+  }
+
+  /* The built-in set. */
+  engine_rules_default(&r);
+  CHECK_EQ(r.count, 1);
+  CHECK_EQ(r.version, 0);
+  CHECK_STR(r.default_region, "");
+  CHECK_STR(r.rules[0].id, "large-amount");
+  CHECK_EQ(r.rules[0].type, ENGINE_RULE_AMOUNT);
+  CHECK_EQ(r.rules[0].action, ENGINE_ACTION_FLAG);
+  CHECK_EQ(r.rules[0].currency, 0);
+  CHECK_EQ(r.rules[0].threshold_minor[USD], 1000000);
+  CHECK_EQ(r.rules[0].threshold_minor[JPY], 10000);
+  CHECK_EQ(r.rules[0].threshold_minor[BHD], 10000000);
+  if (PARSE_OK("rule large-amount amount threshold=10000.00 action=flag\n", &r2)) CHECK(memcmp(&r, &r2, sizeof r) == 0);
+}
+
+/* ------------------------------------------------------------ risk rules: judging */
+
+/* Parses `text` and swaps it in with a RULES_SET command in a batch of its own (principal 0:
+ * the operator). */
+static engine_cmd_t rules_set_at(harness_t *h, const char *text, int line) {
+  static engine_rules_t rs;
+  engine_cmd_t c = cmd_new(ENGINE_CMD_RULES_SET);
+  if (!parse_at(text, &rs, line)) {
+    c.result = -1;
+    return c;
+  }
+  c.u.rules.set = &rs;
+  h_one(h, &c);
+  if (c.result != ENGINE_OK) {
+    check_failures++;
+    fprintf(stderr, "%s:%d: RULES_SET gave %d\n", __FILE__, line, c.result);
+  }
+  return c;
+}
+#define RULES_SET(h, text) rules_set_at(h, text, __LINE__)
+
+static uint64_t open_in(harness_t *h, uint8_t currency, bool overdraft, const char *region) {
+  engine_cmd_t c = cmd_new(ENGINE_CMD_ACCOUNT_CREATE);
+  c.u.account_create.owner_id = 42;
+  c.u.account_create.currency = currency;
+  c.u.account_create.allow_overdraft = overdraft;
+  c.u.account_create.region = region;
+  int r = h_one(h, &c);
+  CHECK_EQ(r, ENGINE_OK);
+  return r == ENGINE_OK ? c.account.id : 0;
+}
+
+/* A fresh transfer in a batch of its own; the whole command comes back. */
+static engine_cmd_t tx_in(harness_t *h, engine_transfer_in_t in) {
+  engine_cmd_t c = cmd_transfer(in);
+  h_one(h, &c);
+  return c;
+}
+static engine_cmd_t tx(harness_t *h, uint64_t dr, uint64_t cr, int64_t digits, uint8_t scale) {
+  return tx_in(h, tin(ENGINE_KIND_TRANSFER, dr, cr, digits, scale));
+}
+
+static bool flagged(engine_transfer_t t) { return (t.flags & ENGINE_TF_SUSPICIOUS) != 0; }
+
+/* The newest suspicious entry must be the one for t, decided by `rule` with `action`. */
+static void check_entry_at(harness_t *h, const engine_transfer_t *t, const char *rule, uint8_t action, int line) {
+  int before = check_failures;
+  CHECK(flagged(*t));
+  CHECK(h->st.suspicious_count > 0);
+  if (h->st.suspicious_count > 0) {
+    const engine_suspicious_t *s = &h->st.suspicious[h->st.suspicious_count - 1];
+    CHECK_EQ(s->id, h->st.suspicious_count);
+    CHECK_EQ(s->transfer_no, t->no);
+    CHECK_EQ(s->transfer_created_ms, t->created_ms);
+    CHECK_EQ(s->debit_account_id, t->debit_account_id);
+    CHECK_EQ(s->credit_account_id, t->credit_account_id);
+    CHECK_EQ(s->amount_minor, t->amount_minor);
+    CHECK_EQ(s->currency, t->currency);
+    CHECK_EQ(s->rules_version, h->st.rules.version);
+    CHECK_EQ(s->action, action);
+    CHECK_EQ(s->status, ENGINE_SUSPICIOUS_OPEN);
+    CHECK_EQ(s->reviewed_ms, 0);
+    CHECK_STR(s->rule_id, rule);
+    CHECK(risk_entry_of(&h->st, t->no) == s);
+  }
+  if (check_failures != before) fprintf(stderr, "  (entry check called from line %d)\n", line);
+}
+#define CHECK_ENTRY(h, t, rule, action) check_entry_at(h, t, rule, action, __LINE__)
+
+/* A copy of everything a rejected command must leave alone. */
+typedef struct risk_snap {
+  uint64_t accounts, transfers, suspicious, settle, pending, records;
+  engine_account_t *acc;
+  engine_suspicious_t *sus;
+  engine_settlement_t *rows;
+  vel_slot_t *vel;
+  bool vel_used;
+} risk_snap_t;
+
+static void snap_take(const harness_t *h, risk_snap_t *s) {
+  const engine_state_t *st = &h->st;
+  s->accounts = st->account_count;
+  s->transfers = st->transfer_count;
+  s->suspicious = st->suspicious_count;
+  s->settle = st->settle_count;
+  s->pending = st->pending_count;
+  s->records = h->records;
+  s->vel_used = st->vel_used;
+  s->acc = malloc(s->accounts * sizeof *s->acc + 1);
+  s->sus = malloc(s->suspicious * sizeof *s->sus + 1);
+  s->rows = malloc(s->settle * sizeof *s->rows + 1);
+  s->vel = malloc(s->accounts * ENGINE_VELOCITY_RULES_MAX * sizeof *s->vel + 1);
+  if (!s->acc || !s->sus || !s->rows || !s->vel) exit(2);
+  memcpy(s->acc, st->accounts, s->accounts * sizeof *s->acc);
+  memcpy(s->sus, st->suspicious, s->suspicious * sizeof *s->sus);
+  memcpy(s->rows, st->settle_rows, s->settle * sizeof *s->rows);
+  memcpy(s->vel, st->vel, s->accounts * ENGINE_VELOCITY_RULES_MAX * sizeof *s->vel);
+}
+
+static void snap_free(risk_snap_t *s) {
+  free(s->acc);
+  free(s->sus);
+  free(s->rows);
+  free(s->vel);
+}
+
+/* Nothing changed since the snapshot: accounts, counts, entries, rows, and (with_vel) the
+ * velocity windows. */
+static void snap_same_at(const harness_t *h, const risk_snap_t *s, bool with_vel, int line) {
+  const engine_state_t *st = &h->st;
+  int before = check_failures;
+  CHECK_EQ(st->account_count, s->accounts);
+  CHECK_EQ(st->transfer_count, s->transfers);
+  CHECK_EQ(st->pending_count, s->pending);
+  CHECK_EQ(h->records, s->records);
+  if (st->account_count == s->accounts) CHECK(memcmp(st->accounts, s->acc, s->accounts * sizeof *s->acc) == 0);
+  CHECK_EQ(st->suspicious_count, s->suspicious);
+  if (st->suspicious_count == s->suspicious) CHECK(memcmp(st->suspicious, s->sus, s->suspicious * sizeof *s->sus) == 0);
+  CHECK_EQ(st->settle_count, s->settle);
+  if (st->settle_count == s->settle) CHECK(memcmp(st->settle_rows, s->rows, s->settle * sizeof *s->rows) == 0);
+  if (with_vel) {
+    int vb = check_failures;
+    CHECK_EQ(st->vel_used, s->vel_used);
+    CHECK(memcmp(st->vel, s->vel, s->accounts * ENGINE_VELOCITY_RULES_MAX * sizeof *s->vel) == 0);
+    for (uint64_t i = 0; check_failures != vb && i < s->accounts * ENGINE_VELOCITY_RULES_MAX; i++) {
+      const vel_slot_t *x = &s->vel[i], *y = &st->vel[i];
+      if (memcmp(x, y, sizeof *x) == 0) continue;
+      fprintf(stderr, "  velocity window of account %llu slot %llu: before version %u count %u start %llu amount %lld;"
+                      " after version %u count %u start %llu amount %lld\n",
+              (unsigned long long)(i / ENGINE_VELOCITY_RULES_MAX + 1), (unsigned long long)(i % ENGINE_VELOCITY_RULES_MAX),
+              x->version, x->count, (unsigned long long)x->start_no, (long long)x->amount, y->version, y->count,
+              (unsigned long long)y->start_no, (long long)y->amount);
+      break;
+    }
+  }
+  if (st->settle_count != s->settle)
+    fprintf(stderr, "  settlement rows before %llu, after %llu (newest count %llu)\n", (unsigned long long)s->settle,
+            (unsigned long long)st->settle_count,
+            st->settle_count ? (unsigned long long)st->settle_rows[st->settle_count - 1].count : 0ull);
+  if (check_failures != before) fprintf(stderr, "  (unchanged-state check called from line %d)\n", line);
+}
+#define CHECK_SAME(h, s, with_vel) snap_same_at(h, s, with_vel, __LINE__)
+
+static void test_rules_amount(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t u1 = open_account(&h, USD, false), u2 = open_account(&h, USD, false);
+  uint64_t j1 = open_account(&h, JPY, false), j2 = open_account(&h, JPY, false);
+  uint64_t b1 = open_account(&h, BHD, false), b2 = open_account(&h, BHD, false);
+  CHECK_EQ(deposit(&h, u1, 1000000, 2), ENGINE_OK);
+  CHECK_EQ(deposit(&h, j1, 1000000, 0), ENGINE_OK);
+  CHECK_EQ(deposit(&h, b1, 1000000, 3), ENGINE_OK);
+  /* Without any rule set: version 0, nothing fires. */
+  CHECK_EQ(h.st.rules.version, 0);
+  engine_cmd_t c = tx(&h, u1, u2, 999999, 2);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.transfer.rules_version, 0);
+  CHECK(!flagged(c.transfer));
+  CHECK_EQ(h.st.suspicious_count, 0);
+
+  c = RULES_SET(&h, "rule big amount threshold=100.00 threshold.BHD=1.5 action=flag\n");
+  CHECK(c.rules_changed);
+  CHECK_EQ(c.rules_version, 1);
+  CHECK_EQ(h.st.rules.version, 1);
+  static const struct {
+    int acct; /* 0 USD, 1 JPY, 2 BHD */
+    int64_t at;
+  } cases[] = {{0, 10000}, {1, 100}, {2, 1500}};
+  uint64_t drs[3] = {u1, j1, b1}, crs[3] = {u2, j2, b2};
+  uint8_t exps[3] = {2, 0, 3};
+  for (size_t i = 0; i < LEDGER_ARRAY_LEN(cases); i++) {
+    uint64_t dr = drs[cases[i].acct], cr = crs[cases[i].acct];
+    uint8_t e = exps[cases[i].acct];
+    uint64_t sus = h.st.suspicious_count;
+    c = tx(&h, dr, cr, cases[i].at - 1, e); /* one minor unit under */
+    CHECK_EQ(c.result, ENGINE_OK);
+    CHECK(!flagged(c.transfer));
+    CHECK_EQ(c.transfer.rules_version, 1);
+    CHECK_EQ(h.st.suspicious_count, sus);
+    CHECK(risk_entry_of(&h.st, c.transfer.no) == NULL);
+    c = tx(&h, dr, cr, cases[i].at, e); /* exactly at the threshold */
+    CHECK_EQ(c.result, ENGINE_OK);
+    CHECK_EQ(c.transfer.status, ENGINE_STATUS_POSTED);
+    CHECK_EQ(c.transfer.rules_version, 1);
+    CHECK_EQ(h.st.suspicious_count, sus + 1);
+    CHECK_ENTRY(&h, &c.transfer, "big", ENGINE_ACTION_FLAG);
+    CHECK_EQ(h.st.suspicious[sus].fired_mask, 1);
+    CHECK(flagged(h.st.transfers[c.transfer.no - 1]));
+  }
+  /* The same amount written with another scale: "100" USD. */
+  c = tx(&h, u1, u2, 100, 0);
+  CHECK(flagged(c.transfer));
+  c = tx(&h, u1, u2, 9999, 2);
+  CHECK(!flagged(c.transfer));
+
+  /* currency=: the rule looks at that currency only. */
+  c = RULES_SET(&h, "rule j amount threshold=1 currency=JPY action=flag\n");
+  CHECK_EQ(c.rules_version, 2);
+  c = tx(&h, u1, u2, 500000, 2);
+  CHECK(!flagged(c.transfer));
+  CHECK_EQ(c.transfer.rules_version, 2);
+  c = tx(&h, b1, b2, 500000, 3);
+  CHECK(!flagged(c.transfer));
+  c = tx(&h, j1, j2, 1, 0);
+  CHECK_ENTRY(&h, &c.transfer, "j", ENGINE_ACTION_FLAG);
+  /* Deposits and withdrawals are judged too (a deposit's debit is cash:JPY). */
+  c = tx_in(&h, tin(ENGINE_KIND_DEPOSIT, 0, j2, 1, 0));
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_ENTRY(&h, &c.transfer, "j", ENGINE_ACTION_FLAG);
+  CHECK_EQ(h.st.suspicious[h.st.suspicious_count - 1].debit_account_id, JPY);
+  c = tx_in(&h, tin(ENGINE_KIND_WITHDRAWAL, j2, 0, 1, 0));
+  CHECK_ENTRY(&h, &c.transfer, "j", ENGINE_ACTION_FLAG);
+  c = tx_in(&h, tin(ENGINE_KIND_DEPOSIT, 0, u2, 1000000, 2));
+  CHECK(!flagged(c.transfer));
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+  h_free(&h);
+}
+
+static void test_rules_velocity(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t a = open_account(&h, USD, false), b = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, a, 1000000, 2), ENGINE_OK);
+  CHECK_EQ(deposit(&h, b, 1000000, 2), ENGINE_OK);
+  engine_cmd_t c = RULES_SET(&h, "rule v velocity window=60s count=3 action=reject\n");
+  const int64_t T = h.now_ms + 1000;
+  /* count=3: three pass, the fourth in the window fires. */
+  for (int i = 0; i < 3; i++) {
+    h.now_ms = T + 10 * i;
+    c = tx(&h, a, b, 100, 2);
+    CHECK_EQ(c.result, ENGINE_OK);
+    CHECK(!flagged(c.transfer));
+  }
+  h.now_ms = T + 30;
+  c = tx(&h, a, b, 100, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(c.reject_rule, 1);
+  CHECK_STR(c.rule_ids[0], "v");
+  CHECK_EQ(c.rules_version, 1);
+  /* Rejections do not count: insufficient funds, and the rule's own. */
+  c = tx(&h, a, b, 100000000, 2);
+  CHECK_EQ(c.result, ENGINE_R_INSUFFICIENT_FUNDS);
+  h.now_ms = T + 59999; /* the first is 1 ms short of the window's length: still in */
+  c = tx(&h, a, b, 100, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  h.now_ms = T + 60000; /* exactly `window` old: out */
+  c = tx(&h, a, b, 100, 2);
+  CHECK_EQ(c.result, ENGINE_OK);
+  c = tx(&h, a, b, 100, 2); /* the second, third and this one are in */
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  h.now_ms = T + 60010;
+  c = tx(&h, a, b, 100, 2);
+  CHECK_EQ(c.result, ENGINE_OK);
+  /* Credits to a and debits of another account do not count for a. */
+  c = tx(&h, b, a, 100, 2);
+  CHECK_EQ(c.result, ENGINE_OK);
+  c = tx_in(&h, tin(ENGINE_KIND_DEPOSIT, 0, a, 100, 2));
+  CHECK_EQ(c.result, ENGINE_OK);
+  c = tx(&h, a, b, 100, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  /* Withdrawals are transfers out. */
+  h.now_ms = T + 60020; /* the third leaves */
+  c = tx_in(&h, tin(ENGINE_KIND_WITHDRAWAL, a, 0, 100, 2));
+  CHECK_EQ(c.result, ENGINE_OK);
+  c = tx(&h, a, b, 100, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+
+  /* Sums: equal to the limit passes, above fires; a pending counts by its reservation even
+   * after it is voided. Fresh accounts: the rule-set change rebuilds from their (empty) history. */
+  uint64_t a2 = open_account(&h, USD, false), a3 = open_account(&h, USD, false);
+  uint64_t j1 = open_account(&h, JPY, false), j2 = open_account(&h, JPY, false);
+  CHECK_EQ(deposit(&h, a2, 100000, 2), ENGINE_OK);
+  CHECK_EQ(deposit(&h, a3, 100000, 2), ENGINE_OK);
+  CHECK_EQ(deposit(&h, j1, 100000, 0), ENGINE_OK);
+  RULES_SET(&h, "rule va velocity window=1h amount=100.00 amount.JPY=100 action=reject\n");
+  h.now_ms += 1000;
+  CHECK_EQ(tx(&h, a2, b, 6000, 2).result, ENGINE_OK);
+  CHECK_EQ(tx(&h, a2, b, 4000, 2).result, ENGINE_OK); /* sum == 100.00 */
+  c = tx(&h, a2, b, 1, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED); /* 100.01 */
+  CHECK_STR(c.rule_ids[c.reject_rule - 1], "va");
+  engine_transfer_t p;
+  CHECK_EQ(pending(&h, a3, b, 5000, 0, &p), ENGINE_OK);
+  CHECK_EQ(settle(&h, false, &p, 0, 0, NULL), ENGINE_OK);
+  CHECK_EQ(tx(&h, a3, b, 5000, 2).result, ENGINE_OK);
+  CHECK_EQ(tx(&h, a3, b, 1, 2).result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(tx(&h, j1, j2, 60, 0).result, ENGINE_OK);
+  CHECK_EQ(tx(&h, j1, j2, 40, 0).result, ENGINE_OK);
+  CHECK_EQ(tx(&h, j1, j2, 1, 0).result, ENGINE_R_RULE_REJECTED);
+  /* One amount alone above the limit. */
+  uint64_t a4 = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, a4, 20000, 2), ENGINE_OK);
+  CHECK_EQ(tx(&h, a4, a2, 10001, 2).result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(tx(&h, a4, a2, 10000, 2).result, ENGINE_OK);
+
+  /* flag: the flagged transfer counts too. */
+  RULES_SET(&h, "rule vf velocity window=10s count=2 action=flag\n");
+  uint64_t f = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, f, 100000, 2), ENGINE_OK);
+  const int64_t F = h.now_ms + 1;
+  h.now_ms = F;
+  CHECK(!flagged(tx(&h, f, b, 1, 2).transfer));
+  CHECK(!flagged(tx(&h, f, b, 1, 2).transfer));
+  c = tx(&h, f, b, 1, 2);
+  CHECK_ENTRY(&h, &c.transfer, "vf", ENGINE_ACTION_FLAG);
+  h.now_ms = F + 5000;
+  CHECK(flagged(tx(&h, f, b, 1, 2).transfer));
+  h.now_ms = F + 10000; /* the first three are out; the fourth (F+5000) is in */
+  CHECK(!flagged(tx(&h, f, b, 1, 2).transfer));
+  CHECK(flagged(tx(&h, f, b, 1, 2).transfer));
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+  h_free(&h);
+}
+
+/* A transfer rejected by a rule changes nothing: not the accounts, not the counts, not the
+ * entries or rows, and (it is not logged) not the velocity windows either — else the live
+ * state and a replay of the log differ. */
+static void test_rules_reject_changes_nothing(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t a = open_account(&h, USD, false), b = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, a, 1000000, 2), ENGINE_OK);
+  RULES_SET(&h, "rule v velocity window=60s count=5 action=flag\nrule r amount threshold=1000.00 action=reject\n");
+  const int64_t T = h.now_ms + 1;
+  h.now_ms = T;
+  CHECK_EQ(tx(&h, a, b, 100, 2).result, ENGINE_OK);
+  h.now_ms = T + 61000; /* the first is out of the window by now */
+  risk_snap_t s;
+  snap_take(&h, &s);
+  engine_cmd_t c = tx(&h, a, b, 100000, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(c.reject_rule, 2);
+  CHECK_SAME(&h, &s, true);
+  snap_free(&s);
+  CHECK_REPLAY(&h);
+  h_free(&h);
+}
+
+static void test_rules_new_account_blocklist(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t old = open_account(&h, USD, false), b = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, old, 1000000, 2), ENGINE_OK);
+  RULES_SET(&h, "rule n new_account age=1h threshold=10.00 action=flag\n");
+  h.now_ms += 3600000;
+  const int64_t C = h.now_ms;
+  uint64_t n = open_account(&h, USD, false);
+  CHECK_EQ(account_of(&h, n).created_ms, C);
+  engine_cmd_t c = tx_in(&h, tin(ENGINE_KIND_DEPOSIT, 0, n, 100000, 2)); /* debit is cash: not a customer */
+  CHECK(!flagged(c.transfer));
+  CHECK(!flagged(tx(&h, old, b, 100000, 2).transfer)); /* old enough */
+  h.now_ms = C + 3600000 - 1;
+  CHECK(!flagged(tx(&h, n, b, 999, 2).transfer));
+  c = tx(&h, n, b, 1000, 2);
+  CHECK_ENTRY(&h, &c.transfer, "n", ENGINE_ACTION_FLAG);
+  c = tx_in(&h, tin(ENGINE_KIND_WITHDRAWAL, n, 0, 1000, 2));
+  CHECK_ENTRY(&h, &c.transfer, "n", ENGINE_ACTION_FLAG);
+  c = tx(&h, b, n, 1000, 2); /* the young account is the credit: does not fire */
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK(!flagged(c.transfer));
+  h.now_ms = C + 3600000; /* exactly `age` old: no longer new */
+  CHECK(!flagged(tx(&h, n, b, 1000, 2).transfer));
+  CHECK_INVARIANTS(&h);
+
+  /* Blocklist: either side. */
+  uint64_t x = open_account(&h, USD, false), y = open_account(&h, USD, true), z = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, x, 100000, 2), ENGINE_OK);
+  char text[256];
+  snprintf(text, sizeof text, "rule bl blocklist accounts=%llu,%llu action=flag\nrule blr blocklist accounts=%llu action=reject\n",
+           (unsigned long long)y, (unsigned long long)x, (unsigned long long)z);
+  RULES_SET(&h, text);
+  c = tx(&h, x, b, 1, 2);
+  CHECK_ENTRY(&h, &c.transfer, "bl", ENGINE_ACTION_FLAG);
+  c = tx(&h, b, x, 1, 2);
+  CHECK_ENTRY(&h, &c.transfer, "bl", ENGINE_ACTION_FLAG);
+  c = tx(&h, y, n, 1, 2); /* overdraft account listed */
+  CHECK_ENTRY(&h, &c.transfer, "bl", ENGINE_ACTION_FLAG);
+  c = tx_in(&h, tin(ENGINE_KIND_DEPOSIT, 0, x, 1, 2));
+  CHECK_ENTRY(&h, &c.transfer, "bl", ENGINE_ACTION_FLAG);
+  c = tx_in(&h, tin(ENGINE_KIND_WITHDRAWAL, x, 0, 1, 2));
+  CHECK_ENTRY(&h, &c.transfer, "bl", ENGINE_ACTION_FLAG);
+  CHECK(!flagged(tx(&h, b, n, 1, 2).transfer));
+  c = tx(&h, b, z, 1, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(c.reject_rule, 2);
+  c = tx(&h, x, z, 1, 2); /* both fire: reject wins */
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(c.reject_rule, 2);
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+  h_free(&h);
+}
+
+static void test_rules_actions(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t a = open_account(&h, USD, false), b = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, a, 500000, 2), ENGINE_OK);
+  RULES_SET(&h, "rule f amount threshold=10.00 action=flag\n"
+                "rule h amount threshold=100.00 action=hold\n"
+                "rule r amount threshold=1000.00 action=reject\n");
+  /* flag: posted, marked, an entry. */
+  engine_cmd_t c = tx(&h, a, b, 1000, 2);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.transfer.status, ENGINE_STATUS_POSTED);
+  CHECK_EQ(c.transfer.flags, ENGINE_TF_SUSPICIOUS);
+  CHECK_ENTRY(&h, &c.transfer, "f", ENGINE_ACTION_FLAG);
+  CHECK_EQ(bal(&h, a), 499000);
+  CHECK_EQ(bal(&h, b), 1000);
+  /* hold: pending, funds reserved, no timeout. */
+  uint64_t heap = h.st.pending_count;
+  c = tx(&h, a, b, 10000, 2);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.transfer.status, ENGINE_STATUS_PENDING);
+  CHECK_EQ(c.transfer.flags, ENGINE_TF_PENDING | ENGINE_TF_HELD | ENGINE_TF_SUSPICIOUS);
+  CHECK_EQ(c.transfer.timeout_s, 0);
+  CHECK_ENTRY(&h, &c.transfer, "h", ENGINE_ACTION_HOLD);
+  CHECK_EQ(h.st.suspicious[h.st.suspicious_count - 1].fired_mask, 3);
+  CHECK_EQ(bal(&h, a), 499000);
+  CHECK_EQ(account_of(&h, a).pending_debits_minor, 10000);
+  CHECK_EQ(account_of(&h, b).pending_credits_minor, 10000);
+  CHECK_EQ(h.st.pending_count, heap);
+  /* The reservation counts against available funds. */
+  CHECK_EQ(tx(&h, a, b, 499000 - 10000 + 1, 2).result, ENGINE_R_INSUFFICIENT_FUNDS);
+  /* hold of a transfer the client asked as pending: it keeps its timeout. */
+  engine_transfer_in_t in = tin(ENGINE_KIND_TRANSFER, a, b, 20000, 2);
+  in.pending = 1;
+  in.timeout_s = 30;
+  c = tx_in(&h, in);
+  CHECK_EQ(c.transfer.flags, ENGINE_TF_PENDING | ENGINE_TF_HELD | ENGINE_TF_SUSPICIOUS | ENGINE_TF_PENDING_ASKED);
+  CHECK_EQ(c.transfer.timeout_s, 30);
+  CHECK_EQ(h.st.pending_count, heap + 1);
+  /* A two-phase transfer nothing fires on is not marked. */
+  in.amount_digits = 1;
+  c = tx_in(&h, in);
+  CHECK_EQ(c.transfer.flags, ENGINE_TF_PENDING);
+
+  /* reject: 422 with the rule, nothing changes, nothing is logged. */
+  risk_snap_t s;
+  snap_take(&h, &s);
+  c = tx(&h, a, b, 100000, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(c.reject_rule, 3);
+  CHECK_STR(c.rule_ids[2], "r");
+  CHECK_EQ(c.rules_version, 1);
+  CHECK_SAME(&h, &s, true);
+  snap_free(&s);
+  /* With a key it is remembered (logged) and a repeat answers the same rule. */
+  c = cmd_transfer(tin(ENGINE_KIND_TRANSFER, a, b, 100000, 2));
+  set_key(&c, 71, 72);
+  uint64_t records = h.records;
+  CHECK_EQ(h_one(&h, &c), ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(h.records, records + 1);
+  c = cmd_transfer(tin(ENGINE_KIND_TRANSFER, a, b, 100000, 2));
+  set_key(&c, 71, 72);
+  CHECK_EQ(h_one(&h, &c), ENGINE_R_RULE_REJECTED);
+  CHECK(c.replayed);
+  CHECK_EQ(c.reject_rule, 3);
+  CHECK_EQ(c.rules_version, 1);
+  CHECK_STR(c.rule_ids[2], "r");
+  /* In a batch: the item says which rule. */
+  engine_transfer_in_t items[3] = {tin(ENGINE_KIND_TRANSFER, a, b, 1, 2), tin(ENGINE_KIND_TRANSFER, a, b, 100000, 2),
+                                   tin(ENGINE_KIND_TRANSFER, a, b, 1000, 2)};
+  engine_item_result_t res[3];
+  engine_cmd_t bc;
+  uint64_t transfers = h.st.transfer_count;
+  CHECK_EQ(run_batch_cmd(&h, items, res, 3, false, &bc), ENGINE_OK);
+  CHECK_EQ(res[0].result, ENGINE_OK);
+  CHECK_EQ(res[0].rule, 0);
+  CHECK_EQ(res[1].result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(res[1].rule, 3);
+  CHECK_STR(bc.rule_ids[2], "r");
+  CHECK_EQ(res[2].result, ENGINE_OK);
+  CHECK_EQ(h.st.transfer_count, transfers + 2);
+  CHECK(flagged(h.st.transfers[res[2].no - 1]));
+  CHECK(!flagged(h.st.transfers[res[0].no - 1]));
+  CHECK_INVARIANTS(&h);
+
+  /* The most severe action wins; the recorded rule is the first with that action. */
+  RULES_SET(&h, "rule f1 amount threshold=1 action=flag\n"
+                "rule h1 amount threshold=5 action=hold\n"
+                "rule h2 amount threshold=1 action=hold\n"
+                "rule f2 amount threshold=1 action=flag\n"
+                "rule r1 amount threshold=100 action=reject\n"
+                "rule r2 amount threshold=50 action=reject\n");
+  c = tx(&h, a, b, 300, 2);
+  CHECK_ENTRY(&h, &c.transfer, "h2", ENGINE_ACTION_HOLD);
+  CHECK_EQ(h.st.suspicious[h.st.suspicious_count - 1].fired_mask, 0xd);
+  CHECK_EQ(c.transfer.rules_version, 2);
+  c = tx(&h, a, b, 1000, 2);
+  CHECK_ENTRY(&h, &c.transfer, "h1", ENGINE_ACTION_HOLD);
+  CHECK_EQ(h.st.suspicious[h.st.suspicious_count - 1].fired_mask, 0xf);
+  c = tx(&h, a, b, 6000, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(c.reject_rule, 6);
+  CHECK_STR(c.rule_ids[5], "r2");
+  c = tx(&h, a, b, 20000, 2);
+  CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(c.reject_rule, 5);
+  CHECK_EQ(c.rules_version, 2);
+  c = tx(&h, a, b, 50, 2);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.transfer.flags, 0);
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+  h_free(&h);
+}
+
+/* Versions: identical content is no change (not logged); a change bumps the version, and the
+ * velocity windows are rebuilt from the history, as if counted all along. */
+static void test_rules_versions(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t a = open_account(&h, USD, false), b = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, a, 1000000, 2), ENGINE_OK);
+  const int64_t T = h.now_ms + 1;
+  h.now_ms = T;
+  CHECK_EQ(tx(&h, a, b, 100, 2).transfer.rules_version, 0);
+  uint64_t records = h.records, audits = h.st.audit_count;
+  const char *v1 = "default_region eu-west\nrule other amount threshold=1000000.00 action=flag\n";
+  engine_cmd_t c = RULES_SET(&h, v1);
+  CHECK(c.rules_changed);
+  CHECK_EQ(c.rules_version, 1);
+  CHECK_EQ(h.records, records + 1);
+  CHECK_EQ(h.st.audit_count, audits + 1);
+  c = RULES_SET(&h, v1); /* identical */
+  CHECK(!c.rules_changed);
+  CHECK_EQ(c.rules_version, 1);
+  CHECK_EQ(h.st.rules.version, 1);
+  CHECK_EQ(h.records, records + 1);
+  CHECK_EQ(h.st.audit_count, audits + 1);
+  /* default_region applies to accounts created without one. */
+  uint64_t d = open_in(&h, USD, false, "");
+  CHECK_STR(h.st.regions[account_of(&h, d).region - 1], "eu-west");
+  h.now_ms = T + 1000;
+  CHECK_EQ(tx(&h, a, b, 100, 2).transfer.rules_version, 1);
+  h.now_ms = T + 2000;
+  CHECK_EQ(tx(&h, a, b, 100, 2).transfer.rules_version, 1);
+  c = RULES_SET(&h, "default_region eu-west\nrule other amount threshold=1000000.00 action=flag\n"
+                    "rule v velocity window=1m count=3 action=flag\n");
+  CHECK_EQ(c.rules_version, 2);
+  CHECK_EQ(h.records, records + 2);
+  /* T, T+1000, T+2000 are in the window: the fourth fires. */
+  h.now_ms = T + 3000;
+  c = tx(&h, a, b, 100, 2);
+  CHECK_EQ(c.transfer.rules_version, 2);
+  CHECK_ENTRY(&h, &c.transfer, "v", ENGINE_ACTION_FLAG);
+  /* At T+62001 only T+3000 is left. */
+  h.now_ms = T + 62001;
+  CHECK(!flagged(tx(&h, a, b, 100, 2).transfer));
+  /* Another change: the window is rebuilt again (T+3000, T+62001 in it). */
+  c = RULES_SET(&h, "rule v velocity window=1m count=1 action=flag\n");
+  CHECK_EQ(c.rules_version, 3);
+  CHECK_STR(h.st.rules.default_region, "");
+  h.now_ms = T + 62002;
+  c = tx(&h, a, b, 100, 2);
+  CHECK_ENTRY(&h, &c.transfer, "v", ENGINE_ACTION_FLAG);
+  CHECK_EQ(c.transfer.rules_version, 3);
+  /* Back to the earlier content: still a change, a new version. */
+  c = RULES_SET(&h, v1);
+  CHECK_EQ(c.rules_version, 4);
+  /* A RULES_SET the engine's checks refuse (a velocity rule in the wrong slot). */
+  static engine_rules_t bad;
+  if (PARSE_OK("rule v velocity window=1m count=1 action=flag\n", &bad)) {
+    bad.rules[0].vel_slot = 2;
+    engine_cmd_t bc = cmd_new(ENGINE_CMD_RULES_SET);
+    bc.u.rules.set = &bad;
+    records = h.records;
+    CHECK_EQ(h_one(&h, &bc), ENGINE_R_INVALID_OPERATION);
+    CHECK_EQ(h.st.rules.version, 4);
+    CHECK_EQ(h.records, records);
+  }
+  /* RULES_GET answers the set in force. */
+  static engine_rules_t got;
+  engine_cmd_t g = cmd_new(ENGINE_CMD_RULES_GET);
+  g.u.rules.out = &got;
+  state_read(&h.st, &g);
+  CHECK_EQ(g.result, ENGINE_OK);
+  CHECK(memcmp(&got, &h.st.rules, sizeof got) == 0);
+  CHECK_EQ(got.version, 4);
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+  h_free(&h);
+}
+
+/* ------------------------------------------------------------ risk rules: atomic batches */
+
+static engine_transfer_in_t tin_dep(uint64_t acct, int64_t digits, uint8_t scale) {
+  return tin(ENGINE_KIND_DEPOSIT, 0, acct, digits, scale);
+}
+
+/* An atomic batch whose last item fails leaves the velocity windows, the suspicious entries
+ * and the settlement rows as they were, and later transfers are judged as if the aborted
+ * items never happened. */
+static void test_rules_atomic_rollback(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t a = open_account(&h, USD, false), b = open_account(&h, USD, false), c = open_account(&h, USD, false);
+  uint64_t p = open_account(&h, USD, false), x = open_account(&h, USD, false), y = open_account(&h, USD, false);
+  uint64_t d = open_in(&h, EUR, false, "zz-new"), e = open_in(&h, BHD, false, "yy-new");
+  for (int i = 0; i < 4; i++) CHECK_EQ(deposit(&h, (uint64_t[]){a, b, p, x}[i], 1000000, 2), ENGINE_OK);
+  CHECK_EQ(deposit(&h, d, 100, 2), ENGINE_OK); /* its settlement row exists */
+  RULES_SET(&h, "rule v velocity window=60s count=2 action=flag\nrule big amount threshold=1000.00 action=hold\n");
+  const int64_t T = h.now_ms + 1;
+  h.now_ms = T;
+  CHECK(!flagged(tx(&h, p, c, 100, 2).transfer));
+  CHECK(!flagged(tx(&h, a, c, 100, 2).transfer));
+  CHECK_INVARIANTS(&h);
+
+  /* 1. Inside the window, existing rows only: a flag, a hold, a deposit, a credit, then a
+   * failure. */
+  h.now_ms = T + 10;
+  risk_snap_t s;
+  snap_take(&h, &s);
+  engine_transfer_in_t items[6] = {tin(ENGINE_KIND_TRANSFER, p, c, 100, 2), tin(ENGINE_KIND_TRANSFER, p, c, 100, 2),
+                                   tin(ENGINE_KIND_TRANSFER, p, c, 200000, 2), tin_dep(d, 500, 2),
+                                   tin(ENGINE_KIND_TRANSFER, b, p, 100, 2), tin(ENGINE_KIND_TRANSFER, p, c, 100000000, 2)};
+  engine_item_result_t res[6];
+  CHECK_EQ(run_batch_cmd(&h, items, res, 6, true, NULL), ENGINE_R_BATCH_ABORTED);
+  CHECK_EQ(res[5].result, ENGINE_R_INSUFFICIENT_FUNDS);
+  for (int i = 0; i < 5; i++) CHECK_EQ(res[i].result, ENGINE_R_BATCH_ABORTED);
+  CHECK_SAME(&h, &s, true);
+  snap_free(&s);
+  /* p has one debit in the window (the aborted two must not count): 1 + 1 = 2 is not > 2. */
+  h.now_ms = T + 20;
+  engine_cmd_t r = tx(&h, p, c, 100, 2);
+  CHECK_EQ(r.result, ENGINE_OK);
+  CHECK(!flagged(r.transfer));
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+
+  /* 2. A deposit that opens a new settlement row (BHD in yy-new), then a failure. */
+  h.now_ms = T + 30;
+  snap_take(&h, &s);
+  engine_transfer_in_t items2[2] = {tin_dep(e, 1000, 3), tin(ENGINE_KIND_TRANSFER, p, c, 100000000, 2)};
+  CHECK_EQ(run_batch_cmd(&h, items2, res, 2, true, NULL), ENGINE_R_BATCH_ABORTED);
+  CHECK_SAME(&h, &s, true);
+  snap_free(&s);
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+
+  /* 3. Later, when a's first debit has left the window: a credit to a, a debit of a (the
+   * window moves past the old debit onto the credit), then a failure. The aborted numbers
+   * are then reused by an unrelated transfer. */
+  h.now_ms = T + 61000;
+  snap_take(&h, &s);
+  engine_transfer_in_t items3[3] = {tin(ENGINE_KIND_TRANSFER, b, a, 100, 2), tin(ENGINE_KIND_TRANSFER, a, c, 100, 2),
+                                    tin(ENGINE_KIND_TRANSFER, a, c, 100000000, 2)};
+  uint64_t reused = h.st.transfer_count + 1;
+  CHECK_EQ(run_batch_cmd(&h, items3, res, 3, true, NULL), ENGINE_R_BATCH_ABORTED);
+  CHECK_SAME(&h, &s, true);
+  snap_free(&s);
+  h.now_ms = T + 61001;
+  r = tx(&h, x, y, 100, 2);
+  CHECK_EQ(r.transfer.no, reused);
+  /* a: nothing in the window; then D1 at T+62000 and D2 at T+62001 (two: not > 2). */
+  h.now_ms = T + 62000;
+  CHECK(!flagged(tx(&h, a, c, 100, 2).transfer));
+  h.now_ms = T + 62001;
+  CHECK(!flagged(tx(&h, a, c, 100, 2).transfer));
+  /* At T+122000 D1 is exactly `window` old: only D2 and this one. */
+  h.now_ms = T + 122000;
+  r = tx(&h, a, c, 100, 2);
+  if (flagged(r.transfer))
+    fprintf(stderr, "  velocity after an aborted batch: transfer %llu flagged (window of account %llu: count %u start %llu)\n",
+            (unsigned long long)r.transfer.no, (unsigned long long)a, h.st.vel[(a - 1) * ENGINE_VELOCITY_RULES_MAX].count,
+            (unsigned long long)h.st.vel[(a - 1) * ENGINE_VELOCITY_RULES_MAX].start_no);
+  CHECK(!flagged(r.transfer));
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+  h_free(&h);
+}
+
+/* ------------------------------------------------------------ risk rules: review */
+
+static engine_cmd_t review(harness_t *h, uint64_t id, uint8_t decision) {
+  engine_cmd_t c = cmd_new(ENGINE_CMD_SUSPICIOUS_REVIEW);
+  c.u.review.id = id;
+  c.u.review.decision = decision;
+  h_one(h, &c);
+  return c;
+}
+
+/* The row of (day, region, currency) through ENGINE_CMD_SETTLEMENTS (count 0 if none). */
+static engine_settlement_t settle_row(harness_t *h, int32_t day, uint16_t region, uint8_t currency) {
+  engine_settlement_t rows[8], none;
+  memset(&none, 0, sizeof none);
+  engine_cmd_t c = cmd_new(ENGINE_CMD_SETTLEMENTS);
+  c.u.settlements.day_from = c.u.settlements.day_to = day;
+  c.u.settlements.has_region = true;
+  c.u.settlements.region = region;
+  c.u.settlements.currency = currency;
+  c.u.settlements.cap = 8;
+  c.u.settlements.rows = rows;
+  state_read(&h->st, &c);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK(c.row_count <= 1);
+  return c.row_count == 1 ? rows[0] : none;
+}
+
+static int32_t day_at(int64_t ms) { return (int32_t)(ms / 86400000); }
+
+static void test_rules_review(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t a = open_account(&h, USD, false), b = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, a, 1000000, 2), ENGINE_OK);
+  RULES_SET(&h, "rule h amount threshold=100.00 action=hold\nrule f amount threshold=10.00 action=flag\n");
+  uint16_t region = account_of(&h, a).region;
+  const int32_t day1 = day_at(h.now_ms);
+  engine_settlement_t row1 = settle_row(&h, day1, region, USD);
+  CHECK_EQ(row1.count, 1); /* the deposit */
+
+  engine_cmd_t c = tx(&h, a, b, 15000, 2);
+  engine_transfer_t hold1 = c.transfer;
+  CHECK_ENTRY(&h, &hold1, "h", ENGINE_ACTION_HOLD);
+  uint64_t e1 = h.st.suspicious_count;
+  /* POST and VOID: under review, nothing changes. */
+  risk_snap_t s;
+  snap_take(&h, &s);
+  CHECK_EQ(settle(&h, true, &hold1, 0, 0, NULL), ENGINE_R_UNDER_REVIEW);
+  CHECK_EQ(settle(&h, false, &hold1, 0, 0, NULL), ENGINE_R_UNDER_REVIEW);
+  CHECK_SAME(&h, &s, true);
+  snap_free(&s);
+  CHECK_EQ(settle_row(&h, day1, region, USD).count, 1); /* a hold moves no money */
+
+  /* Next day (UTC): clear → posted, counted on the review's day. */
+  h.now_ms = ((int64_t)day1 + 1) * 86400000 + 5000;
+  const int32_t day2 = day1 + 1;
+  uint64_t audits = h.st.audit_count;
+  c = review(&h, e1, ENGINE_SUSPICIOUS_CLEARED);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.suspicious.id, e1);
+  CHECK_EQ(c.suspicious.status, ENGINE_SUSPICIOUS_CLEARED);
+  CHECK_EQ(c.suspicious.reviewed_ms, h.now_ms);
+  CHECK_EQ(c.suspicious.reviewer_id, 0);
+  CHECK_EQ(c.transfer.no, hold1.no);
+  CHECK_EQ(c.transfer.status, ENGINE_STATUS_POSTED);
+  CHECK_EQ(c.transfer.posted_minor, 15000);
+  CHECK_EQ(c.transfer.updated_ms, h.now_ms);
+  CHECK_EQ(h.st.audit_count, audits + 1);
+  CHECK_EQ(bal(&h, a), 1000000 - 15000);
+  CHECK_EQ(bal(&h, b), 15000);
+  CHECK_EQ(account_of(&h, a).pending_debits_minor, 0);
+  CHECK_EQ(account_of(&h, b).pending_credits_minor, 0);
+  engine_settlement_t row2 = settle_row(&h, day2, region, USD);
+  CHECK_EQ(row2.count, 1);
+  CHECK(row2.volume == 15000);
+  CHECK(row2.deposits == 0);
+  engine_settlement_t row1b = settle_row(&h, day1, region, USD);
+  CHECK(memcmp(&row1, &row1b, sizeof row1) == 0);
+  CHECK_EQ(settle(&h, true, &hold1, 0, 0, NULL), ENGINE_R_TRANSFER_NOT_PENDING);
+  /* Second review; unknown ids; a bad decision. */
+  uint64_t records = h.records;
+  c = review(&h, e1, ENGINE_SUSPICIOUS_CONFIRMED);
+  CHECK_EQ(c.result, ENGINE_R_ALREADY_REVIEWED);
+  CHECK_EQ(c.suspicious.status, ENGINE_SUSPICIOUS_CLEARED);
+  CHECK_EQ(review(&h, 0, ENGINE_SUSPICIOUS_CLEARED).result, ENGINE_R_SUSPICIOUS_NOT_FOUND);
+  CHECK_EQ(review(&h, h.st.suspicious_count + 1, ENGINE_SUSPICIOUS_CLEARED).result, ENGINE_R_SUSPICIOUS_NOT_FOUND);
+  CHECK_EQ(review(&h, e1, 7).result, ENGINE_R_INVALID_OPERATION);
+  CHECK_EQ(review(&h, e1, ENGINE_SUSPICIOUS_OPEN).result, ENGINE_R_INVALID_OPERATION);
+  CHECK_EQ(h.records, records);
+  CHECK_EQ(h.st.audit_count, audits + 1);
+
+  /* confirm → voided, the reservation released, nothing settled. */
+  c = tx(&h, a, b, 20000, 2);
+  engine_transfer_t hold2 = c.transfer;
+  CHECK_ENTRY(&h, &hold2, "h", ENGINE_ACTION_HOLD);
+  engine_settlement_t before = settle_row(&h, day2, region, USD);
+  c = review(&h, h.st.suspicious_count, ENGINE_SUSPICIOUS_CONFIRMED);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.suspicious.status, ENGINE_SUSPICIOUS_CONFIRMED);
+  CHECK_EQ(c.transfer.status, ENGINE_STATUS_VOIDED);
+  CHECK_EQ(transfer_get(&h, &hold2).status, ENGINE_STATUS_VOIDED);
+  CHECK_EQ(bal(&h, a), 1000000 - 15000);
+  CHECK_EQ(account_of(&h, a).pending_debits_minor, 0);
+  engine_settlement_t after = settle_row(&h, day2, region, USD);
+  CHECK(memcmp(&before, &after, sizeof before) == 0);
+
+  /* Held, and asked as two-phase by the client: clear leaves it pending for the client. */
+  engine_transfer_in_t in = tin(ENGINE_KIND_TRANSFER, a, b, 30000, 2);
+  in.pending = 1;
+  in.timeout_s = 3600;
+  c = tx_in(&h, in);
+  engine_transfer_t hold3 = c.transfer;
+  CHECK(hold3.flags & ENGINE_TF_PENDING_ASKED);
+  uint64_t e3 = h.st.suspicious_count;
+  CHECK_EQ(settle(&h, true, &hold3, 0, 0, NULL), ENGINE_R_UNDER_REVIEW);
+  c = review(&h, e3, ENGINE_SUSPICIOUS_CLEARED);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.transfer.status, ENGINE_STATUS_PENDING);
+  CHECK_EQ(account_of(&h, a).pending_debits_minor, 30000);
+  CHECK_EQ(bal(&h, a), 1000000 - 15000);
+  before = settle_row(&h, day2, region, USD);
+  CHECK(before.count == after.count && before.volume == after.volume);
+  engine_transfer_t post;
+  CHECK_EQ(settle(&h, true, &hold3, 5000, 2, &post), ENGINE_OK); /* the client posts 50.00 */
+  CHECK_EQ(post.status, ENGINE_STATUS_POSTED);
+  CHECK_EQ(post.posted_minor, 5000);
+  CHECK_EQ(bal(&h, a), 1000000 - 15000 - 5000);
+  CHECK_EQ(account_of(&h, a).pending_debits_minor, 0);
+  after = settle_row(&h, day2, region, USD);
+  CHECK_EQ(after.count, before.count + 1);
+  CHECK(after.volume == before.volume + 5000);
+  /* ... and confirm voids it. */
+  c = tx_in(&h, in);
+  engine_transfer_t hold4 = c.transfer;
+  c = review(&h, h.st.suspicious_count, ENGINE_SUSPICIOUS_CONFIRMED);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.transfer.status, ENGINE_STATUS_VOIDED);
+  CHECK_EQ(transfer_get(&h, &hold4).status, ENGINE_STATUS_VOIDED);
+  CHECK_EQ(account_of(&h, a).pending_debits_minor, 0);
+
+  /* A flagged (not held) transfer: the review changes the entry only. */
+  c = tx(&h, a, b, 2000, 2);
+  engine_transfer_t fl = c.transfer;
+  CHECK_ENTRY(&h, &fl, "f", ENGINE_ACTION_FLAG);
+  int64_t ba = bal(&h, a);
+  uint64_t transfers = h.st.transfer_count;
+  c = review(&h, h.st.suspicious_count, ENGINE_SUSPICIOUS_CONFIRMED);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.suspicious.status, ENGINE_SUSPICIOUS_CONFIRMED);
+  CHECK(memcmp(&c.transfer, &h.st.transfers[fl.no - 1], sizeof c.transfer) == 0);
+  CHECK_EQ(c.transfer.status, ENGINE_STATUS_POSTED);
+  CHECK_EQ(bal(&h, a), ba);
+  CHECK_EQ(h.st.transfer_count, transfers);
+
+  /* Idempotent review: the repeat answers the same entry and changes nothing. */
+  c = tx(&h, a, b, 12345, 2);
+  uint64_t e5 = h.st.suspicious_count;
+  engine_cmd_t k = cmd_new(ENGINE_CMD_SUSPICIOUS_REVIEW);
+  k.u.review.id = e5;
+  k.u.review.decision = ENGINE_SUSPICIOUS_CLEARED;
+  set_key(&k, 501, 502);
+  CHECK_EQ(h_one(&h, &k), ENGINE_OK);
+  CHECK(!k.replayed);
+  engine_suspicious_t first = k.suspicious;
+  transfers = h.st.transfer_count;
+  records = h.records;
+  audits = h.st.audit_count;
+  h.now_ms += 1000;
+  engine_cmd_t k2 = cmd_new(ENGINE_CMD_SUSPICIOUS_REVIEW);
+  k2.u.review.id = e5;
+  k2.u.review.decision = ENGINE_SUSPICIOUS_CLEARED;
+  set_key(&k2, 501, 502);
+  CHECK_EQ(h_one(&h, &k2), ENGINE_OK);
+  CHECK(k2.replayed);
+  CHECK(memcmp(&k2.suspicious, &first, sizeof first) == 0);
+  CHECK_EQ(k2.transfer.no, c.transfer.no);
+  CHECK_EQ(k2.transfer.status, ENGINE_STATUS_POSTED);
+  CHECK_EQ(h.st.transfer_count, transfers);
+  CHECK_EQ(h.records, records);
+  CHECK_EQ(h.st.audit_count, audits);
+  /* A keyed review of an already reviewed entry: remembered as such. */
+  engine_cmd_t k3 = cmd_new(ENGINE_CMD_SUSPICIOUS_REVIEW);
+  k3.u.review.id = e5;
+  k3.u.review.decision = ENGINE_SUSPICIOUS_CONFIRMED;
+  set_key(&k3, 503, 504);
+  CHECK_EQ(h_one(&h, &k3), ENGINE_R_ALREADY_REVIEWED);
+  CHECK_EQ(h.st.suspicious[e5 - 1].status, ENGINE_SUSPICIOUS_CLEARED);
+
+  /* SUSPICIOUS_LIST: by status, newest first, paged. */
+  engine_suspicious_t rows[2];
+  uint64_t seen = 0, cursor = 0;
+  int pages = 0;
+  do {
+    engine_cmd_t l = cmd_new(ENGINE_CMD_SUSPICIOUS_LIST);
+    l.u.suspicious.from_ms = INT64_MIN;
+    l.u.suspicious.to_ms = INT64_MAX;
+    l.u.suspicious.status = ENGINE_SUSPICIOUS_CLEARED;
+    l.u.suspicious.cursor_id = cursor;
+    l.u.suspicious.limit = 2;
+    l.u.suspicious.rows = rows;
+    state_read(&h.st, &l);
+    CHECK_EQ(l.result, ENGINE_OK);
+    for (uint32_t i = 0; i < l.row_count; i++) {
+      CHECK_EQ(rows[i].status, ENGINE_SUSPICIOUS_CLEARED);
+      seen++;
+    }
+    cursor = l.next_cursor;
+  } while (cursor && ++pages < 50);
+  CHECK_EQ(seen, 3); /* e1, e3, e5 */
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+  h_free(&h);
+}
+
+/* ------------------------------------------------------------ risk rules: randomized workload */
+
+#define RL_ACCOUNTS 36
+#define RL_BATCHES 2000
+#define RL_PENDING_TRACKED 256
+
+/* Descriptions/metadata the workload attaches (compact JSON as the API writes it), and search
+ * queries with the extras (bit i = rl_extras[i]) whose description or metadata *values* contain
+ * them, case-insensitively. */
+static const char *const rl_extras[] = {
+    "{\"description\":\"Rent for MARCH\",\"metadata\":{\"ref\":\"inv-001\"}}",
+    "{\"description\":\"coffee\",\"metadata\":{\"shop\":\"Blue Bottle\"}}",
+    "{\"description\":\"Payroll\",\"metadata\":{\"march\":\"xyz\"}}",
+    "{\"description\":\"caf\\u00e9 au lait\"}",
+    "{\"description\":\"say \\\"Hi\\\"\"}",
+};
+static const struct {
+  const char *q;
+  unsigned mask;
+} rl_queries[] = {
+    {"march", 0x1}, {"MaRcH", 0x1},         {"inv-001", 0x1},    {"blue b", 0x2}, {"xyz", 0x4},  {"payroll", 0x4},
+    {"caf\xc3\xa9", 0x8}, {"\"hi\"", 0x10}, {"e", 0x3}, {"description", 0}, {"shop", 0}, {"a", 0x1d},
+};
+
+typedef struct rl {
+  harness_t *h;
+  uint64_t ids[RL_ACCOUNTS];
+  engine_transfer_t pend[RL_PENDING_TRACKED];
+  uint32_t npend;
+  engine_transfer_in_t items[8];
+  engine_item_result_t results[8];
+  uint64_t by_result[ENGINE_R_COUNT];
+  uint64_t next_key, atomic_aborted, nonatomic_partial, cleared, confirmed, posted, partial, voided;
+  int64_t start_ms;
+  char rules_v2[1024];
+} rl_t;
+
+static int rl_read_extra(void *ctx, uint64_t pos, uint32_t len, char *buf) {
+  const harness_t *h = ctx;
+  if (pos + len > h->log_len) return LEDGER_EIO;
+  memcpy(buf, h->log + pos, len);
+  return 0;
+}
+
+static uint8_t exponent_of(uint8_t currency) { return ledger_currency_get(currency)->exponent; }
+
+static engine_transfer_in_t rl_in(rl_t *w) {
+  const engine_state_t *st = &w->h->st;
+  uint64_t dr = w->ids[rng_below(RL_ACCOUNTS)], cr = w->ids[rng_below(RL_ACCOUNTS)];
+  for (int tries = 0; tries < 30 && (cr == dr || st->accounts[cr - 1].currency != st->accounts[dr - 1].currency); tries++)
+    cr = w->ids[rng_below(RL_ACCOUNTS)];
+  unsigned k = (unsigned)rng_below(20);
+  uint8_t kind = k < 5 ? ENGINE_KIND_DEPOSIT : k < 8 ? ENGINE_KIND_WITHDRAWAL : ENGINE_KIND_TRANSFER;
+  uint8_t cur = st->accounts[(kind == ENGINE_KIND_DEPOSIT ? cr : dr) - 1].currency;
+  uint8_t e = exponent_of(cur);
+  int64_t unit = 1;
+  for (uint8_t i = 0; i < e; i++) unit *= 10;
+  int64_t major = rng_below(12) == 0 ? (int64_t)rng_below(60000) : (int64_t)rng_below(800);
+  int64_t digits = major * unit + (int64_t)rng_below((uint64_t)unit) + 1;
+  if (cur == JPY) digits *= 100;
+  uint8_t scale = e;
+  if (rng_below(60) == 0) scale = (uint8_t)(e + 1); /* invalid: too many fraction digits */
+  engine_transfer_in_t in = tin(kind, kind == ENGINE_KIND_DEPOSIT ? 0 : dr, kind == ENGINE_KIND_WITHDRAWAL ? 0 : cr, digits, scale);
+  if (kind != ENGINE_KIND_WITHDRAWAL && rng_below(4) == 0) {
+    in.pending = 1;
+    in.timeout_s = rng_below(2) ? (uint32_t)(1 + rng_below(900)) : 0;
+  }
+  if (rng_below(4) == 0) {
+    const char *x = rl_extras[rng_below(LEDGER_ARRAY_LEN(rl_extras))];
+    in.extra = x;
+    in.extra_len = (uint32_t)strlen(x);
+  }
+  return in;
+}
+
+static void rl_track(rl_t *w, const engine_transfer_t *t) {
+  if (t->status != ENGINE_STATUS_PENDING) return;
+  if (w->npend < RL_PENDING_TRACKED) w->pend[w->npend++] = *t;
+  else w->pend[rng_below(RL_PENDING_TRACKED)] = *t;
+}
+
+static void rl_count(rl_t *w, int r) {
+  if (r >= 0 && r < ENGINE_R_COUNT) w->by_result[r]++;
+}
+
+static void rl_single(rl_t *w) {
+  engine_cmd_t c = cmd_transfer(rl_in(w));
+  if (rng_below(15) == 0) set_key(&c, 30000 + (w->next_key++ % 200), 31);
+  int r = h_apply(w->h, &c);
+  rl_count(w, r);
+  if (r == ENGINE_OK && !c.replayed) rl_track(w, &c.transfer);
+}
+
+static void rl_settle(rl_t *w) {
+  if (w->npend == 0) return;
+  uint32_t i = (uint32_t)rng_below(w->npend);
+  engine_transfer_t p = w->pend[i];
+  unsigned k = (unsigned)rng_below(3);
+  engine_cmd_t c = cmd_new(k == 2 ? ENGINE_CMD_TRANSFER_VOID : ENGINE_CMD_TRANSFER_POST);
+  c.u.settle.no = p.no;
+  c.u.settle.created_ms = p.created_ms;
+  if (k == 1) { /* partial */
+    c.u.settle.amount_digits = (int64_t)rng_below((uint64_t)p.amount_minor) + 1;
+    c.u.settle.amount_scale = exponent_of(p.currency);
+  }
+  int r = h_apply(w->h, &c);
+  rl_count(w, r);
+  if (r == ENGINE_OK) {
+    if (k == 2) w->voided++;
+    else if (k == 1 && c.transfer.posted_minor != p.amount_minor) w->partial++;
+    else w->posted++;
+  }
+  if (r == ENGINE_OK || r == ENGINE_R_TRANSFER_NOT_PENDING) w->pend[i] = w->pend[--w->npend];
+}
+
+static void rl_batch(rl_t *w) {
+  uint32_t n = (uint32_t)(1 + rng_below(LEDGER_ARRAY_LEN(w->items)));
+  for (uint32_t i = 0; i < n; i++) w->items[i] = rl_in(w);
+  if (rng_below(3) == 0) w->items[rng_below(n)].amount_digits = INT64_MAX / 1000; /* fails */
+  engine_cmd_t c = cmd_new(ENGINE_CMD_TRANSFER_BATCH);
+  c.u.batch.items = w->items;
+  c.u.batch.results = w->results;
+  c.u.batch.item_count = n;
+  c.u.batch.atomic = rng_below(2) == 0;
+  if (rng_below(12) == 0) set_key(&c, 40000 + (w->next_key++ % 100), 41);
+  uint64_t transfers = w->h->st.transfer_count;
+  int r = h_apply(w->h, &c);
+  rl_count(w, r);
+  if (r == ENGINE_R_BATCH_ABORTED) {
+    CHECK_EQ(w->h->st.transfer_count, transfers);
+    if (!c.replayed) w->atomic_aborted++;
+    return;
+  }
+  if (c.replayed || r != ENGINE_OK) return;
+  bool any_failed = false;
+  for (uint32_t i = 0; i < n; i++) {
+    if (w->results[i].result != ENGINE_OK) {
+      any_failed = true;
+      continue;
+    }
+    rl_track(w, &w->h->st.transfers[w->results[i].no - 1]);
+  }
+  if (any_failed) w->nonatomic_partial++;
+}
+
+static void rl_review(rl_t *w) {
+  const engine_state_t *st = &w->h->st;
+  if (st->suspicious_count == 0) return;
+  uint64_t lo = st->suspicious_count > 40 ? st->suspicious_count - 40 : 0;
+  uint64_t id = lo + rng_below(st->suspicious_count - lo) + 1;
+  if (st->suspicious[id - 1].status != ENGINE_SUSPICIOUS_OPEN && rng_below(4) != 0) return;
+  bool clear = rng_below(5) < 3;
+  engine_cmd_t c = cmd_new(ENGINE_CMD_SUSPICIOUS_REVIEW);
+  c.u.review.id = id;
+  c.u.review.decision = clear ? ENGINE_SUSPICIOUS_CLEARED : ENGINE_SUSPICIOUS_CONFIRMED;
+  if (rng_below(10) == 0) set_key(&c, 50000 + (w->next_key++ % 50), 51 + id);
+  int r = h_apply(w->h, &c);
+  rl_count(w, r);
+  if (r == ENGINE_OK && !c.replayed) {
+    if (clear) w->cleared++;
+    else w->confirmed++;
+    if (c.transfer.status == ENGINE_STATUS_PENDING) rl_track(w, &c.transfer); /* asked two-phase: the client's now */
+  }
+}
+
+static const char *const rl_regions[] = {"us-east", "eu-west", "ap-south"};
+
+static void rl_run(harness_t *h, rl_t *w) {
+  w->h = h;
+  static const uint8_t currencies[] = {USD, JPY, BHD, EUR};
+  for (int i = 0; i < RL_ACCOUNTS; i++) {
+    w->ids[i] = open_in(h, currencies[i % 4], i % 9 == 0, rl_regions[(i / 4) % 3]);
+    uint8_t e = exponent_of(currencies[i % 4]);
+    int64_t amount = 100000;
+    for (uint8_t k = 0; k < e; k++) amount *= 10;
+    if (currencies[i % 4] == JPY) amount *= 100;
+    CHECK_EQ(deposit(h, w->ids[i], amount, e), ENGINE_OK);
+  }
+  char v1[1024];
+  snprintf(v1, sizeof v1,
+           "default_region ap-south\n"
+           "rule big amount threshold=5000.00 threshold.JPY=500000 action=hold\n"
+           "rule vel velocity window=10m count=4 action=flag\n"
+           "rule vamt velocity window=1h amount=20000.00 amount.JPY=2000000 action=reject\n"
+           "rule young new_account age=2h threshold=300.00 threshold.JPY=30000 action=flag\n"
+           "rule bl blocklist accounts=%llu,%llu action=flag\n"
+           "rule huge amount threshold=40000.00 threshold.JPY=4000000 action=reject\n",
+           (unsigned long long)w->ids[3], (unsigned long long)w->ids[7]);
+  snprintf(w->rules_v2, sizeof w->rules_v2,
+           "rule big amount threshold=3000.00 threshold.JPY=300000 threshold.BHD=2000 action=hold\n"
+           "rule vel velocity window=30m count=6 action=hold\n"
+           "rule vsum velocity window=2h amount=30000.00 action=flag\n"
+           "rule bl blocklist accounts=%llu action=reject\n"
+           "rule huge amount threshold=50000.00 currency=USD action=reject\n",
+           (unsigned long long)w->ids[5]);
+  RULES_SET(h, v1);
+  w->start_ms = h->now_ms;
+  for (int batch = 0; batch < RL_BATCHES; batch++) {
+    h->now_ms += rng_below(5) == 0 ? (int64_t)rng_below(50) : (int64_t)rng_below(300001);
+    if (batch == RL_BATCHES / 2) {
+      engine_cmd_t c = RULES_SET(h, w->rules_v2);
+      CHECK(c.rules_changed);
+      CHECK_EQ(c.rules_version, 2);
+      uint64_t records = h->records;
+      c = RULES_SET(h, w->rules_v2);
+      CHECK(!c.rules_changed);
+      CHECK_EQ(h->records, records);
+    }
+    h_begin(h);
+    unsigned per_batch = (unsigned)(1 + rng_below(5));
+    for (unsigned k = 0; k < per_batch; k++) {
+      unsigned op = (unsigned)rng_below(100);
+      if (op < 55) {
+        rl_single(w);
+      } else if (op < 70) {
+        rl_settle(w);
+      } else if (op < 82) {
+        rl_batch(w);
+      } else if (op < 95) {
+        rl_review(w);
+      } else if (op < 97) {
+        engine_cmd_t c = cmd_new(ENGINE_CMD_ACCOUNT_CREATE);
+        c.u.account_create.currency = currencies[rng_below(4)];
+        c.u.account_create.region = rng_below(4) == 0 ? "" : rl_regions[rng_below(3)];
+        CHECK_EQ(h_apply(h, &c), ENGINE_OK);
+        w->ids[rng_below(RL_ACCOUNTS)] = c.account.id;
+      } else {
+        engine_cmd_t c = cmd_new(rng_below(3) == 0 ? ENGINE_CMD_ACCOUNT_FREEZE : ENGINE_CMD_ACCOUNT_UNFREEZE);
+        c.u.account.account_id = w->ids[rng_below(RL_ACCOUNTS)];
+        h_apply(h, &c);
+      }
+    }
+    h_end(h);
+    if (batch % 400 == 0) CHECK_INVARIANTS(h);
+  }
+  h_tick(h, h->now_ms + 1000000); /* every timeout passes */
+}
+
+/* Every (day, region, currency) row recomputed from the transfers themselves: a movement is a
+ * non-pending transfer on its creation day, or a pending one that was posted, with the posted
+ * amount, on the day it was posted (updated_ms). No settlement entries used. */
+typedef struct my_row {
+  int32_t day;
+  uint16_t region;
+  uint8_t currency;
+  uint64_t count;
+  engine_wide_t volume, deposits, withdrawals;
+} my_row_t;
+
+static uint32_t rl_recompute(const engine_state_t *st, my_row_t *rows, uint32_t cap) {
+  uint32_t n = 0;
+  for (uint64_t i = 0; i < st->transfer_count; i++) {
+    const engine_transfer_t *t = &st->transfers[i];
+    if (t->flags & ENGINE_TF_SETTLEMENT) continue;
+    int64_t amount, when;
+    if (!(t->flags & ENGINE_TF_PENDING)) {
+      amount = t->amount_minor;
+      when = t->created_ms;
+    } else if (t->status == ENGINE_STATUS_POSTED) {
+      amount = t->posted_minor;
+      when = t->updated_ms;
+    } else {
+      continue;
+    }
+    uint64_t side = t->kind == ENGINE_KIND_DEPOSIT ? t->credit_account_id : t->debit_account_id;
+    uint16_t region = st->accounts[side - 1].region;
+    int32_t day = (int32_t)(when / 86400000);
+    uint32_t k = 0;
+    while (k < n && !(rows[k].day == day && rows[k].region == region && rows[k].currency == t->currency)) k++;
+    if (k == n) {
+      if (n == cap) return cap + 1;
+      memset(&rows[n], 0, sizeof rows[n]);
+      rows[n].day = day;
+      rows[n].region = region;
+      rows[n].currency = t->currency;
+      n++;
+    }
+    rows[k].count++;
+    rows[k].volume += amount;
+    if (t->kind == ENGINE_KIND_DEPOSIT) rows[k].deposits += amount;
+    if (t->kind == ENGINE_KIND_WITHDRAWAL) rows[k].withdrawals += amount;
+  }
+  return n;
+}
+
+static bool row_eq(const my_row_t *m, const engine_settlement_t *r) {
+  return m->day == r->day && m->region == r->region && m->currency == r->currency && m->count == r->count &&
+         m->volume == r->volume && m->deposits == r->deposits && m->withdrawals == r->withdrawals;
+}
+
+static void rl_check_settlements(harness_t *h) {
+  const engine_state_t *st = &h->st;
+  static my_row_t mine[4096];
+  uint32_t n = rl_recompute(st, mine, LEDGER_ARRAY_LEN(mine));
+  CHECK(n <= LEDGER_ARRAY_LEN(mine));
+  if (n > LEDGER_ARRAY_LEN(mine)) return;
+  /* Both ways: each of mine is a state row, each non-empty state row is one of mine. */
+  uint64_t live_rows = 0, zero_rows = 0, mismatches = 0;
+  for (uint64_t k = 0; k < st->settle_count; k++) {
+    const engine_settlement_t *r = &st->settle_rows[k];
+    if (r->count == 0) {
+      zero_rows++;
+      continue;
+    }
+    live_rows++;
+    uint32_t j = 0;
+    while (j < n && !(mine[j].day == r->day && mine[j].region == r->region && mine[j].currency == r->currency)) j++;
+    if (j == n || !row_eq(&mine[j], r)) {
+      if (mismatches++ < 5)
+        fprintf(stderr, "  settlement day %d region %u currency %u: state count %llu volume %lld, recomputed %s %llu %lld\n",
+                r->day, r->region, r->currency, (unsigned long long)r->count, (long long)r->volume,
+                j == n ? "(none)" : "", j == n ? 0ull : (unsigned long long)mine[j].count,
+                j == n ? 0ll : (long long)mine[j].volume);
+    }
+  }
+  CHECK_EQ(mismatches, 0);
+  CHECK_EQ(live_rows, n);
+  /* The read command, a day at a time and for every day at once. */
+  int32_t dmin = INT32_MAX, dmax = INT32_MIN;
+  unsigned regions_seen = 0, currencies_seen = 0;
+  for (uint32_t j = 0; j < n; j++) {
+    if (mine[j].day < dmin) dmin = mine[j].day;
+    if (mine[j].day > dmax) dmax = mine[j].day;
+    regions_seen |= 1u << (mine[j].region & 31);
+    currencies_seen |= 1u << mine[j].currency;
+  }
+  CHECK(dmax - dmin >= 2); /* at least three days */
+  CHECK(__builtin_popcount(regions_seen) >= 3);
+  CHECK(__builtin_popcount(currencies_seen) >= 3);
+  static engine_settlement_t got[4096];
+  for (int32_t day = dmin - 1; day <= dmax + 1; day++) {
+    engine_cmd_t c = cmd_new(ENGINE_CMD_SETTLEMENTS);
+    c.u.settlements.day_from = c.u.settlements.day_to = day;
+    c.u.settlements.cap = LEDGER_ARRAY_LEN(got);
+    c.u.settlements.rows = got;
+    state_read(st, &c);
+    CHECK_EQ(c.result, ENGINE_OK);
+    CHECK(!c.u.settlements.truncated);
+    uint32_t want = 0;
+    for (uint32_t j = 0; j < n; j++) want += mine[j].day == day;
+    CHECK_EQ(c.row_count, want);
+    for (uint32_t i = 0; i < c.row_count; i++) {
+      uint32_t j = 0;
+      while (j < n && !row_eq(&mine[j], &got[i])) j++;
+      CHECK(j < n);
+    }
+  }
+  /* Filters, and a cap that truncates. */
+  engine_cmd_t c = cmd_new(ENGINE_CMD_SETTLEMENTS);
+  c.u.settlements.day_from = dmin;
+  c.u.settlements.day_to = dmax;
+  c.u.settlements.has_region = true;
+  c.u.settlements.region = state_region_find(st, "eu-west");
+  c.u.settlements.currency = JPY;
+  c.u.settlements.cap = LEDGER_ARRAY_LEN(got);
+  c.u.settlements.rows = got;
+  state_read(st, &c);
+  uint32_t want = 0;
+  for (uint32_t j = 0; j < n; j++) want += mine[j].region == c.u.settlements.region && mine[j].currency == JPY;
+  CHECK(want > 0);
+  CHECK_EQ(c.row_count, want);
+  for (uint32_t i = 0; i < c.row_count; i++) CHECK(got[i].region == c.u.settlements.region && got[i].currency == JPY);
+  c.u.settlements.has_region = false;
+  c.u.settlements.currency = 0;
+  c.u.settlements.cap = 2;
+  state_read(st, &c);
+  CHECK_EQ(c.row_count, 2);
+  CHECK(c.u.settlements.truncated);
+  c.u.settlements.has_region = true;
+  c.u.settlements.region = 0; /* an unknown region name: nothing */
+  c.u.settlements.cap = LEDGER_ARRAY_LEN(got);
+  state_read(st, &c);
+  CHECK_EQ(c.row_count, 0);
+  fprintf(stderr, "settlements: %u rows over days %d..%d, %llu with count 0 left in the state\n", n, dmin, dmax,
+          (unsigned long long)zero_rows);
+}
+
+/* ---- search: every filter against a brute-force scan of the transfer table ---- */
+
+static int rl_extra_index(const harness_t *h, const engine_transfer_t *t) {
+  if (t->extra_len == 0 || t->extra_pos + t->extra_len > h->log_len) return -1;
+  for (size_t i = 0; i < LEDGER_ARRAY_LEN(rl_extras); i++)
+    if (strlen(rl_extras[i]) == t->extra_len && memcmp(h->log + t->extra_pos, rl_extras[i], t->extra_len) == 0) return (int)i;
+  return -1;
+}
+
+/* amount_minor (10^-exp) compared with digits (10^-scale): -1, 0, 1 */
+static int cmp_amount(int64_t minor, uint8_t exp, int64_t digits, uint8_t scale) {
+  engine_wide_t x = minor, y = digits;
+  for (uint8_t i = 0; i < scale; i++) x *= 10;
+  for (uint8_t i = 0; i < exp; i++) y *= 10;
+  return x < y ? -1 : x > y;
+}
+
+static bool brute_match(const harness_t *h, const engine_search_t *f, unsigned qmask, const engine_transfer_t *t) {
+  const engine_state_t *st = &h->st;
+  if (t->flags & ENGINE_TF_SETTLEMENT) return false;
+  if (f->account_id && t->debit_account_id != f->account_id && t->credit_account_id != f->account_id) return false;
+  if (f->kind >= 0 && t->kind != f->kind) return false;
+  if (f->status >= 0 && t->status != f->status) return false;
+  if (f->flagged >= 0 && (t->flags & ENGINE_TF_SUSPICIOUS ? 1 : 0) != f->flagged) return false;
+  if (f->has_region) {
+    uint64_t side = t->kind == ENGINE_KIND_DEPOSIT ? t->credit_account_id : t->debit_account_id;
+    if (st->accounts[side - 1].region != f->region) return false;
+  }
+  uint8_t e = exponent_of(t->currency);
+  if (f->has_min && cmp_amount(t->amount_minor, e, f->min_digits, f->min_scale) < 0) return false;
+  if (f->has_max && cmp_amount(t->amount_minor, e, f->max_digits, f->max_scale) > 0) return false;
+  if (t->created_ms < f->from_ms || t->created_ms >= f->to_ms) return false;
+  if (f->q[0]) {
+    int x = rl_extra_index(h, t);
+    if (x < 0 || !(qmask & (1u << x))) return false;
+  }
+  return true;
+}
+
+static void rl_check_search(harness_t *h, rl_t *w, int queries) {
+  const engine_state_t *st = &h->st;
+  uint64_t *want = malloc(st->transfer_count * sizeof *want + 8), *got = malloc(st->transfer_count * sizeof *got + 8);
+  static engine_transfer_t rows[1000];
+  if (!want || !got) exit(2);
+  static const uint32_t limits[] = {1, 2, 3, 5, 8, 50, 1000};
+  uint64_t total_matches = 0, nonempty = 0, failures_before = (uint64_t)check_failures;
+  for (int qn = 0; qn < queries; qn++) {
+    engine_search_t f;
+    memset(&f, 0, sizeof f);
+    f.kind = -1;
+    f.status = -1;
+    f.flagged = -1;
+    f.from_ms = INT64_MIN;
+    f.to_ms = INT64_MAX;
+    unsigned qmask = 0;
+    if (rng_below(10) < 3) {
+      unsigned k = (unsigned)rng_below(20);
+      f.account_id = k == 0 ? st->account_count + 3 : k == 1 ? USD : k == 2 ? 1 + rng_below(st->account_count) : w->ids[rng_below(RL_ACCOUNTS)];
+    }
+    if (rng_below(4) == 0) f.kind = (int16_t)rng_below(3);
+    if (rng_below(4) == 0) f.status = (int16_t)rng_below(3);
+    if (rng_below(10) < 3) f.flagged = (int8_t)rng_below(2);
+    if (rng_below(5) == 0) {
+      f.has_region = true;
+      f.region = (uint16_t)rng_below(atomic_load(&st->region_count) + 1);
+    }
+    if (rng_below(5) == 0) {
+      f.has_min = true;
+      f.min_scale = (uint8_t)rng_below(5);
+      f.min_digits = (int64_t)rng_below(2000000);
+    }
+    if (rng_below(5) == 0) {
+      f.has_max = true;
+      f.max_scale = (uint8_t)rng_below(5);
+      f.max_digits = (int64_t)rng_below(20000000);
+    }
+    int64_t span = h->now_ms - w->start_ms + 1;
+    if (rng_below(10) < 3) f.from_ms = w->start_ms + (int64_t)rng_below((uint64_t)span);
+    if (rng_below(10) < 3) f.to_ms = w->start_ms + (int64_t)rng_below((uint64_t)span);
+    if (st->read_extra && rng_below(7) == 0) {
+      size_t k = rng_below(LEDGER_ARRAY_LEN(rl_queries));
+      snprintf(f.q, sizeof f.q, "%s", rl_queries[k].q);
+      qmask = rl_queries[k].mask;
+    }
+    bool asc = rng_below(2) == 0;
+    uint32_t limit = limits[rng_below(LEDGER_ARRAY_LEN(limits))];
+    uint64_t nwant = 0, ngot = 0;
+    for (uint64_t i = 0; i < st->transfer_count; i++) {
+      const engine_transfer_t *t = &st->transfers[asc ? i : st->transfer_count - 1 - i];
+      if (brute_match(h, &f, qmask, t)) want[nwant++] = t->no;
+    }
+    uint64_t cursor = 0, pages = 0;
+    bool bad_row = false;
+    do {
+      engine_cmd_t c = cmd_new(ENGINE_CMD_TRANSFER_SEARCH);
+      c.u.search.filter = f;
+      c.u.search.ascending = asc;
+      c.u.search.cursor_no = cursor;
+      c.u.search.limit = limit;
+      c.u.search.rows = rows;
+      state_read(st, &c);
+      CHECK_EQ(c.result, ENGINE_OK);
+      CHECK(c.row_count <= limit);
+      for (uint32_t i = 0; i < c.row_count && ngot < st->transfer_count; i++) {
+        got[ngot++] = rows[i].no;
+        if (rows[i].no == 0 || rows[i].no > st->transfer_count ||
+            memcmp(&rows[i], &st->transfers[rows[i].no - 1], sizeof rows[i]) != 0)
+          bad_row = true;
+      }
+      cursor = c.next_cursor;
+    } while (cursor != 0 && ++pages <= st->transfer_count + 2);
+    CHECK(!bad_row);
+    CHECK_EQ(cursor, 0);
+    bool same = ngot == nwant;
+    for (uint64_t i = 0; same && i < ngot; i++) same = got[i] == want[i];
+    if (!same) {
+      check_failures++;
+      fprintf(stderr,
+              "%s:%d: search %d: got %llu rows, want %llu (account %llu kind %d status %d flagged %d region %d/%u "
+              "min %d:%lld/%u max %d:%lld/%u from %lld to %lld q \"%s\" %s limit %u)\n",
+              __FILE__, __LINE__, qn, (unsigned long long)ngot, (unsigned long long)nwant,
+              (unsigned long long)f.account_id, f.kind, f.status, f.flagged, f.has_region, f.region, f.has_min,
+              (long long)f.min_digits, f.min_scale, f.has_max, (long long)f.max_digits, f.max_scale,
+              (long long)f.from_ms, (long long)f.to_ms, f.q, asc ? "asc" : "desc", limit);
+      for (uint64_t i = 0; i < ngot || i < nwant; i++) {
+        uint64_t g = i < ngot ? got[i] : 0, x = i < nwant ? want[i] : 0;
+        if (g != x) {
+          fprintf(stderr, "  first difference at %llu: got %llu, want %llu\n", (unsigned long long)i,
+                  (unsigned long long)g, (unsigned long long)x);
+          break;
+        }
+      }
+    }
+    total_matches += nwant;
+    nonempty += nwant > 0;
+    if ((uint64_t)check_failures - failures_before > 20) break;
+  }
+  CHECK(nonempty > (uint64_t)queries / 3);
+  fprintf(stderr, "search: %d queries, %llu with results, %llu rows in all\n", queries, (unsigned long long)nonempty,
+          (unsigned long long)total_matches);
+  free(want);
+  free(got);
+}
+
+static void test_rules_workload(void) {
+  harness_t h;
+  h_init(&h, 600000);
+  h.st.read_extra = rl_read_extra;
+  h.st.read_extra_ctx = &h;
+  rl_t *w = calloc(1, sizeof *w);
+  if (!w) exit(2);
+  uint64_t seed = rng_state;
+  rng_state = 0x9e3779b97f4a7c15ull;
+  rl_run(&h, w);
+  const engine_state_t *st = &h.st;
+  uint64_t held = 0, flagged_n = 0, expired = 0, settled_pending = 0, open = 0;
+  for (uint64_t i = 0; i < st->transfer_count; i++) {
+    const engine_transfer_t *t = &st->transfers[i];
+    if (t->flags & ENGINE_TF_SETTLEMENT) continue;
+    held += (t->flags & ENGINE_TF_HELD) != 0;
+    flagged_n += (t->flags & ENGINE_TF_SUSPICIOUS) != 0;
+    expired += (t->flags & ENGINE_TF_EXPIRED) != 0;
+    settled_pending += (t->flags & ENGINE_TF_PENDING) && t->status != ENGINE_STATUS_PENDING;
+  }
+  for (uint64_t k = 0; k < st->suspicious_count; k++) open += st->suspicious[k].status == ENGINE_SUSPICIOUS_OPEN;
+  fprintf(stderr,
+          "rules workload: %llu transfers, %llu flagged (%llu held), %llu entries (%llu open), %llu cleared, %llu confirmed,"
+          " %llu posted, %llu partial, %llu voided, %llu expired, %llu atomic aborted, %llu partial batches, %llu rule rejections\n",
+          (unsigned long long)st->transfer_count, (unsigned long long)flagged_n, (unsigned long long)held,
+          (unsigned long long)st->suspicious_count, (unsigned long long)open, (unsigned long long)w->cleared,
+          (unsigned long long)w->confirmed, (unsigned long long)w->posted, (unsigned long long)w->partial,
+          (unsigned long long)w->voided, (unsigned long long)expired, (unsigned long long)w->atomic_aborted,
+          (unsigned long long)w->nonatomic_partial, (unsigned long long)w->by_result[ENGINE_R_RULE_REJECTED]);
+  /* The workload really exercised what it is meant to. */
+  CHECK(st->transfer_count > 3000);
+  CHECK(held > 20);
+  CHECK(flagged_n > 100);
+  CHECK(w->cleared > 10 && w->confirmed > 10);
+  CHECK(w->posted > 20 && w->partial > 20 && w->voided > 20);
+  CHECK(expired > 5);
+  CHECK(settled_pending > 50);
+  CHECK(w->atomic_aborted > 20 && w->nonatomic_partial > 20);
+  CHECK(w->by_result[ENGINE_R_RULE_REJECTED] > 10);
+  CHECK(w->by_result[ENGINE_R_UNDER_REVIEW] > 0);
+  CHECK_EQ(st->rules.version, 2);
+  CHECK_INVARIANTS(&h);
+  CHECK_REPLAY(&h);
+  rl_check_settlements(&h);
+  rl_check_search(&h, w, 400);
+  free(w);
+  h_free(&h);
+  rng_state = seed;
+}
+
 /* ------------------------------------------------------------ codec and replay */
 
 /* encode -> decode gives back the command the state machine needs. */
@@ -1374,5 +3182,15 @@ int main(void) {
   test_workload_determinism();
   test_codec_round_trip();
   test_replay_rejects_impossible_commands();
+  test_rules_parse();
+  test_rules_amount();
+  test_rules_velocity();
+  test_rules_reject_changes_nothing();
+  test_rules_new_account_blocklist();
+  test_rules_actions();
+  test_rules_versions();
+  test_rules_atomic_rollback();
+  test_rules_review();
+  test_rules_workload();
   return check_report("test_engine_state");
 }
