@@ -495,13 +495,15 @@ static void money_done(api_req_t *r) {
  * caller); only its owner (a customer) or an admin may add money to it. Then the deposit is
  * recorded as the operator, keyed (idempotency) to the caller. */
 static void deposit_after_check(api_req_t *r) {
-  if (!engine_ok(r)) return;
   compat_req_t *q = creq(r);
   engine_cmd_t *c = api_req_cmd(r);
-  if (c->role != ENGINE_ROLE_CUSTOMER && c->role != ENGINE_ROLE_ADMIN) {
+  /* The role first: an auditor gets 403 whether or not the account exists (as on v1). */
+  if (c->result >= 0 && c->result != ENGINE_R_UNAUTHENTICATED && c->role != ENGINE_ROLE_CUSTOMER &&
+      c->role != ENGINE_ROLE_ADMIN) {
     compat_fail(r, q->family, 403, "Forbidden");
     return;
   }
+  if (!engine_ok(r)) return;
   uint64_t caller = c->principal_id;
   int n = snprintf(q->extra, sizeof q->extra,
                    "{\"metadata\":{\"compat_route\":\"%s\",\"requested_by\":\"%s:%llu\"}}",
