@@ -114,7 +114,7 @@ typedef struct conn {
   size_t wlen, woff;
   char *rbuf;
   size_t rlen;
-  uint64_t sent_ns, flow_start_ns;
+  uint64_t sent_ns, flow_start_ns, used_ns;
   unsigned step;
   uint64_t user;
   uint64_t acct[2];
@@ -153,6 +153,7 @@ static void conn_open(conn_t *c) {
   struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = c};
   if (epoll_ctl(B.ep, EPOLL_CTL_ADD, fd, &ev) != 0) die("epoll_ctl failed");
   c->fd = fd;
+  c->used_ns = now_ns();
   if (!c->rbuf && !(c->rbuf = malloc(CB_RBUF_BYTES))) die("out of memory");
   c->rlen = 0;
 }
@@ -169,8 +170,18 @@ static void conn_flush(conn_t *c) {
   }
 }
 
+/* The server closes a connection that sent nothing for its header timeout (10 s) or idled past
+ * its keep-alive limit: a connection unused for CB_IDLE_REOPEN_NS is reopened before use. */
+#define CB_IDLE_REOPEN_NS (5ull * 1000000000ull)
+static void conn_reopen(conn_t *c) {
+  close(c->fd); /* also leaves the epoll set */
+  conn_open(c);
+}
+
 /* Queues one request on c. cookie: send the microfin session cookie; bearer: send B.auth. */
 static void send_req(conn_t *c, const char *method, const char *path, const char *body, bool bearer) {
+  if (now_ns() - c->used_ns > CB_IDLE_REOPEN_NS) conn_reopen(c);
+  c->used_ns = now_ns();
   size_t blen = body ? strlen(body) : 0;
   char cookie[CB_TOKEN_BYTES + 16] = "";
   if (c->cookie[0]) snprintf(cookie, sizeof cookie, "Cookie: %s\r\n", c->cookie);
@@ -360,7 +371,11 @@ static void on_answer(conn_t *c, int status, const char *hdr, size_t hlen, const
 static void conn_read(conn_t *c) {
   for (;;) {
     ssize_t r = read(c->fd, c->rbuf + c->rlen, CB_RBUF_BYTES - c->rlen);
-    if (r == 0) die("the server closed a connection");
+    if (r == 0 && !c->waiting) { /* an idle connection closed by the server: fine */
+      conn_reopen(c);
+      return;
+    }
+    if (r == 0) die("the server closed a connection with a request in flight");
     if (r < 0) {
       if (errno == EAGAIN) return;
       if (errno == EINTR) continue;
