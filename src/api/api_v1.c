@@ -188,7 +188,7 @@ static void req_free(api_req_t *r) {
   free(r->results);
   free(r->rows);
   free(r->batch_extra);
-  if (r->ext) free(r->ext); /* compat state: plain data, wiped by compat where it held secrets */
+  free(r->ext); /* compat state: plain data, no secrets (compat wipes its bodies itself) */
   free(r);
 }
 

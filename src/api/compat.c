@@ -182,6 +182,7 @@ static void jw_account_number(jw_t *w, uint64_t id) {
 
 /* An error in the family's own shape; 401 adds WWW-Authenticate, 503 Retry-After. */
 static void compat_fail(api_req_t *r, uint8_t family, int status, const char *message) {
+  LEDGER_ASSERT(status >= 400 && status < 600 && message != NULL);
   jw_t *w = api_req_writer(r);
   if (family == FAM_MICROFIN) {
     jw_lit(w, "{\"message\":");
@@ -249,6 +250,7 @@ static const char *result_message(int res, uint8_t family) {
 /* The engine's answer when it is not a success: false after answering. */
 static bool engine_ok(api_req_t *r) {
   const engine_cmd_t *c = api_req_cmd(r);
+  LEDGER_ASSERT(creq(r) != NULL && c->result < ENGINE_R_COUNT);
   uint8_t family = creq(r)->family;
   if (c->result < 0) {
     compat_fail(r, family, 503, "The ledger stopped; the outcome is unknown: retry with the same Idempotency-Key");
@@ -505,6 +507,7 @@ static void deposit_after_check(api_req_t *r) {
   }
   if (!engine_ok(r)) return;
   uint64_t caller = c->principal_id;
+  LEDGER_ASSERT(c->kind == ENGINE_CMD_ACCOUNT_GET && q->in.kind == ENGINE_KIND_DEPOSIT);
   int n = snprintf(q->extra, sizeof q->extra,
                    "{\"metadata\":{\"compat_route\":\"%s\",\"requested_by\":\"%s:%llu\"}}",
                    q->family == FAM_MICROFIN ? "microfin.deposit" : "banking.balance",
@@ -534,6 +537,8 @@ static bool submit_money(api_req_t *r, unsigned kind, uint64_t debit, uint64_t c
                          api_error_t *e) {
   compat_req_t *q = creq(r);
   engine_cmd_t *c = api_req_cmd(r);
+  LEDGER_ASSERT(amt->digits > 0 && kind <= ENGINE_KIND_WITHDRAWAL);
+  LEDGER_ASSERT(kind == ENGINE_KIND_DEPOSIT ? debit == 0 && credit != 0 : debit != 0);
   memset(&q->in, 0, sizeof q->in);
   q->in.kind = (uint8_t)kind;
   q->in.debit_account_id = debit;
@@ -605,6 +610,7 @@ static void history_read(api_req_t *r) {
   if (!engine_ok(r)) return;
   const engine_cmd_t *c = api_req_cmd(r);
   const compat_req_t *q = creq(r);
+  LEDGER_ASSERT(q->route == C_TRANSACTIONS && c->row_count <= c->u.history.limit);
   jw_t *w = api_req_writer(r);
   jw_lit(w, "[");
   for (uint32_t i = 0; i < c->row_count; i++) {
@@ -647,6 +653,7 @@ static bool query_u64(const http_request_t *h, const char *name, uint64_t max, u
 
 /* Allocates the request's state; rows for a history read. */
 static bool state_new(api_req_t *r, croute_t rt, uint32_t rows) {
+  LEDGER_ASSERT(rt > C_NONE && rt < C_ROUTES && *api_req_ext(r) == NULL);
   compat_req_t *q = calloc(1, sizeof *q + (size_t)rows * sizeof(engine_history_row_t));
   if (!q) return false;
   q->route = rt;
