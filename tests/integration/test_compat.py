@@ -142,6 +142,9 @@ def microfin(ck, srv, admin):
         for raw in ("{", "[]", '{"name":"A"} x', '{"name":"A","name":"B"}', "", '"str"'):
             r = ann.c.request("POST", "/api/signup/", raw=raw)
             ck.check(f"signup body {raw!r}: 400 message", r.status == 400 and "message" in (r.json or {}), r.describe())
+        big = '{"name":"A","email":"big@example.com","password":"%s","pad":"%s"}' % ("p" * 12, "x" * 70000)
+        r = ann.c.request("POST", "/api/signup/", raw=big)
+        ck.check("a body over 64 KiB: 413 with a message", r.status == 413 and "message" in (r.json or {}), r.describe())
         r = ann.c.request("GET", "/api/signup/")
         ck.eq("GET /api/signup/: 405", (r.status, r.json), (405, {"message": "Method not allowed"}))
 
@@ -149,6 +152,10 @@ def microfin(ck, srv, admin):
         r = ann.c.post("/api/signin/", {"email": ann.email, "password": "wrong password!"})
         ck.eq("wrong password: 401", (r.status, r.json), (401, {"message": "Invalid email or password"}))
         ck.check("wrong password: no cookie", "set-cookie" not in r.headers)
+        for body in ({"email": ann.email}, {"password": "x" * 12}, {"email": 5, "password": "x" * 12}):
+            r = ann.c.post("/api/signin/", body)
+            ck.check(f"signin {sorted(body)}: 400 with a message", r.status == 400 and set(r.json or {}) == {"message"},
+                     r.describe())
         r = ann.c.post("/api/signin/", {"email": "nobody@example.com", "password": "whatever-long"})
         ck.eq("unknown email: the same 401", (r.status, r.json), (401, {"message": "Invalid email or password"}))
         r = ann.signin()
@@ -167,6 +174,9 @@ def microfin(ck, srv, admin):
         anon = Micro(srv)
         r = anon.req("POST", "/api/accountGeneration/")
         ck.eq("accountGeneration without a session: 401", (r.status, r.json), (401, MICRO_401))
+        for path in ("/api/deposit/", "/api/withdraw/", "/api/transfer/"):
+            r = anon.req("POST", path, {"accountNumber": acct(11), "amount": 1})
+            ck.eq(f"{path} without a session: 401 (before the body is read)", (r.status, r.json), (401, MICRO_401))
         r = anon.req("POST", "/api/accountGeneration/", headers={"Cookie": "sessionId=lds_nope"})
         ck.eq("accountGeneration with an unknown session: 401", (r.status, r.json), (401, MICRO_401))
         r = ann.req("GET", "/api/accountGeneration/")
@@ -278,6 +288,13 @@ def microfin(ck, srv, admin):
         _, aud = make_key(admin, "auditor")
         r = Client(srv.host, srv.port, token=aud).post("/api/deposit/", {"accountNumber": acct(a1), "amount": 5})
         ck.eq("an auditor may read but not deposit: 403", (r.status, r.json), (403, {"message": "Forbidden"}))
+        ac = Client(srv.host, srv.port, token=aud)
+        r = ac.request("PUT", f"/api/users/{a1}/balance", body={"amount": 5})
+        ck.eq("an auditor on the banking PUT: 403", (r.status, r.json),
+              (403, {"success": False, "error": {"message": "Forbidden", "code": 403}}))
+        r = ac.post("/process_transaction", {"from": a1, "to": b1, "amount": 1})
+        ck.eq("an auditor on the Flask route: 403", (r.status, r.json), (403, {"error": "Forbidden"}))
+        ck.status("an auditor may read: GET /balance/{id}", ac.get(f"/balance/{a1}"), 200)
         r = admin.post("/api/deposit/", {"accountNumber": acct(b1), "amount": 5})
         ck.status("an admin may deposit into anyone's account", r, 200)
         ck.eq("bob's balance", admin.balance(b1), "205.00")
