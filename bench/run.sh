@@ -22,7 +22,8 @@
 #     (it logs the most; snapshots it triggers do not land in the other figures); in full, a
 #     perf profile of the server during an extra transfer run and an extra batch run;
 #  3. full only: bench/pgbench.sh (PostgreSQL, same workload) and bench/recovery.sh
-#     (1 M accounts, 10 M transfers: memory, disk, time to ready), each on its own server.
+#     (1 M accounts, 10 M transfers: memory, disk, time to ready), each on its own server;
+#  4. bench/compat.sh: the seed systems' scenarios against ledgerd --compat (issue 5).
 # Every ledgerd runs on a free loopback port with a fresh data directory (pinned to CPU 0 when
 # there are two CPUs or more) and with rate limiting ON at 1M/s (burst 1M) per address and per
 # credential for reads and writes: far above what the benchmark sends, so the limiter's cost is
@@ -384,6 +385,9 @@ if [ "$PROFILE" = full ]; then
     run_script recovery REC "$HERE/recovery.sh" "$BIN" 1000000 10000000
 fi
 
+# ---- 4. compatibility scenarios (issue 5): bench/compat.sh, its own servers (full < 90 s) ----
+run_script compat COMPAT "$HERE/compat.sh" "$BIN" "$PROFILE"
+
 # ---- the goal table ----
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.3f", a / b }'; }
 # fmt V -> V rounded, with thousands separators ("-" when empty); fmtv: the same, "" when empty.
@@ -467,6 +471,7 @@ row "  search (issue 4), page of 50, ms: newest/acct" "$(val "$(kv "$REC_LINE" s
 row "  search ms: flagged / unindexed bounded scan" "$(val "$(kv "$REC_LINE" search_flagged_ms)" -)/$(val "$(kv "$REC_LINE" search_scan_ms)" -)" "(recovery.sh server)" "" "" ""
 echo "perf profiles: $PERF_STATE"
 echo "pgbench.sh: $PG_STATE; recovery.sh: $REC_STATE"
+echo "compat.sh (issue 5 scenarios, docs/performance.md): $COMPAT_STATE; ${COMPAT_LINE#compat }"
 
 TA=$(median "${CMP_T_AUTH[@]}"); TN=$(median "${CMP_T_NOAUTH[@]}")
 BA=$(median "${CMP_B_AUTH[@]}"); BN=$(median "${CMP_B_NOAUTH[@]}")

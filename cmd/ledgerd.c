@@ -26,6 +26,7 @@ static void usage(void) {
           "               [--session-ttl-s S] [--argon2-opslimit N --argon2-memlimit-kib N]\n"
           "               [--no-auth] [--list-routes] [--rate-limit NAME=RATE/BURST | --rate-limit off]\n"
           "               [--config FILE] [--time-offset-s S]\n"
+          "               [--compat [--compat-open]]\n"
           "  rate-limit names: signin.addr signin.user write.addr write.cred read.addr read.cred\n"
           "  --listen 127.0.0.1:0 picks a free port; the line 'listening on http://ADDR:PORT'\n"
           "  is printed once ready. On a new ledger the first admin credential is written to\n"
@@ -36,7 +37,10 @@ static void usage(void) {
           "  on the line after the http one.\n"
           "  --config FILE: the risk rules and default region (docs/rules.md); without it the\n"
           "  built-in rule flags transfers of 10,000.00 or more. SIGHUP or POST /v1/rules/reload\n"
-          "  re-reads it. --time-offset-s (tests only) runs the ledger's clock S seconds ahead.\n");
+          "  re-reads it. --time-offset-s (tests only) runs the ledger's clock S seconds ahead.\n"
+          "  --compat serves the seed systems' routes (docs/compat.md); --compat-open lets their\n"
+          "  banking-API and Flask routes run without a credential, as the operator: UNSAFE,\n"
+          "  loopback only. --compat --list-routes lists the compat routes too.\n");
 }
 
 /* "off", or NAME=RATE/BURST (rate per second, burst tokens). */
@@ -68,6 +72,10 @@ static bool parse_u64(const char *s, uint64_t max, uint64_t *out) {
   if (errno || *end || s[0] < '0' || s[0] > '9' || v > max) return false;
   *out = v;
   return true;
+}
+
+static bool loopback_host(const char *h) {
+  return strcmp(h, "127.0.0.1") == 0 || strcmp(h, "::1") == 0 || strcmp(h, "localhost") == 0;
 }
 
 /* ---- the optional TLS listener: a second http server, TLS on every connection, sharing the
@@ -166,7 +174,7 @@ int main(int argc, char **argv) {
   const char *listen = "127.0.0.1:8080", *data_dir = NULL;
   uint64_t queue_max = ENGINE_QUEUE_COMMANDS_MAX;
   tls_opts_t tls = {0};
-  bool no_auth = false;
+  bool no_auth = false, list_routes = false;
   api_config_t ac = {0};
   api_rate_defaults(ac.rates);
   uint64_t session_ttl_s = AUTH_SESSION_TTL_S_DEFAULT;
@@ -191,13 +199,12 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--argon2-memlimit-kib") == 0 && v) ok = parse_u64(v, 1u << 21, &argon_mem_kib) && argon_mem_kib >= 8;
     else if (strcmp(a, "--no-auth") == 0) { no_auth = true; i--; }
     else if (strcmp(a, "--rate-limit") == 0 && v) ok = parse_rate(v, &ac);
-    else if (strcmp(a, "--list-routes") == 0) { api_print_routes(stdout); return 0; }
+    else if (strcmp(a, "--list-routes") == 0) { list_routes = true; i--; }
+    else if (strcmp(a, "--compat") == 0) { ac.compat = true; i--; }
+    else if (strcmp(a, "--compat-open") == 0) { ac.compat_open = true; i--; }
     else if (strcmp(a, "--config") == 0 && v) config_path = v;
     else if (strcmp(a, "--time-offset-s") == 0 && v) ok = parse_u64(v, 10ull * 366 * 86400, &time_offset_s);
-    else if (strcmp(a, "--compat") == 0 || strcmp(a, "--compat-open") == 0) {
-      fprintf(stderr, "ledgerd: %s is not supported yet (see docs/api.md)\n", a);
-      return 2;
-    } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+    else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       usage();
       return 0;
     } else {
@@ -210,6 +217,15 @@ int main(int argc, char **argv) {
       return 2;
     }
     i++;
+  }
+  if (ac.compat_open && !ac.compat) {
+    fprintf(stderr, "ledgerd: --compat-open needs --compat\n");
+    return 2;
+  }
+  if (list_routes) {
+    api_print_routes(stdout);
+    if (ac.compat) api_print_compat_routes(stdout);
+    return 0;
   }
   if (!data_dir) {
     fprintf(stderr, "ledgerd: --data-dir is required\n");
@@ -234,6 +250,11 @@ int main(int argc, char **argv) {
     threads = n > 1 ? (uint64_t)n : 1;
   }
   if (!tls_opts_check(&tls, threads, no_auth)) return 2;
+  /* --compat-open runs the banking-API and Flask routes as the operator, like --no-auth. */
+  if (ac.compat_open && (!loopback_host(host) || (tls.listen != NULL && !loopback_host(tls.host)))) {
+    fprintf(stderr, "ledgerd: --compat-open serves unauthenticated money routes: loopback addresses only\n");
+    return 2;
+  }
 
   /* Each connection is a descriptor: raise the soft limit to the hard one. */
   struct rlimit nofile;

@@ -46,6 +46,8 @@ typedef struct api_config {
   api_rate_rule_t rates[API_RL_COUNT];
   struct auth_pool *hash_pool; /* Argon2id workers (src/auth) */
   bool no_auth;                /* every request runs as the operator (local use, benchmarks) */
+  bool compat;      /* serve the seed systems' routes (docs/compat.md) */
+  bool compat_open; /* with compat: the banking-API and Flask routes need no credential (loopback only) */
   uint32_t session_ttl_s;
   const char *rules_path;  /* --config FILE: risk rules (docs/rules.md); NULL = built-in */
   int64_t time_offset_ms;  /* tests only: the engine's clock offset (for "today") */
@@ -62,6 +64,8 @@ LEDGER_MUST_USE int api_create(const api_config_t *config, api_t **out);
 /* Route table, for `ledgerd --list-routes` and the authorization-matrix test: one line per
  * route, "METHOD PATH AUTH" (AUTH: none | any | ...). */
 void api_print_routes(void *file);
+/* The same for the compatibility routes (ledgerd --compat --list-routes). */
+void api_print_compat_routes(void *file);
 /* On a ledger with no users and no API keys: creates the admin API key "bootstrap" and writes
  * it to DATA_DIR/bootstrap-admin-key (0600); path_out gets that path ("" when nothing was
  * needed). Main thread, after engine_open. */

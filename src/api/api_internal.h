@@ -62,4 +62,31 @@ void json_arena_end(void);
 /* Query strings: finds key, percent-decodes its value into buf. Returns false if absent. */
 bool query_get(const char *query, size_t query_len, const char *key, char *buf, size_t cap, bool *too_long);
 
+/* ---- the compat module (src/api/compat*.c), served through the v1 request machinery ----
+ * All on the request's net thread. A compat handler either answers now (api_req_send,
+ * api_req_limited, api_req_unavailable: each frees the request) or hands it to the engine
+ * (api_req_submit) or the password pool (api_req_signin/signup) and answers from `next`/`then`
+ * on the same net thread once the engine completed. `*api_req_ext(r)` is the handler's own
+ * state: malloc'd by it, freed with the request. */
+typedef struct api_req api_req_t;
+bool compat_handle(api_req_t *r); /* false: not a compat path (the request is untouched) */
+engine_cmd_t *api_req_cmd(api_req_t *r);
+const http_request_t *api_req_http(const api_req_t *r);
+bool api_req_compat_open(const api_req_t *r);
+void **api_req_ext(api_req_t *r);
+const char *api_req_token(const api_req_t *r); /* a new session token (sign-in), "" otherwise */
+jw_t *api_req_writer(api_req_t *r);            /* this thread's response writer, reset */
+void api_req_send(api_req_t *r, int status, const char *headers); /* the writer's JSON; frees r */
+void api_req_submit(api_req_t *r, void (*next)(api_req_t *r));   /* next != NULL */
+uint32_t api_req_rate(api_req_t *r, api_rl_rule_t rule, const void *id, size_t len); /* 0 or Retry-After s */
+void api_req_limited(api_req_t *r, uint32_t retry_s);                             /* 429, v1 body */
+void api_req_unavailable(api_req_t *r, const char *code, const char *message);   /* 503, v1 body */
+/* The v1 sign-in / sign-up paths (same rate limits, Argon2id pool, audit events); `then` runs
+ * when the engine has answered the final command: SESSION_CREATE or SIGNIN_FAILED (sign-in),
+ * USER_CREATE (sign-up). False with *e set on a client error (nothing submitted). */
+bool api_req_signin(api_req_t *r, const char *username, const char *password, void (*then)(api_req_t *r),
+                    api_error_t *e);
+bool api_req_signup(api_req_t *r, const char *username, const char *email, const char *password,
+                    void (*then)(api_req_t *r), api_error_t *e);
+
 #endif

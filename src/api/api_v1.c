@@ -54,6 +54,7 @@ typedef enum {
   R_SETTLEMENTS,
   R_SETTLEMENTS_CSV,
   R_METHOD_NOT_ALLOWED,
+  R_COMPAT, /* every compatibility route (src/api/compat.c); not listed with the v1 routes */
   R_COUNT
 } route_t;
 
@@ -92,6 +93,7 @@ static const char *const route_names[R_COUNT] = {
     [R_SETTLEMENTS] = "GET /v1/settlements",
     [R_SETTLEMENTS_CSV] = "GET /v1/reports/settlements.csv",
     [R_METHOD_NOT_ALLOWED] = "method_not_allowed",
+    [R_COMPAT] = "compat",
 };
 
 /* Routes anyone may call without a credential. Every other route needs one (401 without). */
@@ -136,6 +138,7 @@ struct api {
   ratelimit_rule_t rules[API_RL_COUNT];
   auth_pool_t *hash_pool;
   bool no_auth;
+  bool compat, compat_open; /* --compat, --compat-open (src/api/compat.c) */
   uint32_t session_ttl_s;
   const char *rules_path; /* --config, NULL = built-in rules */
   int64_t time_offset_ms;
@@ -170,6 +173,8 @@ typedef struct api_req {
   char extra[LEDGER_EXTRA_BYTES_MAX];
   char *batch_extra; /* batch: all items' extras */
   engine_rules_t *rules; /* rules reload / get */
+  void (*then)(struct api_req *r); /* compat: answers instead of the v1 rendering */
+  void *ext;                       /* compat: its per-request state (freed with the request) */
   struct api_req *next;
 } api_req_t;
 
@@ -202,6 +207,7 @@ static void req_free(api_req_t *r) {
   free(r->rows);
   free(r->batch_extra);
   free(r->rules);
+  free(r->ext); /* compat state: plain data, no secrets (compat wipes its bodies itself) */
   free(r);
 }
 
@@ -1045,6 +1051,7 @@ static void api_wakeup(void *arg) {
     fifo->resume = NULL;
     atomic_fetch_sub_explicit(&api->in_flight, 1, memory_order_relaxed);
     if (step) step(fifo); /* a further stage: it answers or hands the request on again */
+    else if (fifo->then) fifo->then(fifo); /* a compat route renders its own answer */
     else complete(fifo);
     fifo = n;
   }
@@ -1773,6 +1780,9 @@ static void users_after_hash(api_req_t *r) {
   submit(r);
 }
 
+static bool signup_begin(api_req_t *r, const char *username, const char *email, const char *password,
+                         api_error_t *e);
+
 static bool build_user_create(api_req_t *r, const cJSON *body, api_error_t *e) {
   static const char *const fields[] = {"username", "password", "email", "role", NULL};
   const char *username, *password, *email;
@@ -1782,6 +1792,14 @@ static bool build_user_create(api_req_t *r, const cJSON *body, api_error_t *e) {
       !get_string(body, "password", true, AUTH_PASSWORD_BYTES_MIN, AUTH_PASSWORD_BYTES_MAX, &password, e) ||
       !get_string(body, "email", false, 3, ENGINE_EMAIL_BYTES_MAX, &email, e) || !get_role(body, false, &role, e))
     return false;
+  r->cmd.u.auth.role = role;
+  return signup_begin(r, username, email, password, e);
+}
+
+/* Sign-up once the fields are read (also compat's microfin sign-up); the caller then hands
+ * the hashing job to the pool (to_pool(r, users_after_hash)). */
+static bool signup_begin(api_req_t *r, const char *username, const char *email, const char *password,
+                         api_error_t *e) {
   if (!valid_username(username)) {
     api_err(e, 400, "invalid_request", "'username' takes letters, digits and . _ - @");
     return false;
@@ -1792,7 +1810,6 @@ static bool build_user_create(api_req_t *r, const cJSON *body, api_error_t *e) {
   }
   snprintf(r->username, sizeof r->username, "%s", username);
   snprintf(r->email, sizeof r->email, "%s", email ? email : "");
-  r->cmd.u.auth.role = role;
   if (!new_job(r, AUTH_JOB_HASH, password)) {
     api_err(e, 503, "overloaded", "out of memory");
     return false;
@@ -1801,6 +1818,10 @@ static bool build_user_create(api_req_t *r, const cJSON *body, api_error_t *e) {
 }
 
 static void sessions_after_failure(api_req_t *r) {
+  if (r->then) { /* compat sign-in: its own 401 body */
+    r->then(r);
+    return;
+  }
   fail(r, 401, "unauthorized", "missing or invalid credentials");
 }
 
@@ -1842,6 +1863,8 @@ static void sessions_after_lookup(api_req_t *r) {
   to_pool(r, sessions_after_verify);
 }
 
+static bool signin_begin(api_req_t *r, const char *username, const char *password, api_error_t *e);
+
 static bool build_session_create(api_req_t *r, const cJSON *body, api_error_t *e) {
   static const char *const fields[] = {"username", "password", NULL};
   const char *username, *password;
@@ -1849,6 +1872,12 @@ static bool build_session_create(api_req_t *r, const cJSON *body, api_error_t *e
       !get_string(body, "username", true, 1, ENGINE_USERNAME_BYTES_MAX, &username, e) ||
       !get_string(body, "password", true, 1, AUTH_PASSWORD_BYTES_MAX, &password, e))
     return false;
+  return signin_begin(r, username, password, e);
+}
+
+/* Sign-in once the fields are read (also compat's microfin sign-in): per-username rate limit,
+ * then USER_LOOKUP -> Argon2id verify on the pool -> SESSION_CREATE or SIGNIN_FAILED. */
+static bool signin_begin(api_req_t *r, const char *username, const char *password, api_error_t *e) {
   snprintf(r->username, sizeof r->username, "%s", username);
   uint32_t wait = rl_take(r, API_RL_SIGNIN_USER, r->username, strlen(r->username), 1.0);
   if (wait) {
@@ -2204,6 +2233,11 @@ void api_handle(http_request_t *h, void *ctx) {
   size_t nseg;
   r->route = route_of(h, segs, &nseg);
   snprintf(r->cmd.client_addr, sizeof r->cmd.client_addr, "%s", h->remote_addr ? h->remote_addr : "");
+  if (r->route == R_NOT_FOUND && api->compat) { /* --compat: the seed systems' routes */
+    r->route = R_COMPAT;
+    if (compat_handle(r)) return;
+    r->route = R_NOT_FOUND;
+  }
   if (!authenticate(r)) {
     fail(r, 401, "unauthorized", "missing or invalid credentials");
     return;
@@ -2248,6 +2282,8 @@ int api_create(const api_config_t *config, api_t **out) {
   api->engine = config->engine;
   api->hash_pool = config->hash_pool;
   api->no_auth = config->no_auth;
+  api->compat = config->compat;
+  api->compat_open = config->compat && config->compat_open;
   api->session_ttl_s = config->session_ttl_s ? config->session_ttl_s : AUTH_SESSION_TTL_S_DEFAULT;
   api->rules_path = config->rules_path;
   api->time_offset_ms = config->time_offset_ms;
@@ -2274,3 +2310,51 @@ void api_destroy(api_t *api) {
 }
 
 uint64_t api_in_flight(const api_t *api) { return atomic_load(&api->in_flight); }
+
+/* ------------------------------------------------------------ for the compat module */
+/* src/api/compat.c serves the seed systems' routes through the same machinery: these are
+ * thin doors into it (api_internal.h documents them); nothing here knows a compat route. */
+
+engine_cmd_t *api_req_cmd(api_req_t *r) { return &r->cmd; }
+const http_request_t *api_req_http(const api_req_t *r) { return r->http; }
+bool api_req_compat_open(const api_req_t *r) { return r->api->compat_open; }
+void **api_req_ext(api_req_t *r) { return &r->ext; }
+const char *api_req_token(const api_req_t *r) { return r->token; }
+
+jw_t *api_req_writer(api_req_t *r) {
+  jw_t *w = &r->api->out[r->http->thread_index].w;
+  jw_reset(w);
+  return w;
+}
+
+void api_req_send(api_req_t *r, int status, const char *headers) { finish_json(r, status, headers); }
+
+void api_req_submit(api_req_t *r, void (*next)(api_req_t *r)) {
+  LEDGER_ASSERT(next != NULL); /* compat answers from its own step, never from complete_ok */
+  r->resume = next;
+  submit(r);
+}
+
+uint32_t api_req_rate(api_req_t *r, api_rl_rule_t rule, const void *id, size_t len) {
+  return rl_take(r, rule, id, len, 1.0);
+}
+
+void api_req_limited(api_req_t *r, uint32_t retry_s) { fail_limited(r, retry_s); }
+void api_req_unavailable(api_req_t *r, const char *code, const char *message) { fail(r, 503, code, message); }
+
+bool api_req_signin(api_req_t *r, const char *username, const char *password, void (*then)(api_req_t *r),
+                    api_error_t *e) {
+  if (!signin_begin(r, username, password, e)) return false;
+  r->then = then;
+  submit(r);
+  return true;
+}
+
+bool api_req_signup(api_req_t *r, const char *username, const char *email, const char *password,
+                    void (*then)(api_req_t *r), api_error_t *e) {
+  r->cmd.u.auth.role = 0; /* a customer */
+  if (!signup_begin(r, username, email, password, e)) return false;
+  r->then = then;
+  to_pool(r, users_after_hash);
+  return true;
+}

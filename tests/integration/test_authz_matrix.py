@@ -12,7 +12,7 @@ kind of caller must get:
 A new route without a row, or a row for a route that no longer exists, fails the test. Every
 request is built fresh for each caller (new accounts, transfers, keys, users made by the admin)
 so that one caller's write never changes what the next one sees. Besides the status:
-401s are byte-identical with `WWW-Authenticate: Bearer`; a refused write changes nothing;
+v1 401s are byte-identical (compat routes answer in their system's shape) with `WWW-Authenticate: Bearer`; a refused write changes nothing;
 a 401/403/404 for an existing object is byte-identical to the answer for a missing one (no
 existence leak); customers' lists hold only their own accounts."""
 
@@ -76,6 +76,28 @@ EXPECT = {
     "GET /v1/settlements":               row(401, 403, 403, 200, 200),
     "GET /v1/reports/settlements.csv":   row(401, 403, 403, 200, 200),
 }
+# Compatibility routes (docs/compat.md; the server here runs with --compat, without
+# --compat-open). Their error bodies are the seed systems' shapes, not v1's.
+COMPAT_EXPECT = {
+    "POST /api/signup/":                 row(201, 201, 201, 201, 201),  # open, like POST /v1/users
+    "POST /api/signin/":                 row(200, 200, 200, 200, 200),  # open, like POST /v1/sessions
+    "GET /api/accountGeneration/":       row(401, 201, 201, 403, 201),
+    "POST /api/accountGeneration/":      row(401, 201, 201, 403, 201),
+    # A customer may deposit into its own account here (recorded as the operator after an
+    # ownership check); auditors never (docs/compat.md, docs/security.md).
+    "POST /api/deposit/":                row(401, 200, 404, 403, 200),
+    "POST /api/withdraw/":               row(401, 200, 404, 403, 200),
+    "POST /api/transfer/":               row(401, 200, 404, 403, 200),
+    "GET /api/users/{id}":               row(401, 200, 404, 200, 200),
+    "PUT /api/users/{id}/balance":       row(401, 200, 404, 403, 200),
+    "POST /process_transaction":         row(401, 200, 404, 403, 200),
+    "POST /transaction":                 row(401, 200, 404, 403, 200),
+    "GET /balance/{id}":                 row(401, 200, 404, 200, 200),
+    "GET /transactions":                 row(401, 200, 404, 200, 200),
+    "GET /suspicious":                   row(401, 403, 403, 200, 200),  # GET /v1/suspicious
+}
+EXPECT.update(COMPAT_EXPECT)
+COMPAT_MISSING = 900_000_000_000  # fits a 12-digit microfin account number, never created here
 
 
 class Req:
@@ -94,6 +116,9 @@ class Ctx:
         self.signin_user = uniq("signin-target")
         self.signin_pw = new_password()
         r = create_user(admin, self.signin_user, self.signin_pw)
+        assert r.status == 201, r.describe()
+        self.compat_email = uniq("compat-signin") + "@example.com"  # a microfin user (docs/compat.md)
+        r = create_user(admin, self.compat_email, self.signin_pw)
         assert r.status == 201, r.describe()
         self.owner = None
 
@@ -421,6 +446,71 @@ def b_audit(ctx, caller):
     return Req("GET", "/v1/audit", after=after)
 
 
+def acct12(n):
+    return f"{n:012d}"
+
+
+def b_c_signup(ctx, caller):
+    return Req("POST", "/api/signup/", {"name": "N", "email": uniq("signup") + "@example.com",
+                                        "password": new_password()})
+
+
+def b_c_signin(ctx, caller):
+    return Req("POST", "/api/signin/", {"email": ctx.compat_email, "password": ctx.signin_pw})
+
+
+def b_c_account_gen(method):
+    def b(ctx, caller):
+        return Req(method, "/api/accountGeneration/")
+    return b
+
+
+def b_c_microfin_money(path, kind):
+    def b(ctx, caller):
+        a = ctx.account(funded=kind != "deposit")
+        if kind == "transfer":
+            body = {"senderAccountNumber": acct12(a), "receiverAccountNumber": acct12(ctx.house), "amount": 2}
+            miss = dict(body, senderAccountNumber=acct12(COMPAT_MISSING))
+        else:
+            body = {"accountNumber": acct12(a), "amount": 3}
+            miss = dict(body, accountNumber=acct12(COMPAT_MISSING))
+        return Req("POST", path, body, after=changes_only_on_success(ctx, a, 200), missing=(path, miss))
+    return b
+
+
+def b_c_user_get(ctx, caller):
+    a = ctx.account()
+    return Req("GET", f"/api/users/{a}", missing=(f"/api/users/{MISSING_ACCOUNT}", None))
+
+
+def b_c_user_balance(ctx, caller):
+    a = ctx.account()
+    return Req("PUT", f"/api/users/{a}/balance", {"amount": 3}, after=changes_only_on_success(ctx, a, 200),
+               missing=(f"/api/users/{MISSING_ACCOUNT}/balance", None))
+
+
+def b_c_flask_txn(path):
+    def b(ctx, caller):
+        a = ctx.account(funded=True)
+        return Req("POST", path, {"from": a, "to": ctx.house, "amount": 2}, after=changes_only_on_success(ctx, a, 200),
+                   missing=(path, {"from": MISSING_ACCOUNT, "to": ctx.house, "amount": 2}))
+    return b
+
+
+def b_c_balance(ctx, caller):
+    a = ctx.account()
+    return Req("GET", f"/balance/{a}", missing=(f"/balance/{MISSING_ACCOUNT}", None))
+
+
+def b_c_transactions(ctx, caller):
+    a = ctx.account(funded=True)
+    return Req("GET", f"/transactions?account_id={a}", missing=(f"/transactions?account_id={MISSING_ACCOUNT}", None))
+
+
+def b_c_suspicious(ctx, caller):
+    return Req("GET", "/suspicious")
+
+
 BUILDERS = {
     "GET /healthz": b_healthz,
     "GET /readyz": b_readyz,
@@ -454,11 +544,26 @@ BUILDERS = {
     "POST /v1/suspicious/{id}/review": b_review,
     "GET /v1/settlements": b_settlements,
     "GET /v1/reports/settlements.csv": b_settlements_csv,
+    "POST /api/signup/": b_c_signup,
+    "POST /api/signin/": b_c_signin,
+    "GET /api/accountGeneration/": b_c_account_gen("GET"),
+    "POST /api/accountGeneration/": b_c_account_gen("POST"),
+    "POST /api/deposit/": b_c_microfin_money("/api/deposit/", "deposit"),
+    "POST /api/withdraw/": b_c_microfin_money("/api/withdraw/", "withdraw"),
+    "POST /api/transfer/": b_c_microfin_money("/api/transfer/", "transfer"),
+    "GET /api/users/{id}": b_c_user_get,
+    "PUT /api/users/{id}/balance": b_c_user_balance,
+    "POST /process_transaction": b_c_flask_txn("/process_transaction"),
+    "POST /transaction": b_c_flask_txn("/transaction"),
+    "GET /balance/{id}": b_c_balance,
+    "GET /transactions": b_c_transactions,
+    "GET /suspicious": b_c_suspicious,
 }
 
 
 def list_routes():
-    p = subprocess.run([os.path.join(bin_dir(), "ledgerd"), "--list-routes"], capture_output=True, timeout=60)
+    p = subprocess.run([os.path.join(bin_dir(), "ledgerd"), "--compat", "--list-routes"], capture_output=True,
+                       timeout=60)
     routes = {}
     for line in p.stdout.decode().splitlines():
         parts = line.split()
@@ -495,7 +600,7 @@ def main(ck):
             anon = expected_for(EXPECT[route]["anon"], Principal("anon", None, "anon"))[0]
             ck.check(f"{route}: listed as {kind}, anonymous gets {anon}", (kind == "open") == (anon != 401))
 
-    srv = Server(extra_args=FAST_ARGON2 + RAISED_SIGNIN)
+    srv = Server(extra_args=["--compat"] + FAST_ARGON2 + RAISED_SIGNIN)
     srv.start()
     admin = srv.client()
     ctx = Ctx(srv, admin)
@@ -528,9 +633,10 @@ def main(ck):
                 resp = send(ctx, caller, req)
                 ck.status(label, resp, status, code)
                 if status == 401:
-                    ck.eq(f"{label}: the one 401 body", resp.body, UNAUTHORIZED_BODY)
+                    if route not in COMPAT_EXPECT:  # compat routes answer in their system's shape
+                        ck.eq(f"{label}: the one 401 body", resp.body, UNAUTHORIZED_BODY)
                     ck.eq(f"{label}: WWW-Authenticate", resp.headers.get("www-authenticate"), "Bearer")
-                if status == 403:
+                if status == 403 and route not in COMPAT_EXPECT:
                     ck.eq(f"{label}: code forbidden", resp.code, "forbidden")
                 if req.after:
                     req.after(ck, label, caller, resp)

@@ -39,11 +39,14 @@ CURS = ["USD", "JPY", "BHD"]
 REGIONS = ["us-east", "eu-west", "ap-south", "sa-east"]
 DEFAULT_REGION = "eu-west"  # config default_region; eu-west accounts are created without region
 # flag rule: USD >= 5000.00, BHD >= 5000.000, JPY >= 500000 (per-currency override)
-FLAG_MINOR = {"USD": 500_000, "BHD": 5_000_000, "JPY": 500_000}
+FLAG_MINOR = {"USD": 500_000, "BHD": 5_000_000, "JPY": 500_000, "CHF": 500_000}
 CONFIG = f"""# test_search.py
 default_region {DEFAULT_REGION}
 rule big amount threshold=5000.00 threshold.JPY=500000 action=flag   # trailing comment
+rule hold-bhd amount currency=BHD threshold=9000.000 action=hold
 """
+HOLD_BHD = 9_000_000
+BULK = int(os.environ.get("LEDGER_SEARCH_BULK", "106000"))  # > 100,000: one request's scan bound
 SMALL = {"USD": (1, 30_000), "JPY": (1, 30_000), "BHD": (1, 300_000)}
 BIG = {"USD": (500_000, 700_000), "JPY": (500_000, 700_000), "BHD": (5_000_000, 7_000_000)}
 XSS = "XSS<script>alert(1)</script>&\"'END"
@@ -70,6 +73,10 @@ def uuid7_like():
     return f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
+def held_expected(cur, amt):
+    return cur == "BHD" and amt >= HOLD_BHD
+
+
 class Model:
     def __init__(self):
         self.acct = {}   # id -> dict(cur, region, owner, bal, pdr, floored)
@@ -83,7 +90,8 @@ class Model:
         region = self.acct[cr]["region"] if kind == "deposit" else self.acct[dr]["region"]
         self.tr[tid] = dict(id=tid, seq=len(self.order), kind=kind, dr=dr, cr=cr, cur=cur, amt=amt, status=status,
                             desc=desc, meta=meta, region=region, created_at=created_at,
-                            flag_expected=amt >= FLAG_MINOR[cur], flagged=None, posted_amt=None)
+                            flag_expected=amt >= FLAG_MINOR[cur] or held_expected(cur, amt),
+                            held=held_expected(cur, amt), flagged=None, posted_amt=None)
         self.order.append(tid)
         if status == "posted":
             self.acct[dr]["bal"] -= amt
@@ -136,6 +144,11 @@ def main(ck):
             bad_params(ck, srv, c, env)
         with ck.section("receipts"):
             receipts(ck, srv, c, m, env)
+        if BULK:
+            with ck.section(f"bulk: {BULK} more transfers, bounded scans, short pages"):
+                t1 = time.monotonic()
+                bulk(ck, srv, c, m, env)
+                log(f"# bulk section: {time.monotonic() - t1:.1f}s")
         ck.check("no 500 answered during the whole run", not c.seen_500 and not env["seen_500"],
                  "; ".join((c.seen_500 + env["seen_500"])[:5]))
         c.close()
@@ -211,6 +224,7 @@ def build(ck, srv, c, m, env):
         for i in range(3):
             amt = (BIG[cur][0] + rnd.randrange(1000)) if i == 0 and rnd.random() < 0.5 else rnd.randrange(*SMALL[cur]) * 20
             record(c.deposit(aid, fmt(amt, cur)), "deposit", CASH_ID[cur], aid, amt)
+    held_ops(ck, c, m, env, accts, record)
     # the bulk: batches of transfers, as the admin
     pend_ids = []
     rejected = 0
@@ -331,6 +345,41 @@ def build(ck, srv, c, m, env):
         env["seen_500"].extend(cl.seen_500)
 
 
+def review(ck, c, tid, decision):
+    items, _ = c.paginate("/v1/suspicious?status=open&rule=hold-bhd", limit=1000)
+    e = next((x for x in items if x.get("transfer_id") == tid), None)
+    if not ck.check(f"open hold-bhd entry for {tid}", e is not None):
+        return False
+    r = c.post(f"/v1/suspicious/{e['id']}/review", {"decision": decision})
+    return ck.status(f"review {decision} of held {tid} -> 200", r, 200)
+
+
+def held_ops(ck, c, m, env, accts, record):
+    """Transfers held by the hold-bhd rule: a deposit cleared (posted), a transfer confirmed
+    (voided), a transfer and a batch item left under review (pending)."""
+    h1, h2 = [x for x in accts["admin"] if m.acct[x]["cur"] == "BHD"][:2]
+    a_bhd = [x for x in accts["A"] if m.acct[x]["cur"] == "BHD"][0]
+    b_bhd = [x for x in accts["B"] if m.acct[x]["cur"] == "BHD"][0]
+    for _ in range(7):
+        record(c.deposit(h2, "4500.000"), "deposit", CASH_ID["BHD"], h2, 4_500_000)
+    d = record(c.deposit(h1, "9500.000"), "deposit", CASH_ID["BHD"], h1, 9_500_000)
+    t1 = record(c.transfer(h2, a_bhd, "9000.000", description="held then confirmed"), "transfer", h2, a_bhd,
+                9_000_000, "held then confirmed")
+    t2 = record(c.transfer(h2, b_bhd, "9100.000", metadata={"note": "Held Open"}), "transfer", h2, b_bhd, 9_100_000,
+                None, {"note": "Held Open"})
+    r = c.post("/v1/transfers/batch", {"transfers": [{"debit_account_id": h2, "credit_account_id": h1,
+                                                      "amount": "9200.000", "description": "held batch item"}]})
+    res = ((r.json or {}).get("results") or [{}])[0]
+    ck.eq("a batch item over the hold threshold -> status pending (held)", res.get("status"), "pending")
+    if res.get("status") == "pending":
+        m.add(res["id"], "transfer", h2, h1, 9_200_000, "pending", "held batch item")
+    ck.eq("held deposit/transfers are pending", [m.tr[x]["status"] for x in (d, t1, t2)], ["pending"] * 3)
+    if review(ck, c, d, "clear"):
+        m.settle(d, 9_500_000)
+    if review(ck, c, t1, "confirm"):
+        m.settle(t1, 0)
+
+
 def refresh(ck, c, m, env):
     """GET every transfer: created_at and flags into the model; the rest must equal it."""
     env["objs"] = objs = {}
@@ -353,8 +402,8 @@ def refresh(ck, c, m, env):
         if t["posted_amt"] is not None and j.get("posted_amount") != fmt(t["posted_amt"], t["cur"]):
             bad.append((tid, "posted_amount", j.get("posted_amount"), fmt(t["posted_amt"], t["cur"])))
         flagged = "suspicious" in (j.get("flags") or [])
-        if flagged != t["flag_expected"] or (flagged and j.get("flags") != ["suspicious"]) \
-                or (not flagged and "flags" in j):
+        want_flags = ["suspicious", "held"] if t["held"] else ["suspicious"] if t["flag_expected"] else None
+        if j.get("flags") != want_flags or (want_flags is None and "flags" in j):
             flag_bad.append((tid, t["amt"], t["cur"], j.get("flags")))
         if j.get("rules_version") != 1:
             rv_bad.append((tid, j.get("rules_version")))
@@ -363,7 +412,8 @@ def refresh(ck, c, m, env):
         if t["created_at"] is None or not TIME_RE.match(str(t["created_at"])):
             bad.append((tid, "created_at", t["created_at"]))
     ck.check(f"all {len(m.order)} transfers read back equal to the model", not bad, bad[:3])
-    ck.check("flags ['suspicious'] exactly on the transfers at or over the rule's threshold (no key otherwise)",
+    ck.check("flags ['suspicious'] on the transfers at or over the flag threshold, ['suspicious','held'] on held "
+             "ones (also once reviewed), no key otherwise",
              not flag_bad, flag_bad[:4])
     ck.check("every transfer carries rules_version 1", not rv_bad, rv_bad[:3])
     n_flag = sum(1 for t in m.tr.values() if t["flagged"])
@@ -538,7 +588,7 @@ def targeted(ck, srv, c, m, env):
               "a window without transfers")
     # q: case-insensitive substring of description or metadata values (not keys)
     for q in ("rent", "RENT", "Rent March", "café", "Zürich", "zür", "日本", "\"hello\"", "o'brien", "<b>", "&", "%",
-              "💸", "inv-2026", "ref-abc", "customer", "#", "/", "\\", "q\"d", "x'y", "Ω"):
+              "💸", "inv-2026", "ref-abc", "customer", "#", "/", "\\", "e\"d", "x'y", "Ω", "held open"):
         run_query(ck, m, env, c, "admin", {"q": q}, 25, f"q={q!r}")
     run_query(ck, m, env, c, "admin", {"q": "a" * 64}, 5, "q of 64 chars")
     run_query(ck, m, env, c, "admin", {"q": "é" * 33}, 5, "q of 33 two-byte chars (66 bytes; the spec counts chars)")
@@ -573,6 +623,40 @@ def targeted(ck, srv, c, m, env):
     aud = Client(srv.host, srv.port, token=env["aud_key"])
     run_query(ck, m, env, aud, "auditor", {"kind": "withdrawal"}, 40, "auditor sees everything")
     aud.close()
+    paging_while_writing(ck, c, m, env)
+
+
+def paging_while_writing(ck, c, m, env):
+    """Newest first with a cursor while new transfers are created between pages: the walk
+    continues below the cursor, so it returns exactly what matched when it started."""
+    for params in ({}, {"kind": "deposit"}):
+        want = expected(m, params, "admin")
+        got, pages, cursor, new = [], 0, None, 0
+        while True:
+            p = dict(params, limit=37)
+            if cursor:
+                p["cursor"] = cursor
+            r = c.get("/v1/transfers?" + qs(p))
+            if r.status != 200:
+                ck.status("search page while writing", r, 200)
+                return
+            got.extend(x["id"] for x in r.json["data"])
+            pages += 1
+            cursor = r.json.get("next_cursor")
+            if cursor is None or pages > 500:
+                break
+            if pages % 5 == 1:  # a new deposit between pages
+                aid = env["accts"]["admin"][pages % len(env["accts"]["admin"])]
+                cur = m.acct[aid]["cur"]
+                r = c.deposit(aid, fmt(1, cur))
+                if r.status == 201:
+                    m.add(r.json["id"], "deposit", CASH_ID[cur], aid, 1, "posted", created_at=r.json["created_at"])
+                    m.tr[r.json["id"]]["flagged"] = False
+                    env["objs"][r.json["id"]] = c.get(f"/v1/transfers/{r.json['id']}").json
+                    new += 1
+        ck.check(f"newest-first paging ({qs(params) or 'no filter'}) with {new} deposits created meanwhile: "
+                 f"exactly the {len(want)} transfers that matched at the start", got == want,
+                 describe_diff(m, got, want))
 
 
 def rand_time(rnd, m):
@@ -697,6 +781,132 @@ def bad_params(ck, srv, c, env):
     anon.close()
 
 
+# ---------------------------------------------------------------------------- bulk
+
+def bulk(ck, srv, c, m, env):
+    """BULK CHF transfers among 4 admin accounts in region bulk-zone, 1/4 with a description,
+    a needle word in 3 of them (start, middle, end), a few pending and flagged ones; then two
+    withdrawals. Queries whose matches are far apart must page through short or empty pages
+    and still return every match exactly once, in order."""
+    rnd = env["rnd"]
+    m.acct.setdefault(CASH_ID["CHF"], dict(cur="CHF", region="system", owner=0, bal=0, pdr=0, floored=False))
+    accts = []
+    for _ in range(4):
+        r = c.post("/v1/accounts", {"currency": "CHF", "region": "bulk-zone"})
+        accts.append(r.json["id"])
+        m.acct[r.json["id"]] = dict(cur="CHF", region="bulk-zone", owner="admin", bal=0, pdr=0, floored=True)
+    first_ts = None
+    for a in accts:
+        r = c.deposit(a, "1000000.00")
+        m.add(r.json["id"], "deposit", CASH_ID["CHF"], a, 100_000_000, r.json["status"],
+              created_at=r.json["created_at"])
+        m.tr[r.json["id"]]["flagged"] = "suspicious" in (r.json.get("flags") or [])
+        first_ts = first_ts or r.json["created_at"]
+    needles = {5, BULK // 2, BULK - 7}
+    flagged_at = {BULK // 5, BULK // 3, (3 * BULK) // 4}
+    sent, undated = 0, []
+    while sent < BULK:
+        n = min(8190, BULK - sent)
+        items, plan = [], []
+        for k in range(sent, sent + n):
+            dr, cr = rnd.sample(accts, 2)
+            amt = 600_000 if k in flagged_at else rnd.randrange(1, 100)
+            it = {"debit_account_id": dr, "credit_account_id": cr, "amount": fmt(amt, "CHF")}
+            desc = None
+            if k in needles:
+                desc = f"bulk line {k} NeedLe-7Q"
+            elif k % 4 == 0:
+                desc = f"bulk line {k}"
+            if desc:
+                it["description"] = desc
+            pend = k % 10007 == 3
+            if pend:
+                it["pending"] = True
+            items.append(it)
+            plan.append((dr, cr, amt, desc, pend))
+        r = c.post("/v1/transfers/batch", {"transfers": items})
+        if r.status != 200:
+            raise AssertionError(f"bulk batch failed: {r.describe()}")
+        for (dr, cr, amt, desc, pend), res in zip(plan, r.json["results"]):
+            if res.get("status") == "error":
+                raise AssertionError(f"bulk item refused: {res}")
+            m.add(res["id"], "transfer", dr, cr, amt, res["status"], desc)
+            undated.append(res["id"])
+        sent += n
+    for a in accts[:2]:
+        r = c.withdraw(a, "1.00")
+        m.add(r.json["id"], "withdrawal", a, CASH_ID["CHF"], 100, r.json["status"], created_at=r.json["created_at"])
+        undated.append(r.json["id"])
+    # created_at of every bulk item, from the accounts' histories
+    seen = {}
+    for a in accts:
+        items, _ = c.paginate(f"/v1/accounts/{a}/transfers?from={quote(first_ts)}", limit=1000)
+        for e in items:
+            tr = e["transfer"]
+            if not tr.get("pending_id"):
+                seen[tr["id"]] = (tr["created_at"], tr.get("flags"))
+    missing = [x for x in undated if x not in seen]
+    ck.check("every bulk transfer is in its accounts' histories", not missing, missing[:3])
+    for x in undated:
+        if x in seen:
+            t = m.tr[x]
+            t["created_at"], flags = seen[x]
+            t["flagged"] = "suspicious" in (flags or [])
+    bad_flags = [x for x in undated if x in seen and m.tr[x]["flagged"] != m.tr[x]["flag_expected"]]
+    ck.check("bulk: flagged exactly the items over the threshold", not bad_flags, bad_flags[:3])
+    env["bulk_ids"] = set(undated)
+    env["short_pages"] = 0
+    bulk_acct = accts[0]
+    ts = sorted({m.tr[x]["created_at"] for x in undated if x in seen})  # distinct times
+    log(f"# bulk: {len(undated)} transfers over {len(ts)} distinct created_at values")
+    queries = [("admin", {"q": "needle-7q"}, 10), ("admin", {"q": "NEEDLE-7Q", "order": "asc"}, 2),
+               ("admin", {"kind": "withdrawal"}, 5), ("admin", {"kind": "deposit", "region": "bulk-zone"}, 3),
+               ("admin", {"status": "pending", "region": "bulk-zone", "order": "asc"}, 7),
+               ("admin", {"flagged": "true", "account_id": bulk_acct}, 4), ("admin", {"flagged": "true"}, 9),
+               ("admin", {"min_amount": "50.00", "max_amount": "60.00"}, 6),
+               ("admin", {"from": ts[len(ts) // 3], "to": ts[(2 * len(ts)) // 3], "q": "LINE 5"}, 1000),
+               ("admin", {"account_id": bulk_acct, "status": "pending"}, 1),
+               ("admin", {"region": "sa-east", "kind": "transfer", "order": "asc"}, 500),
+               ("admin", {"flagged": "true", "from": ts[3], "order": "asc"}, 2),
+               ("admin", {"flagged": "true", "to": ts[10]}, 3),
+               ("admin", {"flagged": "true", "from": ts[2], "to": ts[12], "region": "bulk-zone"}, 1),
+               ("admin", {"account_id": bulk_acct, "from": ts[5], "to": ts[9]}, 1000),
+               ("admin", {"account_id": bulk_acct, "q": "needle", "order": "asc"}, 1),
+               ("admin", {"flagged": "false", "region": "bulk-zone", "kind": "deposit"}, 2),
+               ("A", {"q": "needle"}, 3), ("B", {"kind": "deposit"}, 5), ("A", {"flagged": "true"}, 2),
+               ("B", {"status": "pending", "order": "asc"}, 2)]
+    for who, params, limit in queries:
+        cl = c if who == "admin" else env["clients"][who]
+        want = expected(m, params, who)
+        got, pages, short, problem = follow_counting(cl, params, limit)
+        env["short_pages"] += short
+        label = f"bulk [{who}] {qs(params)} limit={limit}: {len(want)} results in {pages} pages ({short} short)"
+        ck.check(label, problem is None and got == want, problem or describe_diff(m, got, want))
+    log(f"# bulk: {env['short_pages']} short or empty pages with a non-null next_cursor seen")
+
+
+def follow_counting(client, params, limit, max_pages=20000):
+    ids, pages, short = [], 0, 0
+    cursor = None
+    while True:
+        p = dict(params, limit=limit)
+        if cursor is not None:
+            p["cursor"] = cursor
+        r = client.get("/v1/transfers?" + qs(p))
+        pages += 1
+        if r.status != 200:
+            return ids, pages, short, f"page {pages}: {r.describe()}"
+        data = r.json["data"]
+        ids.extend(x["id"] for x in data)
+        cursor = r.json.get("next_cursor")
+        if cursor is None:
+            return ids, pages, short, None
+        if len(data) < limit:
+            short += 1
+        if pages >= max_pages:
+            return ids, pages, short, "too many pages"
+
+
 # ---------------------------------------------------------------------------- receipts
 
 DIGEST_RE = re.compile(rb"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
@@ -708,6 +918,8 @@ def receipt_checks(ck, c, m, env, tid, name):
         return None
     ctype = r.headers.get("content-type", "")
     ck.eq(f"receipt {name}: content-type", ctype.replace(" ", "").lower(), "text/html;charset=utf-8")
+    ck.check(f"receipt {name}: Content-Security-Policy default-src 'none' (docs/rules.md)",
+             "default-src 'none'" in r.headers.get("content-security-policy", ""), r.headers)
     body = r.body
     text = html.unescape(body.decode("utf-8", errors="replace"))
     t = m.tr[tid]

@@ -197,9 +197,12 @@ def main(ck):
             ck.check(f"day {day}: no 500 answered", not c.seen_500, "; ".join(c.seen_500[:3]))
             c.close()
             log(f"# day {day} done at {time.monotonic() - t0:.1f}s")
-            if day < 2:
+            if day == 0:
                 rc = srv.stop(timeout=30)
                 ck.eq(f"day {day}: server exits 0 on SIGTERM", rc, 0, srv.stderr_tail(300))
+            elif day == 1:
+                srv.kill()  # day 2 starts from a crash: settlements rebuilt by replaying the log
+                log("# day 1 ended with SIGKILL")
         final_server_checks(ck, srv)
         log(f"# total {time.monotonic() - t0:.1f}s for {N_TRANSFERS} transfers")
     finally:
@@ -296,6 +299,8 @@ def run_day(ck, srv, c, m, st, day):
              f"{accepted} accepted, {rejected} rejected")
     # atomic batches: one that fails (nothing counts), one that succeeds
     atomic_batches(ck, c, m, accts, day, rnd)
+    if day == 2:
+        atomic_abort_new_rows(ck, c, m)
     # the batch pendings: post full, post part, void, leave for tomorrow
     for tid in batch_pendings:
         x = rnd.random()
@@ -348,7 +353,7 @@ def setup(ck, srv, c, m, st):
 def held_setup(ck, c, m, st):
     """Day 0: fund bhd_rich below the hold threshold, make three held transfers."""
     rich = st["bhd_rich"]
-    for _ in range(5):
+    for _ in range(7):
         r = c.deposit(rich, "4000.000")
         ck.status("BHD deposit 4000.000 (below the hold threshold) 201 posted", r, 201)
         ck.eq("BHD deposit 4000.000 not held", (r.json or {}).get("status"), "posted")
@@ -363,6 +368,33 @@ def held_setup(ck, c, m, st):
         ck.eq(f"held transfer {name}: flags suspicious+held", t.get("flags"), ["suspicious", "held"])
         m.reserve(t["id"], "transfer", rich, credit, amt, held=True)
         st["held"][name] = t["id"]
+    # a client two-phase transfer that a rule also holds: the review clears the hold, the
+    # client posts it (tomorrow): it counts on the post's day, with the posted amount
+    r = c.transfer(rich, dst[2], "6500.000", pending=True)
+    t = r.json or {}
+    ck.eq("pending:true over the hold threshold: status pending, flags suspicious+held",
+          (r.status, t.get("status"), t.get("flags")), (201, "pending", ["suspicious", "held"]))
+    if r.status == 201:
+        m.reserve(t["id"], "transfer", rich, dst[2], 6_500_000, held=True)
+        st["held"]["h-client-pending"] = t["id"]
+        ck.status("client post of its held pending transfer under review -> 422 under_review",
+                  c.post(f"/v1/transfers/{t['id']}/post", {}), 422, "under_review")
+        e = suspicious_entry(c, t["id"])
+        r = c.post(f"/v1/suspicious/{e['id']}/review", {"decision": "clear"}) if e else None
+        ck.check("clearing the hold of a client pending transfer leaves it pending (nothing counted)",
+                 r is not None and r.status == 200 and (r.json.get("transfer") or {}).get("status") == "pending",
+                 r.describe() if r is not None else "no entry")
+        st["leftover_posts"] = [(t["id"], 6_000_000)]  # posted in part on day 1
+    # an idempotent repeat counts once
+    usd = st["accts"]["by_cur"]["USD"][3]
+    key = "settle-idem-1"
+    r1 = c.deposit(usd, "12.34", key=key)
+    r2 = c.deposit(usd, "12.34", key=key)
+    ck.check("idempotent deposit repeat: same id, Idempotent-Replayed", r1.status == 201 and r2.status == 201
+             and r1.json.get("id") == r2.json.get("id") and r2.headers.get("idempotent-replayed") == "true",
+             f"{r1.describe()} / {r2.describe()}")
+    if r1.status == 201:
+        m.posted(r1.json["id"], "deposit", CASH_ID["USD"], usd, 1234, r1.json["created_at"])
     r = c.post(f"/v1/transfers/{st['held']['h-clear-day1']}/post", {})
     ck.status("post of a held transfer under review -> 422 under_review", r, 422, "under_review")
     r = c.post(f"/v1/transfers/{st['held']['h-clear-day1']}/void")
@@ -374,6 +406,7 @@ def held_setup(ck, c, m, st):
           ((r.json or {}).get("status"), (r.json or {}).get("flags")), ("posted", ["suspicious"]))
     if r.status == 201:
         m.posted(r.json["id"], "deposit", CASH_ID["USD"], usd, 1_000_000, r.json["created_at"])
+        st["flagged_deposit"] = r.json["id"]
 
 
 def suspicious_entry(c, tid):
@@ -405,6 +438,20 @@ def held_day(ck, c, m, st, day):
     if day == 0:
         review(ck, c, m, h["h-clear-day0"], "clear", "held transfer cleared on day 0")
     elif day == 1:
+        for tid, amt in st.get("leftover_posts", []):
+            if tid in m.pending:
+                post(ck, c, m, tid, amt)
+                ck.eq("the client's once-held pending transfer, posted in part on day 1",
+                      (c.get(f"/v1/transfers/{tid}").json or {}).get("status"), "posted")
+        # reviewing a flagged (not held) transfer changes only the entry: nothing counts again
+        fid = st.get("flagged_deposit")
+        if fid:
+            items, _ = c.paginate("/v1/suspicious?status=open&rule=large-amount", limit=1000)
+            e = next((x for x in items if x.get("transfer_id") == fid), None)
+            r = c.post(f"/v1/suspicious/{e['id']}/review", {"decision": "confirm"}) if e else None
+            ck.check("confirming a flagged (posted) deposit: 200, the transfer stays posted",
+                     r is not None and r.status == 200 and (r.json.get("transfer") or {}).get("status") == "posted",
+                     r.describe() if r is not None else "no entry")
         review(ck, c, m, h["h-clear-day1"], "clear", "held transfer cleared on day 1")
         review(ck, c, m, h["h-confirm-day1"], "confirm", "held transfer confirmed on day 1")
         # a held deposit (cleared tomorrow) and a held withdrawal at exactly the threshold
@@ -414,13 +461,32 @@ def held_day(ck, c, m, st, day):
         if r.status == 201:
             m.reserve(r.json["id"], "deposit", CASH_ID["BHD"], credit, 7_000_000, held=True)
             h["h-deposit-day2"] = r.json["id"]
+        open_before = len(c.paginate("/v1/suspicious?status=open", limit=1000)[0])
+        items = [{"debit_account_id": rich, "credit_account_id": st["accts"]["by_cur"]["BHD"][1], "amount": "5500.000"},
+                 {"debit_account_id": st["accts"]["by_cur"]["BHD"][1], "credit_account_id": rich,
+                  "amount": fmt(m.available(st["accts"]["by_cur"]["BHD"][1]) + 1, "BHD")}]
+        r = c.post("/v1/transfers/batch", {"atomic": True, "transfers": items})
+        ck.eq("atomic batch with a held item and a failing item: every item error",
+              [it.get("status") for it in (r.json or {}).get("results", [])], ["error", "error"])
+        ck.eq("the aborted atomic batch left no suspicious entry",
+              len(c.paginate("/v1/suspicious?status=open", limit=1000)[0]), open_before)
+        r = c.post("/v1/transfers/batch", {"transfers": [
+            {"debit_account_id": rich, "credit_account_id": st["accts"]["by_cur"]["BHD"][1], "amount": "5500.000"}]})
+        res = ((r.json or {}).get("results") or [{}])[0]
+        ck.eq("a batch item over the hold threshold is held (pending)", res.get("status"), "pending")
+        if res.get("status") == "pending":
+            m.reserve(res["id"], "transfer", rich, st["accts"]["by_cur"]["BHD"][1], 5_500_000, held=True)
+            h["h-batch-day2"] = res["id"]
         r = c.withdraw(rich, "5000.000")
         ck.eq("BHD withdrawal of exactly 5000.000 is held (pending)", (r.json or {}).get("status"), "pending")
         if r.status == 201:
             m.reserve(r.json["id"], "withdrawal", rich, CASH_ID["BHD"], HOLD_MINOR, held=True)
             review(ck, c, m, r.json["id"], "clear", "held withdrawal cleared on day 1")
-    elif day == 2 and "h-deposit-day2" in h:
-        review(ck, c, m, h["h-deposit-day2"], "clear", "held deposit (day 1) cleared on day 2")
+    elif day == 2:
+        if "h-deposit-day2" in h:
+            review(ck, c, m, h["h-deposit-day2"], "clear", "held deposit (day 1) cleared on day 2")
+        if "h-batch-day2" in h:
+            review(ck, c, m, h["h-batch-day2"], "clear", "held batch item (day 1) cleared on day 2")
 
 
 def post(ck, c, m, tid, amt):
@@ -559,6 +625,26 @@ def atomic_batches(ck, c, m, accts, day, rnd):
     if ok:
         m.posted(res[0]["id"], "transfer", a, b, amt)
         m.posted(res[1]["id"], "transfer", b, d, amt)
+
+
+def atomic_abort_new_rows(ck, c, m):
+    """An atomic batch whose first items would open new settlement rows (a currency and a
+    region never used before) and whose last item fails: no row may remain, not even empty."""
+    x = c.post("/v1/accounts", {"currency": "KWD", "region": "zz-fresh"}).json["id"]
+    y = c.post("/v1/accounts", {"currency": "KWD", "region": "zz-fresh"}).json["id"]
+    m.add_account(x, "KWD", "zz-fresh")
+    m.add_account(y, "KWD", "zz-fresh")
+    items = [{"debit_account_id": CASH_ID["KWD"], "credit_account_id": x, "amount": "5.000"},
+             {"debit_account_id": x, "credit_account_id": y, "amount": "1.000"},
+             {"debit_account_id": x, "credit_account_id": y, "amount": "4.001"}]
+    r = c.post("/v1/transfers/batch", {"atomic": True, "transfers": items})
+    res = (r.json or {}).get("results", [])
+    ck.eq("atomic batch opening new rows then failing: every item error",
+          [it.get("status") for it in res], ["error", "error", "error"])
+    r = c.get("/v1/settlements?currency=KWD")
+    ck.eq("no KWD settlement row after the aborted atomic batch", (r.json or {}).get("data"), [])
+    r = c.get("/v1/settlements?region=zz-fresh")
+    ck.eq("no zz-fresh settlement row after the aborted atomic batch", (r.json or {}).get("data"), [])
 
 
 def resolve_dates(ck, c, m, st, day):

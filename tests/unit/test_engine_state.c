@@ -305,6 +305,8 @@ static void check_replay_identical(harness_t *h, int line) {
   /* Risk state: the rule set, the suspicious entries, the settlement rows and (once a velocity
    * rule was in force) the velocity windows are state like the money: byte for byte. */
   CHECK(memcmp(&r.rules, &h->st.rules, sizeof r.rules) == 0);
+  if (r.rules.version == h->st.rules.version)
+    CHECK(memcmp(r.rule_names, h->st.rule_names, r.rules.version * sizeof r.rule_names[0]) == 0);
   CHECK_EQ(r.suspicious_count, h->st.suspicious_count);
   if (r.suspicious_count == h->st.suspicious_count)
     CHECK(memcmp(r.suspicious, h->st.suspicious, r.suspicious_count * sizeof(engine_suspicious_t)) == 0);
@@ -335,9 +337,27 @@ static void check_replay_identical(harness_t *h, int line) {
   for (uint64_t i = 0; i < r.transfer_count && i < h->st.transfer_count; i++) {
     const engine_transfer_t *x = &h->st.transfers[i], *y = &r.transfers[i];
     if (memcmp(x, y, sizeof *x) == 0) continue;
-    fprintf(stderr, "  transfer %llu differs: live flags 0x%x status %u amount %lld; replayed flags 0x%x status %u amount %lld\n",
-            (unsigned long long)x->no, x->flags, x->status, (long long)x->amount_minor, y->flags, y->status,
-            (long long)y->amount_minor);
+    fprintf(stderr,
+            "  transfer %llu differs: live flags 0x%x status %u amount %lld posted %lld updated %lld after %lld/%lld"
+            " next %llu/%llu version %u; replayed flags 0x%x status %u amount %lld posted %lld updated %lld after"
+            " %lld/%lld next %llu/%llu version %u\n",
+            (unsigned long long)x->no, x->flags, x->status, (long long)x->amount_minor, (long long)x->posted_minor,
+            (long long)x->updated_ms, (long long)x->debit_balance_after, (long long)x->credit_balance_after,
+            (unsigned long long)x->next_debit_no, (unsigned long long)x->next_credit_no, x->rules_version, y->flags,
+            y->status, (long long)y->amount_minor, (long long)y->posted_minor, (long long)y->updated_ms,
+            (long long)y->debit_balance_after, (long long)y->credit_balance_after, (unsigned long long)y->next_debit_no,
+            (unsigned long long)y->next_credit_no, y->rules_version);
+    break;
+  }
+  /* The first transfer whose own outcome differs (not only its links to later ones). */
+  for (uint64_t i = 0; check_failures != before && i < r.transfer_count && i < h->st.transfer_count; i++) {
+    engine_transfer_t x = h->st.transfers[i], y = r.transfers[i];
+    x.next_debit_no = x.next_credit_no = y.next_debit_no = y.next_credit_no = 0;
+    if (memcmp(&x, &y, sizeof x) == 0) continue;
+    fprintf(stderr, "  first outcome difference: transfer %llu (%llu -> %llu, created %lld): live flags 0x%x status %u,"
+                    " replayed flags 0x%x status %u\n",
+            (unsigned long long)x.no, (unsigned long long)x.debit_account_id, (unsigned long long)x.credit_account_id,
+            (long long)x.created_ms, x.flags, x.status, y.flags, y.status);
     break;
   }
   if (check_failures != before) fprintf(stderr, "  (replay comparison called from line %d)\n", line);
@@ -1708,9 +1728,12 @@ static void test_rules_amount(void) {
   CHECK_EQ(deposit(&h, b1, 1000000, 3), ENGINE_OK);
   /* Without any rule set: version 0, nothing fires. */
   CHECK_EQ(h.st.rules.version, 0);
-  engine_cmd_t c = tx(&h, u1, u2, 999999, 2);
+  engine_cmd_t c = tx(&h, u1, u2, 999999, 0); /* 999999.00: no rule */
+  CHECK_EQ(c.result, ENGINE_R_INSUFFICIENT_FUNDS);
+  c = tx(&h, u1, u2, 9999, 0); /* 9999.00 */
   CHECK_EQ(c.result, ENGINE_OK);
   CHECK_EQ(c.transfer.rules_version, 0);
+  CHECK_EQ(deposit(&h, u1, 9999, 0), ENGINE_OK);
   CHECK(!flagged(c.transfer));
   CHECK_EQ(h.st.suspicious_count, 0);
 
@@ -1837,7 +1860,8 @@ static void test_rules_velocity(void) {
   CHECK_EQ(tx(&h, a2, b, 4000, 2).result, ENGINE_OK); /* sum == 100.00 */
   c = tx(&h, a2, b, 1, 2);
   CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED); /* 100.01 */
-  CHECK_STR(c.rule_ids[c.reject_rule - 1], "va");
+  CHECK_EQ(c.reject_rule, 1);
+  CHECK_STR(c.rule_ids[0], "va");
   engine_transfer_t p;
   CHECK_EQ(pending(&h, a3, b, 5000, 0, &p), ENGINE_OK);
   CHECK_EQ(settle(&h, false, &p, 0, 0, NULL), ENGINE_OK);
@@ -1891,6 +1915,19 @@ static void test_rules_reject_changes_nothing(void) {
   CHECK_EQ(c.result, ENGINE_R_RULE_REJECTED);
   CHECK_EQ(c.reject_rule, 2);
   CHECK_SAME(&h, &s, true);
+  snap_free(&s);
+  CHECK_REPLAY(&h);
+  /* A non-atomic batch whose every item is rejected: its result is OK, so it is logged (and
+   * replay judges the same); the money and the entries do not change. */
+  h.now_ms += 61000;
+  snap_take(&h, &s);
+  engine_transfer_in_t items[2] = {tin(ENGINE_KIND_TRANSFER, a, b, 100000, 2), tin(ENGINE_KIND_TRANSFER, a, b, 200000, 2)};
+  engine_item_result_t res[2];
+  CHECK_EQ(run_batch_cmd(&h, items, res, 2, false, NULL), ENGINE_OK);
+  CHECK_EQ(res[0].result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(res[1].result, ENGINE_R_RULE_REJECTED);
+  s.records++;
+  CHECK_SAME(&h, &s, false);
   snap_free(&s);
   CHECK_REPLAY(&h);
   h_free(&h);
@@ -2035,6 +2072,17 @@ static void test_rules_actions(void) {
   CHECK(flagged(h.st.transfers[res[2].no - 1]));
   CHECK(!flagged(h.st.transfers[res[0].no - 1]));
   CHECK_INVARIANTS(&h);
+  /* Keyed: a batch with a rule rejection, and a single one, repeated after the rule set changed
+   * (below) still name the rule of the set that judged them. */
+  engine_item_result_t kres[3], kres2[3];
+  engine_cmd_t kb = cmd_new(ENGINE_CMD_TRANSFER_BATCH);
+  kb.u.batch.items = items;
+  kb.u.batch.results = kres;
+  kb.u.batch.item_count = 3;
+  set_key(&kb, 81, 82);
+  CHECK_EQ(h_one(&h, &kb), ENGINE_OK);
+  CHECK_EQ(kres[1].result, ENGINE_R_RULE_REJECTED);
+  CHECK_EQ(kres[1].rule, 3);
 
   /* The most severe action wins; the recorded rule is the first with that action. */
   RULES_SET(&h, "rule f1 amount threshold=1 action=flag\n"
@@ -2061,6 +2109,29 @@ static void test_rules_actions(void) {
   c = tx(&h, a, b, 50, 2);
   CHECK_EQ(c.result, ENGINE_OK);
   CHECK_EQ(c.transfer.flags, 0);
+  /* The keyed repeats from version 1. */
+  memset(kres2, 0xff, sizeof kres2);
+  engine_cmd_t kb2 = cmd_new(ENGINE_CMD_TRANSFER_BATCH);
+  kb2.u.batch.items = items;
+  kb2.u.batch.results = kres2;
+  kb2.u.batch.item_count = 3;
+  set_key(&kb2, 81, 82);
+  CHECK_EQ(h_one(&h, &kb2), ENGINE_OK);
+  CHECK(kb2.replayed);
+  for (int i = 0; i < 3; i++) {
+    CHECK_EQ(kres2[i].result, kres[i].result);
+    CHECK_EQ(kres2[i].rule, kres[i].rule);
+    CHECK_EQ(kres2[i].no, kres[i].no);
+  }
+  CHECK_EQ(kb2.rules_version, 1);
+  CHECK_STR(kb2.rule_ids[2], "r");
+  c = cmd_transfer(tin(ENGINE_KIND_TRANSFER, a, b, 100000, 2));
+  set_key(&c, 71, 72);
+  CHECK_EQ(h_one(&h, &c), ENGINE_R_RULE_REJECTED);
+  CHECK(c.replayed);
+  CHECK_EQ(c.reject_rule, 3);
+  CHECK_EQ(c.rules_version, 1);
+  CHECK_STR(c.rule_ids[2], "r");
   CHECK_INVARIANTS(&h);
   CHECK_REPLAY(&h);
   h_free(&h);
@@ -2096,10 +2167,11 @@ static void test_rules_versions(void) {
   CHECK_EQ(tx(&h, a, b, 100, 2).transfer.rules_version, 1);
   h.now_ms = T + 2000;
   CHECK_EQ(tx(&h, a, b, 100, 2).transfer.rules_version, 1);
+  records = h.records;
   c = RULES_SET(&h, "default_region eu-west\nrule other amount threshold=1000000.00 action=flag\n"
                     "rule v velocity window=1m count=3 action=flag\n");
   CHECK_EQ(c.rules_version, 2);
-  CHECK_EQ(h.records, records + 2);
+  CHECK_EQ(h.records, records + 1);
   /* T, T+1000, T+2000 are in the window: the fourth fires. */
   h.now_ms = T + 3000;
   c = tx(&h, a, b, 100, 2);
@@ -2108,17 +2180,44 @@ static void test_rules_versions(void) {
   /* At T+62001 only T+3000 is left. */
   h.now_ms = T + 62001;
   CHECK(!flagged(tx(&h, a, b, 100, 2).transfer));
-  /* Another change: the window is rebuilt again (T+3000, T+62001 in it). */
-  c = RULES_SET(&h, "rule v velocity window=1m count=1 action=flag\n");
+  /* Another change, the window rebuilt at T+63000: T+3000 is exactly `window` old (out), so
+   * only T+62001 is in: 1 + 1 is not > 2; the next one is. */
+  c = RULES_SET(&h, "rule v velocity window=1m count=2 action=flag\n");
   CHECK_EQ(c.rules_version, 3);
   CHECK_STR(h.st.rules.default_region, "");
-  h.now_ms = T + 62002;
+  h.now_ms = T + 63000;
+  c = tx(&h, a, b, 100, 2);
+  CHECK(!flagged(c.transfer));
+  CHECK_EQ(c.transfer.rules_version, 3);
   c = tx(&h, a, b, 100, 2);
   CHECK_ENTRY(&h, &c.transfer, "v", ENGINE_ACTION_FLAG);
-  CHECK_EQ(c.transfer.rules_version, 3);
+  /* The post/void entries of a two-phase transfer are not transfers out: neither when counted
+   * live, nor when a window is rebuilt, nor when they leave it. */
+  uint64_t p1 = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, p1, 100000, 2), ENGINE_OK);
+  const int64_t P = h.now_ms + 100000;
+  h.now_ms = P;
+  engine_transfer_t pt, vt;
+  CHECK_EQ(pending(&h, p1, b, 100, 0, &pt), ENGINE_OK);
+  CHECK(!flagged(pt));
+  CHECK_EQ(pending(&h, p1, b, 100, 0, &vt), ENGINE_OK);
+  CHECK(!flagged(vt)); /* two in the window: not > 2 */
+  h.now_ms = P + 10;
+  CHECK_EQ(settle(&h, true, &pt, 0, 0, NULL), ENGINE_OK);
+  CHECK_EQ(settle(&h, false, &vt, 0, 0, NULL), ENGINE_OK);
+  c = RULES_SET(&h, "rule v velocity window=1m count=3 action=flag\n"); /* rebuilt: two, not four */
+  CHECK_EQ(c.rules_version, 4);
+  h.now_ms = P + 20;
+  CHECK(!flagged(tx(&h, p1, b, 100, 2).transfer)); /* 3 */
+  /* At P+60000 the pendings leave; at P+60010 their post/void entries leave. */
+  h.now_ms = P + 60010;
+  CHECK(!flagged(tx(&h, p1, b, 100, 2).transfer)); /* P+20, this: 2 */
+  CHECK(!flagged(tx(&h, p1, b, 100, 2).transfer)); /* 3 */
+  c = tx(&h, p1, b, 100, 2);                        /* 4 > 3 */
+  CHECK_ENTRY(&h, &c.transfer, "v", ENGINE_ACTION_FLAG);
   /* Back to the earlier content: still a change, a new version. */
   c = RULES_SET(&h, v1);
-  CHECK_EQ(c.rules_version, 4);
+  CHECK_EQ(c.rules_version, 5);
   /* A RULES_SET the engine's checks refuse (a velocity rule in the wrong slot). */
   static engine_rules_t bad;
   if (PARSE_OK("rule v velocity window=1m count=1 action=flag\n", &bad)) {
@@ -2127,7 +2226,7 @@ static void test_rules_versions(void) {
     bc.u.rules.set = &bad;
     records = h.records;
     CHECK_EQ(h_one(&h, &bc), ENGINE_R_INVALID_OPERATION);
-    CHECK_EQ(h.st.rules.version, 4);
+    CHECK_EQ(h.st.rules.version, 5);
     CHECK_EQ(h.records, records);
   }
   /* RULES_GET answers the set in force. */
@@ -2137,7 +2236,7 @@ static void test_rules_versions(void) {
   state_read(&h.st, &g);
   CHECK_EQ(g.result, ENGINE_OK);
   CHECK(memcmp(&got, &h.st.rules, sizeof got) == 0);
-  CHECK_EQ(got.version, 4);
+  CHECK_EQ(got.version, 5);
   CHECK_INVARIANTS(&h);
   CHECK_REPLAY(&h);
   h_free(&h);
@@ -2897,6 +2996,23 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
       f.has_max = true;
       f.max_scale = (uint8_t)rng_below(5);
       f.max_digits = (int64_t)rng_below(20000000);
+    }
+    if (rng_below(4) == 0) {
+      /* Bounds at a transfer's own amount: exactly, or one unit of a finer scale off. */
+      const engine_transfer_t *t = &st->transfers[rng_below(st->transfer_count)];
+      uint8_t k = (uint8_t)rng_below(3);
+      int64_t d = t->amount_minor;
+      for (uint8_t i = 0; i < k; i++) d *= 10;
+      d += k ? (int64_t)rng_below(3) - 1 : 0;
+      if (rng_below(2)) {
+        f.has_min = true;
+        f.min_digits = d;
+        f.min_scale = (uint8_t)(exponent_of(t->currency) + k);
+      } else {
+        f.has_max = true;
+        f.max_digits = d;
+        f.max_scale = (uint8_t)(exponent_of(t->currency) + k);
+      }
     }
     int64_t span = h->now_ms - w->start_ms + 1;
     if (rng_below(10) < 3) f.from_ms = w->start_ms + (int64_t)rng_below((uint64_t)span);
