@@ -138,7 +138,7 @@ static int parse_blocklist(engine_rules_t *out, engine_rule_t *r, const char *v,
       return fail_line(err, cap, line, "%s", "more than 1024 blocklisted ids in the file");
     out->blocklist[out->block_count++] = id;
     p = end;
-    if (*p == ',') p++;
+    if (*p == ',' && p[1] != '\0') p++;
     else if (*p) return fail_line(err, cap, line, "accounts: '%s' is not a comma-separated list", v);
   }
   r->block_count = out->block_count - r->block_first;
@@ -165,6 +165,12 @@ static int parse_rule(engine_rules_t *out, char **tok, unsigned ntok, unsigned l
   else if (strcmp(type, "new_account") == 0) r->type = ENGINE_RULE_NEW_ACCOUNT;
   else if (strcmp(type, "blocklist") == 0) r->type = ENGINE_RULE_BLOCKLIST;
   else return fail_line(err, cap, line, "unknown rule type '%.40s' (amount, velocity, new_account, blocklist)", type);
+  for (unsigned i = 3; i < ntok; i++) { /* a key given twice is a mistake, not an override */
+    size_t ki = strcspn(tok[i], "=");
+    for (unsigned j = 3; j < i; j++)
+      if (strcspn(tok[j], "=") == ki && strncmp(tok[i], tok[j], ki) == 0)
+        return fail_line(err, cap, line, "key '%.40s' appears twice", tok[i]);
+  }
   /* Plain thresholds first, per-currency overrides after, whatever their order on the line. */
   for (int pass = 0; pass < 2; pass++) {
     for (unsigned i = 3; i < ntok; i++) {
@@ -401,39 +407,42 @@ static uint64_t chain_prev(const engine_transfer_t *t, uint64_t id) {
   return t->debit_account_id == id ? t->prev_debit_no : t->prev_credit_no;
 }
 
-/* Brings the window of (account, rule) to the batch time: entries with created_ms > now -
- * window are inside. Rebuilt from the history when the rule set changed (a walk back over
- * the window, bounded by ENGINE_SCAN_STEPS_MAX entries: beyond that the oldest are not seen). */
-static vel_slot_t *vel_refresh(engine_state_t *st, const engine_account_t *a, const engine_rule_t *r) {
-  vel_slot_t *v = vel_at(st, a->id, r->vel_slot);
+/* The window of (account, rule) at the batch time, computed into *w from the stored one
+ * without changing the state (a judged transfer may still be refused, and a refused one must
+ * leave the state as a replay of the log would: untouched). Entries with created_ms > now -
+ * window are inside. Built from the history when the stored one is for another rule-set
+ * version (a walk back over the window, bounded by ENGINE_SCAN_STEPS_MAX entries: beyond
+ * that the oldest are not seen), skipping `exclude_no` (the transfer being recorded). */
+static void vel_window(const engine_state_t *st, const engine_account_t *a, const engine_rule_t *r,
+                       uint64_t exclude_no, vel_slot_t *w) {
+  *w = *vel_at(st, a->id, r->vel_slot);
   int64_t edge = st->batch_time_ms - r->window_ms;
-  st->vel_used = true;
-  if (v->version != st->rules.version) {
-    memset(v, 0, sizeof *v);
-    v->version = st->rules.version;
+  if (w->version != st->rules.version) {
+    memset(w, 0, sizeof *w);
+    w->version = st->rules.version;
     uint64_t no = a->history_last_no, steps = 0;
+    if (no != 0 && no == exclude_no) no = chain_prev(&st->transfers[no - 1], a->id);
     while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
       const engine_transfer_t *t = &st->transfers[no - 1];
       if (t->created_ms <= edge) break;
       if (vel_counts(t, a->id)) {
-        v->count++;
-        v->amount += t->amount_minor;
+        w->count++;
+        w->amount += t->amount_minor;
       }
-      v->start_no = no;
+      w->start_no = no;
       no = chain_prev(t, a->id);
     }
-    return v;
+    return;
   }
-  while (v->start_no != 0) {
-    const engine_transfer_t *t = &st->transfers[v->start_no - 1];
+  while (w->start_no != 0) {
+    const engine_transfer_t *t = &st->transfers[w->start_no - 1];
     if (t->created_ms > edge) break;
     if (vel_counts(t, a->id)) {
-      v->count--;
-      v->amount -= t->amount_minor;
+      w->count--;
+      w->amount -= t->amount_minor;
     }
-    v->start_no = chain_next(t, a->id);
+    w->start_no = chain_next(t, a->id);
   }
-  return v;
 }
 
 /* ---------------------------------------------------------------- judging */
@@ -460,9 +469,10 @@ void risk_judge(engine_state_t *st, const engine_account_t *dr, const engine_acc
         break;
       case ENGINE_RULE_VELOCITY: {
         if (dr->kind != ENGINE_ACCOUNT_KIND_CUSTOMER) break;
-        const vel_slot_t *w = vel_refresh(st, dr, r);
-        fire = (r->count_max != 0 && (uint64_t)w->count + 1 > r->count_max) ||
-               (th != ENGINE_THRESHOLD_NONE && w->amount + amount > th);
+        vel_slot_t w;
+        vel_window(st, dr, r, 0, &w);
+        fire = (r->count_max != 0 && (uint64_t)w.count + 1 > r->count_max) ||
+               (th != ENGINE_THRESHOLD_NONE && w.amount + amount > th);
         break;
       }
       case ENGINE_RULE_BLOCKLIST: fire = blocklisted(rs, r, dr->id) || blocklisted(rs, r, cr->id); break;
@@ -489,10 +499,13 @@ void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t 
     for (unsigned i = 0; i < rs->count; i++) {
       const engine_rule_t *r = &rs->rules[i];
       if (r->type != ENGINE_RULE_VELOCITY || (r->currency != 0 && r->currency != dr->currency)) continue;
-      vel_slot_t *w = vel_at(st, dr->id, r->vel_slot); /* refreshed by risk_judge at this time */
-      w->count++;
-      w->amount += t->amount_minor;
-      if (w->start_no == 0) w->start_no = t->no;
+      vel_slot_t w;
+      vel_window(st, dr, r, t->no, &w); /* t is in the history already: not counted twice */
+      w.count++;
+      w.amount += t->amount_minor;
+      if (w.start_no == 0) w.start_no = t->no;
+      *vel_at(st, dr->id, r->vel_slot) = w;
+      st->vel_used = true;
     }
   }
   if (v->action == 0) return;
@@ -514,19 +527,16 @@ void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t 
   t->flags |= ENGINE_TF_SUSPICIOUS;
 }
 
+void risk_vel_save(const engine_state_t *st, uint64_t account_id, vel_slot_t *out) {
+  memcpy(out, vel_at(st, account_id, 0), ENGINE_VELOCITY_RULES_MAX * sizeof(vel_slot_t));
+}
+
+void risk_vel_restore(engine_state_t *st, uint64_t account_id, const vel_slot_t *in) {
+  memcpy(vel_at(st, account_id, 0), in, ENGINE_VELOCITY_RULES_MAX * sizeof(vel_slot_t));
+}
+
 void risk_unrecord(engine_state_t *st, const engine_transfer_t *t) {
-  const engine_rules_t *rs = &st->rules;
-  const engine_account_t *dr = &st->accounts[t->debit_account_id - 1];
-  if (dr->kind == ENGINE_ACCOUNT_KIND_CUSTOMER) {
-    for (unsigned i = 0; i < rs->count; i++) {
-      const engine_rule_t *r = &rs->rules[i];
-      if (r->type != ENGINE_RULE_VELOCITY || (r->currency != 0 && r->currency != dr->currency)) continue;
-      vel_slot_t *w = vel_at(st, dr->id, r->vel_slot);
-      w->count--;
-      w->amount -= t->amount_minor;
-      if (w->start_no == t->no) w->start_no = 0;
-    }
-  }
+  /* Velocity windows are restored whole by the caller (risk_vel_restore, newest first). */
   if (t->flags & ENGINE_TF_SUSPICIOUS) {
     LEDGER_ASSERT(st->suspicious_count > 0 && st->suspicious[st->suspicious_count - 1].transfer_no == t->no);
     st->suspicious_count--;

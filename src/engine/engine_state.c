@@ -35,7 +35,9 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   st->pending = reserve((size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
   st->saved_times = reserve(2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
+  st->saved_vel = reserve(ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_vel);
   if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes || !st->saved_times ||
+      !st->saved_vel ||
       auth_state_init(st) != 0 || risk_state_init(st) != 0) {
     state_free(st);
     return LEDGER_ENOMEM;
@@ -63,6 +65,7 @@ void state_free(engine_state_t *st) {
   if (st->pending) munmap(st->pending, (size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
   if (st->saved_times) munmap(st->saved_times, 2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
+  if (st->saved_vel) munmap(st->saved_vel, ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_vel);
   auth_state_free(st);
   risk_state_free(st);
   memset(st, 0, sizeof *st);
@@ -577,7 +580,8 @@ static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
 /* A batch request: each item applied in order; atomic = all or none. Successful items get
  * consecutive transfer numbers (nothing else runs in between), which idempotent replays use. */
 static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
-  uint32_t n = cmd->u.batch.item_count, failed = 0, saved = 0;
+  uint32_t n = cmd->u.batch.item_count, failed = 0, saved = 0, saved_v = 0;
+  bool vel_used = st->vel_used;
   uint64_t first_no = st->transfer_count + 1;
   LEDGER_ASSERT(n <= ENGINE_BATCH_TRANSFERS_MAX);
   for (uint32_t i = 0; i < n; i++) {
@@ -588,6 +592,9 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
     if (cmd->u.batch.atomic && resolve(st, in, cmd->role, cmd->principal_id, &acc) == ENGINE_OK) {
       st->saved_times[saved++] = (struct saved_time){acc.dr->id, acc.dr->updated_ms};
       st->saved_times[saved++] = (struct saved_time){acc.cr->id, acc.cr->updated_ms};
+      saved_vel_t *sv = &st->saved_vel[saved_v++];
+      sv->account_id = acc.dr->id;
+      risk_vel_save(st, acc.dr->id, sv->slots);
     }
     uint8_t rule = 0;
     int res = transfer_apply(st, cmd, in, extra_pos, &t, &rule);
@@ -610,6 +617,11 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
       saved--;
       account_at(st, st->saved_times[saved].account_id)->updated_ms = st->saved_times[saved].updated_ms;
     }
+    while (saved_v > 0) { /* newest first: each account ends with its windows before the batch */
+      saved_v--;
+      risk_vel_restore(st, st->saved_vel[saved_v].account_id, st->saved_vel[saved_v].slots);
+    }
+    st->vel_used = vel_used;
     for (uint32_t i = 0; i < n; i++) {
       engine_item_result_t *r = &cmd->u.batch.results[i];
       if (r->result == ENGINE_OK) r->result = ENGINE_R_BATCH_ABORTED;

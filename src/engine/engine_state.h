@@ -77,6 +77,7 @@ typedef struct engine_state {
     uint64_t account_id;
     int64_t updated_ms;
   } *saved_times; /* 2 * ENGINE_BATCH_TRANSFERS_MAX */
+  struct saved_vel *saved_vel; /* ENGINE_BATCH_TRANSFERS_MAX: debit accounts' windows */
   uint64_t codes_total;
   char regions[ENGINE_REGIONS_MAX][API_REGION_BYTES_MAX + 1];
   _Atomic uint32_t region_count; /* published with release: readers on other threads */
@@ -111,6 +112,11 @@ typedef struct vel_slot {
   uint64_t start_no; /* oldest history entry still in the window (0: none) */
   engine_wide_t amount;
 } vel_slot_t;
+typedef struct saved_vel {
+  uint64_t account_id;
+  uint64_t pad;
+  vel_slot_t slots[ENGINE_VELOCITY_RULES_MAX];
+} saved_vel_t;
 #define ENGINE_SUSPICIOUS_MAX (16u * 1024u * 1024u)
 #define ENGINE_RULE_VERSIONS_MAX (1u * 1024u * 1024u) /* rule-set changes over a ledger's life */
 #define ENGINE_SETTLE_SLOTS (2u * ENGINE_SETTLEMENT_ROWS_MAX)
@@ -175,8 +181,13 @@ bool risk_has_room(const engine_state_t *st, const risk_verdict_t *v);
 bool settlement_has_room(const engine_state_t *st, const engine_transfer_t *proto);
 /* After the transfer was appended: velocity sums and, when a rule fired, its suspicious entry. */
 void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t *v);
-/* Undoes risk_record for the newest transfer (atomic batch rollback). */
+/* Undoes risk_record's suspicious entry for the newest transfer (atomic batch rollback). */
 void risk_unrecord(engine_state_t *st, const engine_transfer_t *t);
+/* An account's velocity windows, saved before an atomic batch item and restored (newest
+ * first) when the batch aborts: judging and recording move them. */
+struct vel_slot;
+void risk_vel_save(const engine_state_t *st, uint64_t account_id, struct vel_slot *out);
+void risk_vel_restore(engine_state_t *st, uint64_t account_id, const struct vel_slot *in);
 /* Adds (sign +1) or removes (-1) a posted movement to its day/region/currency row. */
 void settlement_add(engine_state_t *st, const engine_transfer_t *t, int sign);
 /* The region a transfer belongs to: the debit account's, a deposit's credit account's. */

@@ -177,7 +177,8 @@ def main(ck):
     cfg = os.path.join(scratch, "rules.conf")
     with open(cfg, "w") as f:
         f.write(CONFIG)
-    base_args = ["--config", cfg] + FAST_ARGON2 + RAISED_SIGNIN
+    # small snapshot interval: restarts recover from a snapshot plus the log tail
+    base_args = ["--config", cfg, "--snapshot-log-mb", "2"] + FAST_ARGON2 + RAISED_SIGNIN
     srv = Server(scratch=scratch, extra_args=base_args + ["--time-offset-s", "0"])
     m = Model()
     st = dict(seed=seed, rnd=rnd, cfg=cfg)
@@ -197,12 +198,16 @@ def main(ck):
             ck.check(f"day {day}: no 500 answered", not c.seen_500, "; ".join(c.seen_500[:3]))
             c.close()
             log(f"# day {day} done at {time.monotonic() - t0:.1f}s")
-            if day == 0:
+            log(f"# data dir: {sorted(os.listdir(srv.data_dir))}")
+            if day in (0, 2):
                 rc = srv.stop(timeout=30)
                 ck.eq(f"day {day}: server exits 0 on SIGTERM", rc, 0, srv.stderr_tail(300))
             elif day == 1:
                 srv.kill()  # day 2 starts from a crash: settlements rebuilt by replaying the log
                 log("# day 1 ended with SIGKILL")
+        with ck.section("a UTC midnight"):
+            midnight(ck, srv, base_args, m, st)
+        log(f"# data dir: {sorted(os.listdir(srv.data_dir))}")
         final_server_checks(ck, srv)
         log(f"# total {time.monotonic() - t0:.1f}s for {N_TRANSFERS} transfers")
     finally:
@@ -210,6 +215,76 @@ def main(ck):
 
 
 # ---------------------------------------------------------------------------- workload
+
+def midnight(ck, srv, base_args, m, st):
+    """Restart with the clock a few seconds before a UTC midnight (later than day 2: the
+    engine's clock never goes back) and keep moving money across it: each movement counts on
+    the day of its own created_at (or post time); a pending created before midnight and
+    posted after it counts on the new day."""
+    rnd = st["rnd"]
+    now = time.time()
+    e = now + 2 * DAY_S
+    mid = (int(e) // DAY_S + 1) * DAY_S
+    if mid - e < 30:
+        mid += DAY_S
+    offset = int(mid - now) - 4
+    srv.extra_args = base_args + ["--time-offset-s", str(offset)]
+    srv.start()
+    c = srv.client()
+    st["day_first_ts"] = None
+    accts = st["accts"]
+    before, crossed_at, pend_before = None, None, []
+    t_end = time.monotonic() + 20
+    while time.monotonic() < t_end:
+        a = rnd.choice(accts["all"])
+        cur = m.acct[a]["cur"]
+        r = c.deposit(a, fmt(rnd.randrange(1, 1000), cur))
+        if r.status != 201:
+            raise AssertionError(f"deposit failed: {r.describe()}")
+        ts = r.json["created_at"]
+        st["day_first_ts"] = st["day_first_ts"] or ts
+        m.posted(r.json["id"], "deposit", CASH_ID[cur], a, to_minor(r.json["amount"], cur), ts)
+        before = before or day_of(ts)
+        if day_of(ts) == before:
+            cur = rnd.choice(CURS)
+            dr, cr = rnd.sample(accts["by_cur"][cur], 2)
+            amt = rnd.randrange(*SMALL[cur])
+            if not m.would_fail(dr, amt):
+                r = c.transfer(dr, cr, fmt(amt, cur), pending=True)
+                if r.status == 201:
+                    m.reserve(r.json["id"], "transfer", dr, cr, amt)
+                    pend_before.append(r.json["id"])
+        elif crossed_at is None:
+            crossed_at = time.monotonic()
+        items, plan = make_batch(rnd, m, accts, 40)
+        r = c.post("/v1/transfers/batch", {"transfers": items})
+        for (dr, cr, cur, amt, pend), res in zip(plan, (r.json or {}).get("results", [])):
+            if res.get("status") == "posted":
+                m.posted(res["id"], "transfer", dr, cr, amt)
+            elif res.get("status") == "pending":
+                m.reserve(res["id"], "transfer", dr, cr, amt)
+                st["leftover"].append(res["id"])
+        if crossed_at is not None and time.monotonic() - crossed_at > 1.5:
+            break
+        time.sleep(0.05)
+    ck.check("the workload ran across a UTC midnight of the testing clock", crossed_at is not None,
+             f"started on {before}, offset {offset}")
+    crossed = 0
+    for tid in pend_before:
+        r = c.post(f"/v1/transfers/{tid}/post", {})
+        if r.status == 200 and day_of(r.json.get("updated_at", "")) != day_of(r.json.get("created_at", "")):
+            crossed += 1
+        if r.status == 200:
+            m.settle(tid, m.pending[tid]["amt"], r.json.get("updated_at") or r.json.get("created_at"))
+        else:
+            ck.status(f"post {tid} after midnight", r, 200)
+    ck.check("pending transfers created before midnight were posted after it", crossed > 0 or crossed_at is None,
+             f"{crossed} of {len(pend_before)}")
+    resolve_dates(ck, c, m, st, 3)
+    compare_all(ck, srv, c, m, st, 3)
+    ck.check("midnight: no 500 answered", not c.seen_500, "; ".join(c.seen_500[:3]))
+    c.close()
+
 
 def run_day(ck, srv, c, m, st, day):
     rnd = st["rnd"]

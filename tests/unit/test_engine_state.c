@@ -12,6 +12,15 @@
  * replayed into a fresh state gives the same accounts and transfers byte for byte (and so
  * does a snapshot written and loaded back).
  *
+ * Risk rules (engine_rules.c, engine_search.c): the rules file parser (every type, overrides,
+ * rounding, durations, each error with its line number); judging at every boundary (amount,
+ * velocity count/sum and the window's edge, new account age, blocklist, currency=), the three
+ * actions and which rule decides; versions and velocity windows rebuilt on a change; atomic
+ * batch rollback of windows, entries and settlement rows; review of held and flagged
+ * transfers; and a randomized multi-day workload whose settlement rows are recomputed
+ * independently and whose search results are compared with a brute-force filter. The replay
+ * comparison covers the rule set, suspicious entries, settlement rows and velocity windows.
+ *
  * Single-threaded; fixed seeds.
  */
 #include <dirent.h>
@@ -3102,7 +3111,16 @@ static void test_rules_workload(void) {
     expired += (t->flags & ENGINE_TF_EXPIRED) != 0;
     settled_pending += (t->flags & ENGINE_TF_PENDING) && t->status != ENGINE_STATUS_PENDING;
   }
-  for (uint64_t k = 0; k < st->suspicious_count; k++) open += st->suspicious[k].status == ENGINE_SUSPICIOUS_OPEN;
+  uint64_t held_cleared = 0, held_confirmed = 0;
+  for (uint64_t k = 0; k < st->suspicious_count; k++) {
+    const engine_suspicious_t *e = &st->suspicious[k];
+    open += e->status == ENGINE_SUSPICIOUS_OPEN;
+    const engine_transfer_t *t = &st->transfers[e->transfer_no - 1];
+    if (!(t->flags & ENGINE_TF_HELD) || (t->flags & ENGINE_TF_PENDING_ASKED)) continue;
+    held_cleared += e->status == ENGINE_SUSPICIOUS_CLEARED && t->status == ENGINE_STATUS_POSTED;
+    held_confirmed += e->status == ENGINE_SUSPICIOUS_CONFIRMED && t->status == ENGINE_STATUS_VOIDED;
+  }
+  CHECK(held_cleared > 5 && held_confirmed > 5);
   fprintf(stderr,
           "rules workload: %llu transfers, %llu flagged (%llu held), %llu entries (%llu open), %llu cleared, %llu confirmed,"
           " %llu posted, %llu partial, %llu voided, %llu expired, %llu atomic aborted, %llu partial batches, %llu rule rejections\n",
