@@ -366,7 +366,8 @@ static void jw_uuid(jw_t *w, uint64_t no, int64_t created_ms) {
   jw_str(w, text, strlen(text));
 }
 
-static void render_transfer(api_t *api, jw_t *w, const engine_transfer_t *t, bool with_extra) {
+static void render_transfer(api_t *api, jw_t *w, const engine_transfer_t *t, bool with_extra,
+                            const engine_suspicious_t *risk) {
   uint8_t x = exponent_of(t->currency);
   jw_open(w, '{');
   jw_key(w, "id");
@@ -413,6 +414,16 @@ static void render_transfer(api_t *api, jw_t *w, const engine_transfer_t *t, boo
   if (t->flags & ENGINE_TF_SUSPICIOUS) {
     jw_key(w, "flags");
     jw_lit(w, (t->flags & ENGINE_TF_HELD) ? "[\"suspicious\",\"held\"]" : "[\"suspicious\"]");
+  }
+  if (risk && risk->id && risk->transfer_no == t->no) { /* what fired; its review: /v1/suspicious */
+    jw_key(w, "risk");
+    jw_lit(w, "{\"suspicious_id\":");
+    jw_u64(w, risk->id);
+    jw_lit(w, ",\"rule\":");
+    jw_str(w, risk->rule_id, strlen(risk->rule_id));
+    jw_lit(w, ",\"action\":\"");
+    jw_lit(w, engine_rule_action_name(risk->action));
+    jw_lit(w, "\"}");
   }
   if (with_extra) splice_extra(api, w, t->extra_pos, t->extra_len);
   jw_close(w, '}');
@@ -777,7 +788,10 @@ static void html_text(jw_t *w, const char *s, size_t n) {
       case '>': jw_lit(w, "&gt;"); break;
       case '"': jw_lit(w, "&quot;"); break;
       case '\'': jw_lit(w, "&#39;"); break;
-      default: jw_raw(w, &s[i], 1);
+      default:
+        /* Control characters (but tab and newline) print as U+FFFD: never raw in the page. */
+        if (((unsigned char)s[i] < 0x20 && s[i] != '\t' && s[i] != '\n') || s[i] == 0x7f) jw_lit(w, "&#xFFFD;");
+        else jw_raw(w, &s[i], 1);
     }
   }
 }
@@ -871,7 +885,7 @@ static void complete_ok(api_req_t *r) {
     case R_WITHDRAWALS: status = 201; /* fall through */
     case R_TRANSFER_GET:
     case R_TRANSFER_POST:
-    case R_TRANSFER_VOID: render_transfer(api, w, &c->transfer, true); break;
+    case R_TRANSFER_VOID: render_transfer(api, w, &c->transfer, true, &c->suspicious); break;
     case R_TRANSFERS_BATCH: {
       jw_lit(w, "{\"results\":[");
       for (uint32_t i = 0; i < c->u.batch.item_count; i++) {
@@ -915,7 +929,7 @@ static void complete_ok(api_req_t *r) {
       for (uint32_t i = 0; i < c->row_count; i++) {
         if (i) jw_raw(w, ",", 1);
         jw_lit(w, "{\"transfer\":");
-        render_transfer(api, w, &rows[i].transfer, false);
+        render_transfer(api, w, &rows[i].transfer, false, NULL);
         jw_lit(w, ",\"balance_after\":");
         jw_money(w, rows[i].balance_after_minor, exponent_of(rows[i].transfer.currency));
         jw_lit(w, "}");
@@ -959,7 +973,7 @@ static void complete_ok(api_req_t *r) {
       jw_lit(w, "{\"data\":[");
       for (uint32_t i = 0; i < c->row_count; i++) {
         if (i) jw_raw(w, ",", 1);
-        render_transfer(api, w, &rows[i], true);
+        render_transfer(api, w, &rows[i], true, NULL);
       }
       render_page_end(r, c->next_cursor);
       break;
@@ -984,7 +998,7 @@ static void complete_ok(api_req_t *r) {
     case R_SUSPICIOUS_REVIEW:
       render_suspicious(w, &c->suspicious, false);
       jw_key(w, "transfer");
-      render_transfer(api, w, &c->transfer, false);
+      render_transfer(api, w, &c->transfer, false, &c->suspicious);
       jw_close(w, '}');
       break;
     case R_SETTLEMENTS:

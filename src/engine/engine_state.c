@@ -493,6 +493,13 @@ static void rules_names(const engine_state_t *st, engine_cmd_t *cmd, uint32_t ve
     memcpy(cmd->rule_ids, st->rule_names[version - 1], sizeof cmd->rule_ids);
 }
 
+/* A flagged or held transfer's suspicious-activity entry goes back with it (its rule). */
+static void attach_risk(const engine_state_t *st, engine_cmd_t *cmd) {
+  if (!(cmd->transfer.flags & ENGINE_TF_SUSPICIOUS)) return;
+  const engine_suspicious_t *e = risk_entry_of(st, cmd->transfer.no);
+  if (e) cmd->suspicious = *e;
+}
+
 /* The transfer as its creating response showed it (idempotent replays answer this). */
 static engine_transfer_t creation_view(const engine_transfer_t *t) {
   engine_transfer_t v = *t;
@@ -574,6 +581,7 @@ static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
   }
   int res = state_settle(st, p, post, amount, false, NULL);
   cmd->transfer = *p;
+  attach_risk(st, cmd);
   return res;
 }
 
@@ -641,6 +649,7 @@ static int apply_fresh(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
       uint8_t rule = 0;
       int res = transfer_apply(st, cmd, &cmd->u.transfer, extra_pos, &t, &rule);
       if (res == ENGINE_OK) cmd->transfer = *t;
+      attach_risk(st, cmd);
       cmd->reject_rule = rule;
       if (rule) rules_names(st, cmd, st->rules.version);
       return res;
@@ -674,6 +683,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
       break;
     case ENGINE_CMD_TRANSFER:
       if (e->result == ENGINE_OK) cmd->transfer = creation_view(&st->transfers[e->object - 1]);
+      if (e->result == ENGINE_OK) attach_risk(st, cmd);
       if (e->result == ENGINE_R_RULE_REJECTED) { /* the rule's id, while that rule set is in force */
         cmd->reject_rule = (uint8_t)e->object;
         rules_names(st, cmd, e->count);
@@ -682,6 +692,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
     case ENGINE_CMD_TRANSFER_POST:
     case ENGINE_CMD_TRANSFER_VOID:
       if (e->object) cmd->transfer = st->transfers[e->object - 1];
+      if (e->object) attach_risk(st, cmd);
       break;
     case ENGINE_CMD_ACCOUNT_FREEZE:
     case ENGINE_CMD_ACCOUNT_UNFREEZE:
@@ -923,6 +934,7 @@ void state_read(const engine_state_t *st, engine_cmd_t *cmd) {
         t = NULL;
       cmd->result = t ? ENGINE_OK : ENGINE_R_TRANSFER_NOT_FOUND;
       if (t) cmd->transfer = *t;
+      if (t) attach_risk(st, cmd);
       break;
     }
     case ENGINE_CMD_ACCOUNT_LIST: read_list(st, cmd); break;

@@ -14,17 +14,25 @@ against a client-side model of every accepted money movement:
   - validation (bad date, from > to, > 366 days, missing bounds), roles (customer 403,
     auditor 200, anonymous 401);
   - clean stop, `ledgerctl verify` (recomputes settlements) exits 0, no sanitizer report.
+Day 0 ends with SIGTERM, day 1 with SIGKILL (day 2 recovers by replay), day 2 with SIGTERM;
+`--snapshot-log-mb 2` makes the restarts recover from a snapshot plus the log tail. A fourth
+run starts the clock a few seconds before a UTC midnight (after day 2) and keeps moving money
+across it: movements split by their own created_at, pendings created before midnight count
+on the new day when posted after it.
 Workload: LEDGER_SETTLE_TRANSFERS (default 100000) transfers, mostly through
 POST /v1/transfers/batch (8190 items per request), across 3 regions x USD/JPY/BHD, plus
 single deposits and withdrawals (some refused for insufficient funds), two-phase transfers
 posted in full, in part, voided, posted on a later day, expired by a restart, and transfers
-held by a rule (`--config`) then cleared or confirmed on the same or a later day."""
+held by a rule (`--config`) then cleared or confirmed on the same or a later day (a client
+pending transfer that is also held, a held batch item, a held deposit and withdrawal), an
+idempotent repeat (counted once), a flagged transfer's review (counts nothing more), atomic
+batches that abort (nothing counts; no row opened by an aborted item remains). Fixed seed
+(LEDGER_TEST_SEED overrides); runs in about 11 s on the ASan+UBSan build."""
 
 import csv
 import io
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -32,7 +40,7 @@ from datetime import date as Date, datetime, timedelta, timezone
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ledger_harness import (CASH_ID, EXPONENT, TIME_RE, Client, Server, final_server_checks, fmt,  # noqa: E402
+from ledger_harness import (CASH_ID, TIME_RE, Client, Server, final_server_checks, fmt,  # noqa: E402
                             log, run_main, seed_from_env, to_minor)
 from auth_helpers import FAST_ARGON2, RAISED_SIGNIN, make_key, make_user  # noqa: E402
 
