@@ -25,7 +25,7 @@ static void usage(void) {
           "               [--tls-listen HOST:PORT --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
           "               [--session-ttl-s S] [--argon2-opslimit N --argon2-memlimit-kib N]\n"
           "               [--no-auth] [--list-routes] [--rate-limit NAME=RATE/BURST | --rate-limit off]\n"
-          "               [--config FILE] [--time-offset-s S]\n"
+          "               [--config FILE] [--time-offset-s S] [--prefault-mb MB]\n"
           "               [--compat [--compat-open]]\n"
           "  rate-limit names: signin.addr signin.user write.addr write.cred read.addr read.cred\n"
           "  --listen 127.0.0.1:0 picks a free port; the line 'listening on http://ADDR:PORT'\n"
@@ -38,6 +38,8 @@ static void usage(void) {
           "  --config FILE: the risk rules and default region (docs/rules.md); without it the\n"
           "  built-in rule flags transfers of 10,000.00 or more. SIGHUP or POST /v1/rules/reload\n"
           "  re-reads it. --time-offset-s (tests only) runs the ledger's clock S seconds ahead.\n"
+          "  --prefault-mb MB (default 256, 0 = off): memory populated ahead of the transfer table\n"
+          "  by an idle-priority thread, so the engine does not zero fresh pages itself.\n"
           "  --compat serves the seed systems' routes (docs/compat.md); --compat-open lets their\n"
           "  banking-API and Flask routes run without a credential, as the operator: UNSAFE,\n"
           "  loopback only. --compat --list-routes lists the compat routes too.\n");
@@ -182,6 +184,7 @@ int main(int argc, char **argv) {
   uint64_t argon_ops = argon.opslimit, argon_mem_kib = argon.memlimit_bytes / 1024;
   const char *config_path = NULL;
   uint64_t time_offset_s = 0;
+  uint64_t prefault_mb = 256;
   uint64_t threads = 0, retention_s = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT / 1000, snapshot_mb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -204,6 +207,7 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--compat-open") == 0) { ac.compat_open = true; i--; }
     else if (strcmp(a, "--config") == 0 && v) config_path = v;
     else if (strcmp(a, "--time-offset-s") == 0 && v) ok = parse_u64(v, 10ull * 366 * 86400, &time_offset_s);
+    else if (strcmp(a, "--prefault-mb") == 0 && v) ok = parse_u64(v, 4096, &prefault_mb);
     else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       usage();
       return 0;
@@ -277,7 +281,8 @@ int main(int argc, char **argv) {
                         .snapshot_log_bytes = snapshot_mb * 1024 * 1024,
                         .fsync = true,
                         .queue_commands_max = (uint32_t)queue_max,
-                        .time_offset_ms = (int64_t)time_offset_s * 1000};
+                        .time_offset_ms = (int64_t)time_offset_s * 1000,
+                        .prefault_bytes = prefault_mb * 1024 * 1024};
   engine_t *engine = NULL;
   int rc = engine_open(&ec, &engine);
   if (rc != 0) {

@@ -49,6 +49,17 @@ bool json_get_currency(const cJSON *obj, const char *name, bool required, uint8_
 /* description/metadata → compact JSON text `{"description":...,"metadata":{...}}` in buf
  * (cap LEDGER_EXTRA_BYTES_MAX); *len_out 0 when neither is present. */
 bool json_get_extra(const cJSON *obj, char *buf, uint32_t *len_out, api_error_t *e);
+/* One pass over an object's members for hot paths: each member must be one of `names`
+ * (NULL-terminated), at most once; slots[i] gets member i or NULL. Same errors as
+ * json_check_fields. The *_of functions below check one member found that way (NULL: absent)
+ * exactly as the json_get_* ones above do by name. */
+bool json_fields(const cJSON *obj, const char *const *names, const cJSON **slots, api_error_t *e);
+bool json_id_of(const cJSON *v, const char *name, bool required, uint64_t *out, api_error_t *e);
+bool json_amount_of(const cJSON *v, const char *name, bool required, int64_t *digits, uint8_t *scale,
+                    api_error_t *e);
+bool json_bool_of(const cJSON *v, const char *name, bool *out, api_error_t *e);
+bool json_currency_of(const cJSON *v, const char *name, bool required, uint8_t *out, api_error_t *e);
+bool json_extra_of(const cJSON *desc, const cJSON *meta, char *buf, uint32_t *len_out, api_error_t *e);
 
 /* cJSON's allocations on a net thread come from a per-thread bump arena while a request is
  * being parsed (cJSON_InitHooks): a batch body makes ~50,000 nodes, and malloc/free of each

@@ -157,8 +157,34 @@ bool json_check_fields(const cJSON *obj, const char *const *allowed, api_error_t
 
 #define ID_MAX ((1ull << 53) - 1)
 
+bool json_fields(const cJSON *obj, const char *const *names, const cJSON **slots, api_error_t *e) {
+  if (!cJSON_IsObject(obj)) {
+    api_err(e, 400, "invalid_request", "the body must be a JSON object");
+    return false;
+  }
+  size_t n = 0;
+  while (names[n]) slots[n++] = NULL;
+  for (const cJSON *c = obj->child; c; c = c->next) {
+    size_t i = 0;
+    while (names[i] && strcmp(c->string, names[i]) != 0) i++;
+    if (!names[i]) {
+      api_err(e, 400, "unknown_field", "unknown field '%.64s'", c->string);
+      return false;
+    }
+    if (slots[i]) {
+      api_err(e, 400, "invalid_request", "field '%.64s' appears twice", c->string);
+      return false;
+    }
+    slots[i] = c;
+  }
+  return true;
+}
+
 bool json_get_id(const cJSON *obj, const char *name, bool required, uint64_t *out, api_error_t *e) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+  return json_id_of(cJSON_GetObjectItemCaseSensitive(obj, name), name, required, out, e);
+}
+
+bool json_id_of(const cJSON *v, const char *name, bool required, uint64_t *out, api_error_t *e) {
   if (!v || (cJSON_IsNull(v) && !required)) {
     if (required) api_err(e, 400, "invalid_request", "'%s' is required", name);
     *out = 0;
@@ -175,7 +201,11 @@ bool json_get_id(const cJSON *obj, const char *name, bool required, uint64_t *ou
 
 bool json_get_amount(const cJSON *obj, const char *name, bool required, int64_t *digits, uint8_t *scale,
                      api_error_t *e) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+  return json_amount_of(cJSON_GetObjectItemCaseSensitive(obj, name), name, required, digits, scale, e);
+}
+
+bool json_amount_of(const cJSON *v, const char *name, bool required, int64_t *digits, uint8_t *scale,
+                    api_error_t *e) {
   *digits = 0;
   *scale = 0;
   if (!v) {
@@ -196,7 +226,10 @@ bool json_get_amount(const cJSON *obj, const char *name, bool required, int64_t 
 }
 
 bool json_get_bool(const cJSON *obj, const char *name, bool *out, api_error_t *e) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+  return json_bool_of(cJSON_GetObjectItemCaseSensitive(obj, name), name, out, e);
+}
+
+bool json_bool_of(const cJSON *v, const char *name, bool *out, api_error_t *e) {
   if (!v) return true;
   if (!cJSON_IsBool(v)) {
     api_err(e, 400, "invalid_request", "'%s' must be true or false", name);
@@ -207,7 +240,10 @@ bool json_get_bool(const cJSON *obj, const char *name, bool *out, api_error_t *e
 }
 
 bool json_get_currency(const cJSON *obj, const char *name, bool required, uint8_t *out, api_error_t *e) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+  return json_currency_of(cJSON_GetObjectItemCaseSensitive(obj, name), name, required, out, e);
+}
+
+bool json_currency_of(const cJSON *v, const char *name, bool required, uint8_t *out, api_error_t *e) {
   *out = 0;
   if (!v) {
     if (required) api_err(e, 400, "invalid_request", "'%s' is required", name);
@@ -245,8 +281,11 @@ static bool append_raw(char *buf, uint32_t *len, const char *s) {
 }
 
 bool json_get_extra(const cJSON *obj, char *buf, uint32_t *len_out, api_error_t *e) {
-  const cJSON *desc = cJSON_GetObjectItemCaseSensitive(obj, "description");
-  const cJSON *meta = cJSON_GetObjectItemCaseSensitive(obj, "metadata");
+  return json_extra_of(cJSON_GetObjectItemCaseSensitive(obj, "description"),
+                       cJSON_GetObjectItemCaseSensitive(obj, "metadata"), buf, len_out, e);
+}
+
+bool json_extra_of(const cJSON *desc, const cJSON *meta, char *buf, uint32_t *len_out, api_error_t *e) {
   uint32_t len = 0;
   *len_out = 0;
   if (desc && !cJSON_IsNull(desc)) {
@@ -302,8 +341,9 @@ typedef struct arena {
   bool active;
 } arena_t;
 
-static pthread_key_t arena_key;
+static pthread_key_t arena_key; /* frees a thread's arena when the thread ends */
 static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+static _Thread_local arena_t *tl_arena; /* the same, without a pthread_getspecific per node */
 
 static void arena_destroy(void *p) {
   arena_t *a = p;
@@ -314,7 +354,7 @@ static void arena_destroy(void *p) {
 static void arena_key_init(void) { (void)pthread_key_create(&arena_key, arena_destroy); }
 
 static void *arena_malloc(size_t n) {
-  arena_t *a = pthread_getspecific(arena_key);
+  arena_t *a = tl_arena;
   if (a && a->active) {
     n = (n + 15u) & ~(size_t)15u;
     if (n <= JSON_ARENA_BYTES - a->used) {
@@ -327,7 +367,7 @@ static void *arena_malloc(size_t n) {
 }
 
 static void arena_free(void *p) {
-  arena_t *a = pthread_getspecific(arena_key);
+  arena_t *a = tl_arena;
   if (a && (char *)p >= a->base && (char *)p < a->base + JSON_ARENA_BYTES) return; /* freed at end */
   free(p);
 }
@@ -340,7 +380,7 @@ void json_hooks_install(void) {
 
 void json_arena_begin(void) {
   pthread_once(&arena_once, arena_key_init);
-  arena_t *a = pthread_getspecific(arena_key);
+  arena_t *a = tl_arena;
   if (!a) {
     a = calloc(1, sizeof *a);
     if (!a) return;
@@ -350,13 +390,14 @@ void json_arena_begin(void) {
       return;
     }
     (void)pthread_setspecific(arena_key, a);
+    tl_arena = a;
   }
   a->used = 0;
   a->active = true;
 }
 
 void json_arena_end(void) {
-  arena_t *a = pthread_getspecific(arena_key);
+  arena_t *a = tl_arena;
   if (!a) return;
   a->active = false;
   a->used = 0;

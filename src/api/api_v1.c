@@ -1144,20 +1144,29 @@ static cJSON *parse_body(api_req_t *r, api_error_t *e) {
 /* One transfer object (single or batch item) into `in`; kind fixed by the route. */
 static bool transfer_from_json(const cJSON *o, unsigned kind, engine_transfer_in_t *in, char *extra,
                                api_error_t *e) {
-  static const char *const transfer_fields[] = {"debit_account_id", "credit_account_id", "amount", "currency",
-                                                "pending", "timeout_s", "description", "metadata", NULL};
-  static const char *const money_fields[] = {"account_id", "amount", "currency", "description", "metadata", NULL};
+  /* One pass over the members (the batch endpoint parses 8,190 of these per request). */
+  enum { F_DEBIT, F_CREDIT, F_AMOUNT, F_CURRENCY, F_PENDING, F_TIMEOUT, F_DESC, F_META, F_COUNT };
+  enum { M_ACCOUNT, M_AMOUNT, M_CURRENCY, M_DESC, M_META, M_COUNT };
+  static const char *const transfer_fields[F_COUNT + 1] = {"debit_account_id", "credit_account_id", "amount",
+                                                           "currency", "pending", "timeout_s", "description",
+                                                           "metadata", NULL};
+  static const char *const money_fields[M_COUNT + 1] = {"account_id", "amount", "currency", "description",
+                                                        "metadata", NULL};
+  const cJSON *f[F_COUNT];
   memset(in, 0, sizeof *in);
   in->kind = (uint8_t)kind;
-  if (!json_check_fields(o, kind == ENGINE_KIND_TRANSFER ? transfer_fields : money_fields, e)) return false;
-  if (kind == ENGINE_KIND_TRANSFER) {
-    if (!json_get_id(o, "debit_account_id", true, &in->debit_account_id, e) ||
-        !json_get_id(o, "credit_account_id", true, &in->credit_account_id, e))
+  bool transfer = kind == ENGINE_KIND_TRANSFER;
+  if (!json_fields(o, transfer ? transfer_fields : money_fields, f, e)) return false;
+  const cJSON *amount = f[transfer ? F_AMOUNT : M_AMOUNT], *currency = f[transfer ? F_CURRENCY : M_CURRENCY];
+  const cJSON *desc = f[transfer ? F_DESC : M_DESC], *meta = f[transfer ? F_META : M_META];
+  if (transfer) {
+    if (!json_id_of(f[F_DEBIT], "debit_account_id", true, &in->debit_account_id, e) ||
+        !json_id_of(f[F_CREDIT], "credit_account_id", true, &in->credit_account_id, e))
       return false;
     bool pending = false;
-    if (!json_get_bool(o, "pending", &pending, e)) return false;
+    if (!json_bool_of(f[F_PENDING], "pending", &pending, e)) return false;
     in->pending = pending;
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "timeout_s");
+    const cJSON *t = f[F_TIMEOUT];
     if (t) {
       double d = t->valuedouble;
       if (!cJSON_IsNumber(t) || !isfinite(d) || d < 0 || d > ENGINE_PENDING_TIMEOUT_S_MAX || floor(d) != d) {
@@ -1172,13 +1181,13 @@ static bool transfer_from_json(const cJSON *o, unsigned kind, engine_transfer_in
     }
   } else {
     uint64_t id;
-    if (!json_get_id(o, "account_id", true, &id, e)) return false;
+    if (!json_id_of(f[M_ACCOUNT], "account_id", true, &id, e)) return false;
     if (kind == ENGINE_KIND_DEPOSIT) in->credit_account_id = id;
     else in->debit_account_id = id;
   }
-  if (!json_get_amount(o, "amount", true, &in->amount_digits, &in->amount_scale, e)) return false;
-  if (!json_get_currency(o, "currency", false, &in->currency, e)) return false;
-  if (extra && !json_get_extra(o, extra, &in->extra_len, e)) return false;
+  if (!json_amount_of(amount, "amount", true, &in->amount_digits, &in->amount_scale, e)) return false;
+  if (!json_currency_of(currency, "currency", false, &in->currency, e)) return false;
+  if (extra && !json_extra_of(desc, meta, extra, &in->extra_len, e)) return false;
   in->extra = extra;
   return true;
 }

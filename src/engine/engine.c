@@ -18,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,6 +50,10 @@ struct engine {
   _Atomic uint64_t batches_total, commands_total, transfers_total, last_seq, rejected_full_total,
       log_bytes, accounts, users, api_keys, fsync_ns_last;
   _Atomic bool ready;
+  /* Pre-faulting the transfer table ahead of use, at idle priority (see prefault_main). */
+  pthread_t prefault_thread;
+  bool prefault_running;
+  _Atomic uint64_t transfer_count_pub; /* st.transfer_count, published after each batch */
   ledger_hist_t hist_batch_commands;
   ledger_hist_t hist_fsync_ns;
 };
@@ -188,6 +194,7 @@ static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {
   atomic_fetch_add_explicit(&e->commands_total, n, memory_order_relaxed);
   if (n > 0) hist_record(&e->hist_batch_commands, n);
   atomic_fetch_add_explicit(&e->transfers_total, st->transfer_count - transfers_before, memory_order_relaxed);
+  atomic_store_explicit(&e->transfer_count_pub, st->transfer_count, memory_order_relaxed);
   atomic_store_explicit(&e->accounts, st->account_count, memory_order_relaxed);
   atomic_store_explicit(&e->users, st->user_count, memory_order_relaxed);
   atomic_store_explicit(&e->api_keys, st->key_count, memory_order_relaxed);
@@ -239,6 +246,42 @@ static void wait_for_work(engine_t *e) {
     }
   }
   atomic_store(&e->sleeping, 0);
+}
+
+/* The transfer table grows into fresh memory, and the kernel zeroes every new page inside the
+ * engine thread's page fault: 20% of its time in the batch benchmark (docs/performance.md).
+ * This thread runs at SCHED_IDLE (only when a CPU would otherwise idle) and keeps the pages
+ * ahead of the table's end populated with MADV_POPULATE_WRITE, which fills missing pages
+ * with zeros and never changes a page that is present: it cannot race with the engine's
+ * writes. Ahead = as much as is already used, at most cfg.prefault_bytes. */
+#define PREFAULT_STEP_BYTES (2u * 1024u * 1024u)
+
+static void *prefault_main(void *arg) {
+  engine_t *e = arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  struct sched_param sp = {0};
+  (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+  const size_t table = (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t);
+  char *base = (char *)e->st.transfers;
+  size_t done = 0;
+  while (!atomic_load(&e->stopping)) {
+    size_t used = (size_t)atomic_load_explicit(&e->transfer_count_pub, memory_order_relaxed) * sizeof(engine_transfer_t);
+    size_t ahead = used < e->cfg.prefault_bytes ? used : e->cfg.prefault_bytes;
+    size_t want = used + ahead < table ? used + ahead : table;
+    if (done < used) done = used & ~(size_t)(PREFAULT_STEP_BYTES - 1); /* the engine went past */
+    if (done + PREFAULT_STEP_BYTES <= want) {
+      if (madvise(base + done, PREFAULT_STEP_BYTES, MADV_POPULATE_WRITE) != 0) {
+        LOG_WARN("prefault: madvise(MADV_POPULATE_WRITE): %s; the engine faults its own pages", strerror(errno));
+        break;
+      }
+      done += PREFAULT_STEP_BYTES;
+      continue;
+    }
+    usleep(2000);
+  }
+  return NULL;
 }
 
 static void *engine_main(void *arg) {
@@ -363,6 +406,9 @@ int engine_open(const engine_config_t *config, engine_t **out) {
     goto fail;
   }
   e->thread_running = true;
+  atomic_store(&e->transfer_count_pub, e->st.transfer_count);
+  if (e->cfg.prefault_bytes > 0 && pthread_create(&e->prefault_thread, NULL, prefault_main, e) == 0)
+    e->prefault_running = true;
   atomic_store(&e->ready, true);
   *out = e;
   return LEDGER_OK;
@@ -381,6 +427,8 @@ void engine_stop(engine_t *e) {
   (void)w;
   pthread_join(e->thread, NULL); /* it drains the queue, answering everything */
   e->thread_running = false;
+  if (e->prefault_running) pthread_join(e->prefault_thread, NULL);
+  e->prefault_running = false;
   snapshot_reap(e, false);
   snapshot_abandon(e);
   /* A final snapshot only when the log since the last one would make the next start slow:

@@ -532,6 +532,7 @@ typedef struct engine_config {
   bool fsync;                  /* false only for tests that measure CPU */
   uint32_t queue_commands_max; /* power of two, 2..ENGINE_QUEUE_COMMANDS_MAX; 0 = that */
   int64_t time_offset_ms;      /* tests only: the engine clock is the wall clock + this (>= 0) */
+  uint64_t prefault_bytes;     /* transfer table populated ahead of use at idle priority; 0 = off */
 } engine_config_t;
 
 /* Opens (or creates) the data directory, takes its lock, recovers state from the newest

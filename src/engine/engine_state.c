@@ -585,6 +585,8 @@ static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
   return res;
 }
 
+#define BATCH_PREFETCH_AHEAD 8u
+
 /* A batch request: each item applied in order; atomic = all or none. Successful items get
  * consecutive transfer numbers (nothing else runs in between), which idempotent replays use. */
 static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
@@ -595,6 +597,19 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
   for (uint32_t i = 0; i < n; i++) {
     const engine_transfer_in_t *in = &cmd->u.batch.items[i];
     engine_item_result_t *r = &cmd->u.batch.results[i];
+    /* Accounts are random among millions: start loading those of an item a few ahead, so
+     * that their cache misses overlap this item's work (a hint; never dereferenced). */
+    if (i + BATCH_PREFETCH_AHEAD < n) {
+      const engine_transfer_in_t *ahead = &cmd->u.batch.items[i + BATCH_PREFETCH_AHEAD];
+      if (ahead->debit_account_id - 1 < st->account_count) {
+        __builtin_prefetch(&st->accounts[ahead->debit_account_id - 1], 1, 1);
+        __builtin_prefetch((const char *)&st->accounts[ahead->debit_account_id - 1] + 64, 1, 1);
+      }
+      if (ahead->credit_account_id - 1 < st->account_count) {
+        __builtin_prefetch(&st->accounts[ahead->credit_account_id - 1], 1, 1);
+        __builtin_prefetch((const char *)&st->accounts[ahead->credit_account_id - 1] + 64, 1, 1);
+      }
+    }
     engine_transfer_t *t = NULL;
     resolved_t acc;
     if (cmd->u.batch.atomic && resolve(st, in, cmd->role, cmd->principal_id, &acc) == ENGINE_OK) {
