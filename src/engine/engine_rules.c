@@ -557,7 +557,8 @@ engine_suspicious_t *risk_entry_of(const engine_state_t *st, uint64_t transfer_n
 
 static bool rules_valid(const engine_rules_t *rs) {
   if (rs->count > ENGINE_RULES_MAX || rs->block_count > ENGINE_BLOCKLIST_MAX ||
-      memchr(rs->default_region, '\0', sizeof rs->default_region) == NULL)
+      memchr(rs->default_region, '\0', sizeof rs->default_region) == NULL ||
+      strlen(rs->default_region) > API_REGION_BYTES_MAX)
     return false;
   unsigned slots = 0;
   for (unsigned i = 0; i < rs->count; i++) {
