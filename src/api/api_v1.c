@@ -2006,6 +2006,9 @@ static void handle_metrics(api_req_t *r) {
   obs_single(&b, "ledger_engine_last_seq", "gauge", "Sequence number of the newest durable batch.", es.last_seq);
   obs_single(&b, "ledger_log_bytes", "gauge", "Size of the log.", es.log_bytes);
   obs_single(&b, "ledger_accounts", "gauge", "Accounts, system accounts included.", es.accounts);
+  obs_single(&b, "ledger_rules_version", "gauge", "Version of the risk rule set in force (docs/rules.md).", es.rules_version);
+  obs_single(&b, "ledger_suspicious_total", "counter", "Transfers a risk rule flagged or held.", es.suspicious_total);
+  obs_single(&b, "ledger_settlement_rows", "gauge", "Settlement rows (day, region, currency).", es.settlement_rows);
   if (api->rl) {
     ratelimit_stats_t rs;
     ratelimit_stats(api->rl, &rs);

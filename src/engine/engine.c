@@ -48,7 +48,7 @@ struct engine {
   pid_t snapshot_pid;
   uint64_t snapshot_seq;
   _Atomic uint64_t batches_total, commands_total, transfers_total, last_seq, rejected_full_total,
-      log_bytes, accounts, users, api_keys, fsync_ns_last;
+      log_bytes, accounts, users, api_keys, fsync_ns_last, rules_version, suspicious_total, settlement_rows;
   _Atomic bool ready;
   /* Pre-faulting the transfer table ahead of use, at idle priority (see prefault_main). */
   pthread_t prefault_thread;
@@ -195,6 +195,9 @@ static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {
   if (n > 0) hist_record(&e->hist_batch_commands, n);
   atomic_fetch_add_explicit(&e->transfers_total, st->transfer_count - transfers_before, memory_order_relaxed);
   atomic_store_explicit(&e->transfer_count_pub, st->transfer_count, memory_order_relaxed);
+  atomic_store_explicit(&e->rules_version, st->rules.version, memory_order_relaxed);
+  atomic_store_explicit(&e->suspicious_total, st->suspicious_count, memory_order_relaxed);
+  atomic_store_explicit(&e->settlement_rows, st->settle_count, memory_order_relaxed);
   atomic_store_explicit(&e->accounts, st->account_count, memory_order_relaxed);
   atomic_store_explicit(&e->users, st->user_count, memory_order_relaxed);
   atomic_store_explicit(&e->api_keys, st->key_count, memory_order_relaxed);
@@ -400,6 +403,9 @@ int engine_open(const engine_config_t *config, engine_t **out) {
   atomic_store(&e->accounts, e->st.account_count);
   atomic_store(&e->users, e->st.user_count);
   atomic_store(&e->api_keys, e->st.key_count);
+  atomic_store(&e->rules_version, e->st.rules.version);
+  atomic_store(&e->suspicious_total, e->st.suspicious_count);
+  atomic_store(&e->settlement_rows, e->st.settle_count);
   atomic_store(&e->log_bytes, store_log_end(e->store));
   if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
     rc = LEDGER_ENOMEM;
@@ -516,6 +522,9 @@ void engine_get_stats(const engine_t *e, engine_stats_t *o) {
   o->users = atomic_load_explicit(&e->users, memory_order_relaxed);
   o->api_keys = atomic_load_explicit(&e->api_keys, memory_order_relaxed);
   o->fsync_ns_last = atomic_load_explicit(&e->fsync_ns_last, memory_order_relaxed);
+  o->rules_version = atomic_load_explicit(&e->rules_version, memory_order_relaxed);
+  o->suspicious_total = atomic_load_explicit(&e->suspicious_total, memory_order_relaxed);
+  o->settlement_rows = atomic_load_explicit(&e->settlement_rows, memory_order_relaxed);
   o->ready = atomic_load(&e->ready);
   o->batch_commands = &e->hist_batch_commands;
   o->fsync_ns = &e->hist_fsync_ns;

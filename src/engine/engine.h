@@ -575,6 +575,9 @@ typedef struct engine_stats {
   uint64_t users;
   uint64_t api_keys;
   uint64_t fsync_ns_last;
+  uint64_t rules_version;    /* the risk rule set in force */
+  uint64_t suspicious_total; /* suspicious-activity entries ever made (flagged or held) */
+  uint64_t settlement_rows;
   bool ready;
   const ledger_hist_t *batch_commands; /* commands per batch */
   const ledger_hist_t *fsync_ns;       /* write + fdatasync per batch */

@@ -85,6 +85,16 @@ def run_all(ck, srv, c, rnd):
         ck.check("requests counter grows by at least 5 after 5 requests", n0 is not None and n1 is not None
                  and n1 - n0 >= 5, f"{n0} -> {n1}")
 
+        def metric(name):
+            m = re.search(rf"(?m)^{name} ([0-9]+)$", c.get("/metrics").body.decode(errors="replace"))
+            return int(m.group(1)) if m else None
+        ck.eq("ledger_rules_version: the built-in set is version 1", metric("ledger_rules_version"), 1)
+        s0 = metric("ledger_suspicious_total")
+        flagged = c.deposit(c.new_account("USD"), "10000.00")
+        ck.eq("a 10,000.00 deposit is flagged by the built-in rule", (flagged.json or {}).get("flags"), ["suspicious"])
+        ck.eq("ledger_suspicious_total counts it", metric("ledger_suspicious_total"), (s0 or 0) + 1)
+        ck.check("ledger_settlement_rows is there", (metric("ledger_settlement_rows") or 0) >= 1)
+
     with ck.section("HTTP/1.1 pipelining and limits"):
         import socket
         s = socket.create_connection((srv.host, srv.port), timeout=30)
