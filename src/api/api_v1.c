@@ -1439,6 +1439,27 @@ static bool time_param(const http_request_t *h, const char *name, int64_t *out, 
   return true;
 }
 
+/* ?currency=: 1 and *out set, 0 absent, -1 bad (e set). */
+static int currency_param(const http_request_t *h, uint8_t *out, api_error_t *e) {
+  char v[64];
+  bool too_long;
+  if (!query_get(h->query, h->query_len, "currency", v, sizeof v, &too_long)) return 0;
+  *out = too_long ? 0 : ledger_currency_find(v, strlen(v));
+  if (*out) return 1;
+  api_err(e, 400, "invalid_currency", "'currency' must be a supported ISO 4217 code");
+  return -1;
+}
+
+/* ?region=: 1 with r->region set, 0 absent, -1 bad (e set). */
+static int region_param(api_req_t *r, api_error_t *e) {
+  const http_request_t *h = r->http;
+  bool too_long;
+  if (!query_get(h->query, h->query_len, "region", r->region, sizeof r->region, &too_long)) return 0;
+  if (!too_long && valid_region(r->region)) return 1;
+  api_err(e, 400, "invalid_parameter", "'region' must be 1-%u characters of a-z, 0-9 and '-'", API_REGION_BYTES_MAX);
+  return -1;
+}
+
 static bool build_list(api_req_t *r, api_error_t *e) {
   const http_request_t *h = r->http;
   engine_cmd_t *c = &r->cmd;
@@ -1455,18 +1476,9 @@ static bool build_list(api_req_t *r, api_error_t *e) {
       return false;
     }
   }
-  if (query_get(h->query, h->query_len, "currency", v, sizeof v, &too_long)) {
-    c->u.list.currency = too_long ? 0 : ledger_currency_find(v, strlen(v));
-    if (!c->u.list.currency) {
-      api_err(e, 400, "invalid_currency", "'currency' must be a supported ISO 4217 code");
-      return false;
-    }
-  }
-  if (query_get(h->query, h->query_len, "region", r->region, sizeof r->region, &too_long)) {
-    if (too_long || !valid_region(r->region)) {
-      api_err(e, 400, "invalid_parameter", "'region' must be 1-%u characters of a-z, 0-9 and '-'", API_REGION_BYTES_MAX);
-      return false;
-    }
+  int has_region;
+  if (currency_param(h, &c->u.list.currency, e) < 0 || (has_region = region_param(r, e)) < 0) return false;
+  if (has_region) {
     c->u.list.region_name = r->region;
     c->u.list.region = engine_region_find(r->api->engine, r->region); /* 0: matches nothing */
     if (c->u.list.region == 0) c->u.list.region = UINT16_MAX;
@@ -1560,11 +1572,9 @@ static bool build_search(api_req_t *r, api_error_t *e) {
       return false;
     }
   }
-  if (query_get(h->query, h->query_len, "region", r->region, sizeof r->region, &too_long)) {
-    if (too_long || !valid_region(r->region)) {
-      api_err(e, 400, "invalid_parameter", "'region' must be 1-%u characters of a-z, 0-9 and '-'", API_REGION_BYTES_MAX);
-      return false;
-    }
+  int has_region = region_param(r, e);
+  if (has_region < 0) return false;
+  if (has_region) {
     f->has_region = true;
     f->region = engine_region_find(r->api->engine, r->region); /* 0: matches nothing */
   }
@@ -1667,20 +1677,9 @@ static bool build_settlements(api_req_t *r, api_error_t *e) {
     if (a == 0) c->u.settlements.day_from = (int32_t)((time_now_ms() + r->api->time_offset_ms) / 86400000);
     c->u.settlements.day_to = c->u.settlements.day_from;
     c->u.settlements.cap = SETTLEMENT_ROWS_PER_DAY_MAX;
-    char v[64];
-    bool too_long;
-    if (query_get(h->query, h->query_len, "currency", v, sizeof v, &too_long)) {
-      c->u.settlements.currency = too_long ? 0 : ledger_currency_find(v, strlen(v));
-      if (!c->u.settlements.currency) {
-        api_err(e, 400, "invalid_currency", "'currency' must be a supported ISO 4217 code");
-        return false;
-      }
-    }
-    if (query_get(h->query, h->query_len, "region", r->region, sizeof r->region, &too_long)) {
-      if (too_long || !valid_region(r->region)) {
-        api_err(e, 400, "invalid_parameter", "'region' must be 1-%u characters of a-z, 0-9 and '-'", API_REGION_BYTES_MAX);
-        return false;
-      }
+    int has_region;
+    if (currency_param(h, &c->u.settlements.currency, e) < 0 || (has_region = region_param(r, e)) < 0) return false;
+    if (has_region) {
       c->u.settlements.has_region = true;
       c->u.settlements.region = engine_region_find(r->api->engine, r->region);
     }

@@ -606,6 +606,21 @@ static const char *flask_status(const engine_transfer_t *t) {
   return t->status == ENGINE_STATUS_PENDING ? "pending" : t->status == ENGINE_STATUS_VOIDED ? "voided" : "completed";
 }
 
+/* One entry of GET /transactions: {"id","from","to","amount","status"} (Flask's shape). */
+static void jw_flask_txn(jw_t *w, const engine_transfer_t *t) {
+  jw_lit(w, "{\"id\":");
+  jw_uuid_of(w, t);
+  jw_lit(w, ",\"from\":");
+  jw_u64(w, t->debit_account_id);
+  jw_lit(w, ",\"to\":");
+  jw_u64(w, t->credit_account_id);
+  jw_lit(w, ",\"amount\":");
+  jw_amount(w, t->amount_minor, t->currency);
+  jw_lit(w, ",\"status\":\"");
+  jw_lit(w, flask_status(t));
+  jw_lit(w, "\"}");
+}
+
 static void history_read(api_req_t *r) {
   if (!engine_ok(r)) return;
   const engine_cmd_t *c = api_req_cmd(r);
@@ -614,19 +629,8 @@ static void history_read(api_req_t *r) {
   jw_t *w = api_req_writer(r);
   jw_lit(w, "[");
   for (uint32_t i = 0; i < c->row_count; i++) {
-    const engine_transfer_t *t = &q->rows[i].transfer;
     if (i) jw_raw(w, ",", 1);
-    jw_lit(w, "{\"id\":");
-    jw_uuid_of(w, t);
-    jw_lit(w, ",\"from\":");
-    jw_u64(w, t->debit_account_id);
-    jw_lit(w, ",\"to\":");
-    jw_u64(w, t->credit_account_id);
-    jw_lit(w, ",\"amount\":");
-    jw_amount(w, t->amount_minor, t->currency);
-    jw_lit(w, ",\"status\":\"");
-    jw_lit(w, flask_status(t));
-    jw_lit(w, "\"}");
+    jw_flask_txn(w, &q->rows[i].transfer);
   }
   jw_lit(w, "]");
   api_req_send(r, 200, NULL);
@@ -641,19 +645,8 @@ static void search_read(api_req_t *r) {
   jw_t *w = api_req_writer(r);
   jw_lit(w, "[");
   for (uint32_t i = 0; i < c->row_count; i++) {
-    const engine_transfer_t *t = &c->u.search.rows[i];
     if (i) jw_raw(w, ",", 1);
-    jw_lit(w, "{\"id\":");
-    jw_uuid_of(w, t);
-    jw_lit(w, ",\"from\":");
-    jw_u64(w, t->debit_account_id);
-    jw_lit(w, ",\"to\":");
-    jw_u64(w, t->credit_account_id);
-    jw_lit(w, ",\"amount\":");
-    jw_amount(w, t->amount_minor, t->currency);
-    jw_lit(w, ",\"status\":\"");
-    jw_lit(w, flask_status(t));
-    jw_lit(w, "\"}");
+    jw_flask_txn(w, &c->u.search.rows[i]);
   }
   jw_lit(w, "]");
   api_req_send(r, 200, NULL);
