@@ -463,6 +463,7 @@ static void render_microfin_money(api_req_t *r, const engine_transfer_t *t) {
   api_req_send(r, 200, replay_header(r));
 }
 
+static const char *flask_status(const engine_transfer_t *t);
 static void money_done(api_req_t *r) {
   if (!engine_ok(r)) return;
   compat_req_t *q = creq(r);
@@ -487,7 +488,9 @@ static void money_done(api_req_t *r) {
       w = api_req_writer(r);
       jw_lit(w, "{\"txn_id\":");
       jw_uuid_of(w, t);
-      jw_lit(w, ",\"status\":\"completed\"}");
+      jw_lit(w, ",\"status\":\"");
+      jw_lit(w, flask_status(t)); /* "pending" when a risk rule held it (docs/rules.md) */
+      jw_lit(w, "\"}");
       api_req_send(r, 200, replay_header(r));
       return;
   }

@@ -510,6 +510,46 @@ def scenarios(ck, srv, admin):
             u.c.close()
 
 
+def risk_rules(ck):
+    """Compat transfers are judged by the engine's risk rules like any other (docs/rules.md)."""
+    import tempfile
+    cfg_dir = tempfile.mkdtemp(prefix="compat-rules-")
+    cfg = os.path.join(cfg_dir, "rules.conf")
+    with open(cfg, "w") as f:
+        f.write("rule big amount threshold=600.00 action=hold\nrule nope blocklist accounts=999999 action=reject\n")
+    srv = Server(extra_args=["--compat", "--compat-open", "--config", cfg] + FAST_ARGON2)
+    try:
+        srv.start()
+        admin = srv.client()
+        c = srv.anon_client()  # --compat-open: the Flask routes run as the operator
+        with ck.section("risk rules on compat routes"):
+            a, b = admin.new_account("USD"), admin.new_account("USD")
+            r = admin.deposit(a, "5000.00")
+            ck.eq("setup: a held deposit (5,000.00 >= 600.00)", (r.json or {}).get("flags"), ["suspicious", "held"])
+            entry = admin.get("/v1/suspicious?limit=1").json["data"][0]
+            ck.status("setup: the review clears it", admin.post(f"/v1/suspicious/{entry['id']}/review",
+                                                                    {"decision": "clear"}), 200)
+            r = c.post("/process_transaction", {"from": a, "to": b, "amount": 100})
+            ck.eq("under the threshold: completed", (r.status, (r.json or {}).get("status")), (200, "completed"))
+            r = c.post("/process_transaction", {"from": a, "to": b, "amount": 700})
+            ck.eq("a held transfer: 200 with status pending", (r.status, (r.json or {}).get("status")), (200, "pending"))
+            t = admin.get(f"/v1/transfers/{r.json['txn_id']}").json if r.status == 200 else {}
+            ck.eq("... it is pending and held in v1", (t.get("status"), t.get("flags")), ("pending", ["suspicious", "held"]))
+            r = c.get(f"/balance/{a}")
+            ck.eq("... the balance has not moved yet", (r.status, (r.json or {}).get("balance")), (200, 4900.00))
+            r = c.post("/process_transaction", {"from": a, "to": 999999, "amount": 1})
+            ck.eq("a missing account is still a 404 before any rule", r.status, 404)
+            acct = admin.new_account("USD")
+            r = c.put(f"/api/users/{acct}/balance", {"amount": 700}) if hasattr(c, "put") else \
+                c.request("PUT", f"/api/users/{acct}/balance", body={"amount": 700})
+            ck.eq("banking: a held deposit answers 200 with the balance unchanged",
+                  (r.status, ((r.json or {}).get("data") or {}).get("balance")), (200, 0.00))
+        admin.close()
+        final_server_checks(ck, srv)
+    finally:
+        srv.cleanup()
+
+
 def main(ck):
     seed_from_env()
     startup_checks(ck)
@@ -529,6 +569,7 @@ def main(ck):
         final_server_checks(ck, srv)
     finally:
         srv.cleanup()
+    risk_rules(ck)
     srv = Server(extra_args=["--compat", "--compat-open"] + FAST_ARGON2 + RAISED_SIGNIN)
     try:
         srv.start()
