@@ -869,6 +869,31 @@ static void render_receipt(api_req_t *r) {
                w->buf, w->len);
 }
 
+/* A page of a list route: {"data":[rows...],"next_cursor":...}, one renderer per row. */
+typedef void (*row_fn)(api_t *api, jw_t *w, const void *row);
+static void row_account(api_t *api, jw_t *w, const void *row) { render_account(api, w, row); }
+static void row_audit(api_t *api, jw_t *w, const void *row) { (void)api; render_audit(w, row); }
+static void row_transfer(api_t *api, jw_t *w, const void *row) { render_transfer(api, w, row, true, NULL); }
+static void row_suspicious(api_t *api, jw_t *w, const void *row) { (void)api; render_suspicious(w, row, true); }
+static void row_history(api_t *api, jw_t *w, const void *row) {
+  const engine_history_row_t *h = row;
+  jw_lit(w, "{\"transfer\":");
+  render_transfer(api, w, &h->transfer, false, NULL);
+  jw_lit(w, ",\"balance_after\":");
+  jw_money(w, h->balance_after_minor, exponent_of(h->transfer.currency));
+  jw_lit(w, "}");
+}
+
+static void render_page(api_req_t *r, const void *rows, size_t row_size, row_fn fn) {
+  jw_t *w = &r->api->out[r->http->thread_index].w;
+  jw_lit(w, "{\"data\":[");
+  for (uint32_t i = 0; i < r->cmd.row_count; i++) {
+    if (i) jw_raw(w, ",", 1);
+    fn(r->api, w, (const char *)rows + (size_t)i * row_size);
+  }
+  render_page_end(r, r->cmd.next_cursor);
+}
+
 static void complete_ok(api_req_t *r) {
   api_t *api = r->api;
   jw_t *w = &r->api->out[r->http->thread_index].w;
@@ -913,30 +938,8 @@ static void complete_ok(api_req_t *r) {
       jw_lit(w, "]}");
       break;
     }
-    case R_ACCOUNTS_LIST: {
-      const engine_account_t *rows = r->rows;
-      jw_lit(w, "{\"data\":[");
-      for (uint32_t i = 0; i < c->row_count; i++) {
-        if (i) jw_raw(w, ",", 1);
-        render_account(api, w, &rows[i]);
-      }
-      render_page_end(r, c->next_cursor);
-      break;
-    }
-    case R_ACCOUNT_HISTORY: {
-      const engine_history_row_t *rows = r->rows;
-      jw_lit(w, "{\"data\":[");
-      for (uint32_t i = 0; i < c->row_count; i++) {
-        if (i) jw_raw(w, ",", 1);
-        jw_lit(w, "{\"transfer\":");
-        render_transfer(api, w, &rows[i].transfer, false, NULL);
-        jw_lit(w, ",\"balance_after\":");
-        jw_money(w, rows[i].balance_after_minor, exponent_of(rows[i].transfer.currency));
-        jw_lit(w, "}");
-      }
-      render_page_end(r, c->next_cursor);
-      break;
-    }
+    case R_ACCOUNTS_LIST: render_page(r, r->rows, sizeof(engine_account_t), row_account); break;
+    case R_ACCOUNT_HISTORY: render_page(r, r->rows, sizeof(engine_history_row_t), row_history); break;
     case R_USERS_CREATE: status = 201; /* fall through */
     case R_USER_ROLE: render_user(w, &c->user); break;
     case R_ME:
@@ -959,25 +962,8 @@ static void complete_ok(api_req_t *r) {
     case R_API_KEYS_CREATE: render_key(w, &c->api_key, r->token); status = 201; break;
     case R_SESSION_DELETE:
     case R_API_KEY_DELETE: finish(r, 204, NULL, "", 0); return;
-    case R_AUDIT: {
-      jw_lit(w, "{\"data\":[");
-      for (uint32_t i = 0; i < c->row_count; i++) {
-        if (i) jw_raw(w, ",", 1);
-        render_audit(w, &r->audit_rows[i]);
-      }
-      render_page_end(r, c->next_cursor);
-      break;
-    }
-    case R_TRANSFERS_SEARCH: {
-      const engine_transfer_t *rows = r->rows;
-      jw_lit(w, "{\"data\":[");
-      for (uint32_t i = 0; i < c->row_count; i++) {
-        if (i) jw_raw(w, ",", 1);
-        render_transfer(api, w, &rows[i], true, NULL);
-      }
-      render_page_end(r, c->next_cursor);
-      break;
-    }
+    case R_AUDIT: render_page(r, r->audit_rows, sizeof(engine_audit_event_t), row_audit); break;
+    case R_TRANSFERS_SEARCH: render_page(r, r->rows, sizeof(engine_transfer_t), row_transfer); break;
     case R_TRANSFER_RECEIPT: render_receipt(r); return;
     case R_RULES_GET: render_rules(w, r->rules); break;
     case R_RULES_RELOAD:
@@ -985,16 +971,7 @@ static void complete_ok(api_req_t *r) {
       jw_u64(w, c->rules_version);
       jw_lit(w, c->rules_changed ? ",\"changed\":true}" : ",\"changed\":false}");
       break;
-    case R_SUSPICIOUS_LIST: {
-      const engine_suspicious_t *rows = r->rows;
-      jw_lit(w, "{\"data\":[");
-      for (uint32_t i = 0; i < c->row_count; i++) {
-        if (i) jw_raw(w, ",", 1);
-        render_suspicious(w, &rows[i], true);
-      }
-      render_page_end(r, c->next_cursor);
-      break;
-    }
+    case R_SUSPICIOUS_LIST: render_page(r, r->rows, sizeof(engine_suspicious_t), row_suspicious); break;
     case R_SUSPICIOUS_REVIEW:
       render_suspicious(w, &c->suspicious, false);
       jw_key(w, "transfer");

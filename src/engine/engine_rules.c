@@ -412,16 +412,14 @@ static uint64_t chain_prev(const engine_transfer_t *t, uint64_t id) {
  * leave the state as a replay of the log would: untouched). Entries with created_ms > now -
  * window are inside. Built from the history when the stored one is for another rule-set
  * version (a walk back over the window, bounded by ENGINE_SCAN_STEPS_MAX entries: beyond
- * that the oldest are not seen), skipping `exclude_no` (the transfer being recorded). */
-static void vel_window(const engine_state_t *st, const engine_account_t *a, const engine_rule_t *r,
-                       uint64_t exclude_no, vel_slot_t *w) {
+ * that the oldest are not seen). */
+static void vel_window(const engine_state_t *st, const engine_account_t *a, const engine_rule_t *r, vel_slot_t *w) {
   *w = *vel_at(st, a->id, r->vel_slot);
   int64_t edge = st->batch_time_ms - r->window_ms;
   if (w->version != st->rules.version) {
     memset(w, 0, sizeof *w);
     w->version = st->rules.version;
     uint64_t no = a->history_last_no, steps = 0;
-    if (no != 0 && no == exclude_no) no = chain_prev(&st->transfers[no - 1], a->id);
     while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
       const engine_transfer_t *t = &st->transfers[no - 1];
       if (t->created_ms <= edge) break;
@@ -469,10 +467,10 @@ void risk_judge(engine_state_t *st, const engine_account_t *dr, const engine_acc
         break;
       case ENGINE_RULE_VELOCITY: {
         if (dr->kind != ENGINE_ACCOUNT_KIND_CUSTOMER) break;
-        vel_slot_t w;
-        vel_window(st, dr, r, 0, &w);
-        fire = (r->count_max != 0 && (uint64_t)w.count + 1 > r->count_max) ||
-               (th != ENGINE_THRESHOLD_NONE && w.amount + amount > th);
+        vel_slot_t *w = &v->windows[r->vel_slot];
+        vel_window(st, dr, r, w);
+        fire = (r->count_max != 0 && (uint64_t)w->count + 1 > r->count_max) ||
+               (th != ENGINE_THRESHOLD_NONE && w->amount + amount > th);
         break;
       }
       case ENGINE_RULE_BLOCKLIST: fire = blocklisted(rs, r, dr->id) || blocklisted(rs, r, cr->id); break;
@@ -499,8 +497,7 @@ void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t 
     for (unsigned i = 0; i < rs->count; i++) {
       const engine_rule_t *r = &rs->rules[i];
       if (r->type != ENGINE_RULE_VELOCITY || (r->currency != 0 && r->currency != dr->currency)) continue;
-      vel_slot_t w;
-      vel_window(st, dr, r, t->no, &w); /* t is in the history already: not counted twice */
+      vel_slot_t w = v->windows[r->vel_slot]; /* judged just before t was appended */
       w.count++;
       w.amount += t->amount_minor;
       if (w.start_no == 0) w.start_no = t->no;

@@ -171,6 +171,9 @@ typedef struct risk_verdict {
   uint8_t action;      /* 0: nothing fired */
   uint8_t rule;        /* deciding rule index + 1 */
   uint32_t fired_mask;
+  /* The debit account's velocity windows at the batch time, as judged (by velocity slot);
+   * risk_record stores them with the transfer added. */
+  vel_slot_t windows[ENGINE_VELOCITY_RULES_MAX];
 } risk_verdict_t;
 /* Judges a fresh transfer about to be applied (accounts resolved, amount in minor units).
  * Moves velocity windows forward (a pure function of time), changes nothing else. */
