@@ -1416,6 +1416,12 @@ static bool time_param(const http_request_t *h, const char *name, int64_t *out, 
   return true;
 }
 
+static bool alloc_rows(api_req_t *r, uint32_t n, size_t size, api_error_t *e) {
+  r->rows = calloc(n, size);
+  if (!r->rows) api_err(e, 503, "overloaded", "out of memory");
+  return r->rows != NULL;
+}
+
 /* ?currency=: 1 and *out set, 0 absent, -1 bad (e set). */
 static int currency_param(const http_request_t *h, uint8_t *out, api_error_t *e) {
   char v[64];
@@ -1460,11 +1466,7 @@ static bool build_list(api_req_t *r, api_error_t *e) {
     c->u.list.region = engine_region_find(r->api->engine, r->region); /* 0: matches nothing */
     if (c->u.list.region == 0) c->u.list.region = UINT16_MAX;
   }
-  r->rows = calloc(c->u.list.limit, sizeof(engine_account_t));
-  if (!r->rows) {
-    api_err(e, 503, "overloaded", "out of memory");
-    return false;
-  }
+  if (!alloc_rows(r, c->u.list.limit, sizeof(engine_account_t), e)) return false;
   c->u.list.rows = r->rows;
   return true;
 }
@@ -1478,22 +1480,12 @@ static bool build_history(api_req_t *r, uint64_t account_id, api_error_t *e) {
   if (!page_params(r->http, r->route, &c->u.history.limit, &c->u.history.cursor_no, &c->u.history.ascending, e) ||
       !time_param(r->http, "from", &c->u.history.from_ms, e) || !time_param(r->http, "to", &c->u.history.to_ms, e))
     return false;
-  r->rows = calloc(c->u.history.limit, sizeof(engine_history_row_t));
-  if (!r->rows) {
-    api_err(e, 503, "overloaded", "out of memory");
-    return false;
-  }
+  if (!alloc_rows(r, c->u.history.limit, sizeof(engine_history_row_t), e)) return false;
   c->u.history.rows = r->rows;
   return true;
 }
 
 /* ------------------------------------------------------------ search, risk, settlements */
-
-static bool alloc_rows(api_req_t *r, uint32_t n, size_t size, api_error_t *e) {
-  r->rows = calloc(n, size);
-  if (!r->rows) api_err(e, 503, "overloaded", "out of memory");
-  return r->rows != NULL;
-}
 
 static bool amount_param(const http_request_t *h, const char *name, bool *has, int64_t *digits, uint8_t *scale,
                          api_error_t *e) {
