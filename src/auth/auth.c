@@ -70,6 +70,7 @@ static void run_job(auth_pool_t *p, auth_job_t *j) {
 
 static void *pool_main(void *arg) {
   auth_pool_t *p = arg;
+  (void)pthread_setname_np(pthread_self(), "ledger-auth");
   pthread_mutex_lock(&p->lock);
   for (;;) {
     while (!p->head && !p->stopping) pthread_cond_wait(&p->cond, &p->lock);

@@ -264,6 +264,7 @@ static void *prefault_main(void *arg) {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
+  (void)pthread_setname_np(pthread_self(), "ledger-prefault");
   struct sched_param sp = {0};
   (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
   const size_t table = (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t);
@@ -292,6 +293,7 @@ static void *engine_main(void *arg) {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals go to the main thread */
+  (void)pthread_setname_np(pthread_self(), "ledger-engine");
   for (;;) {
     size_t n = take_batch(e);
     if (n == 0 && !expiry_due(e)) {

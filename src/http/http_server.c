@@ -196,6 +196,7 @@ static void loop_run(http_loop_t *loop) {
 static void *loop_main(void *arg) {
   http_loop_t *loop = arg;
   const http_config_t *cfg = &loop->server->config;
+  (void)pthread_setname_np(pthread_self(), "ledger-net");
   if (loop->server->tls_ctx != NULL) {
     /* OpenSSL writes with write(): a peer that reset would raise SIGPIPE. Blocked here, the
      * write fails with EPIPE instead, whatever the program's disposition for SIGPIPE. */
