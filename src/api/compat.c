@@ -663,7 +663,7 @@ static void suspicious_read(api_req_t *r) {
   jw_lit(w, "[");
   for (uint32_t i = 0; i < c->row_count; i++) {
     const engine_suspicious_t *e = &c->u.suspicious.rows[i];
-    engine_transfer_t t = {.no = e->transfer_no, .created_ms = e->transfer_created_ms};
+    engine_transfer_t t = {.no = (uint32_t)e->transfer_no, .created_ms = e->transfer_created_ms};
     if (i) jw_raw(w, ",", 1);
     jw_lit(w, "{\"id\":");
     jw_u64(w, e->id);

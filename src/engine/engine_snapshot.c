@@ -19,7 +19,7 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-#define SNAP_MAGIC 0x33504e534744474cull /* "LGDGSNP3" */
+#define SNAP_MAGIC 0x34504e534744474cull /* "LGDGSNP4" (3: 152-byte transfer records) */
 
 typedef struct snap_header {
   uint64_t magic;

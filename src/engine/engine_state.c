@@ -152,14 +152,14 @@ static engine_transfer_t *transfer_append(engine_state_t *st, engine_account_t *
   LEDGER_ASSERT(st->transfer_count < ENGINE_TRANSFERS_MAX);
   engine_transfer_t *t = &st->transfers[st->transfer_count++];
   memset(t, 0, sizeof *t);
-  t->no = st->transfer_count;
+  t->no = (uint32_t)st->transfer_count; /* < ENGINE_TRANSFERS_MAX: fits (engine.h) */
   t->seq = st->batch_seq;
   t->created_ms = t->updated_ms = st->batch_time_ms;
-  t->debit_account_id = dr->id;
-  t->credit_account_id = cr->id;
+  t->debit_account_id = (uint32_t)dr->id;
+  t->credit_account_id = (uint32_t)cr->id;
   t->currency = dr->currency;
-  t->prev_debit_no = dr->history_last_no;
-  t->prev_credit_no = cr->history_last_no;
+  t->prev_debit_no = (uint32_t)dr->history_last_no;
+  t->prev_credit_no = (uint32_t)cr->history_last_no;
   engine_account_t *sides[2] = {dr, cr};
   for (int k = 0; k < 2; k++) {
     engine_account_t *a = sides[k];
@@ -264,7 +264,7 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
   }
   bool held = verdict.action == ENGINE_ACTION_HOLD;
   bool pending = in->pending || held;
-  engine_transfer_t proto = {.debit_account_id = r.dr->id, .credit_account_id = r.cr->id, .kind = in->kind,
+  engine_transfer_t proto = {.debit_account_id = (uint32_t)r.dr->id, .credit_account_id = (uint32_t)r.cr->id, .kind = in->kind,
                              .currency = r.dr->currency, .created_ms = st->batch_time_ms};
   if (!risk_has_room(st, &verdict) || (!pending && !settlement_has_room(st, &proto)))
     return ENGINE_R_CAPACITY_EXHAUSTED;
@@ -352,7 +352,7 @@ int state_settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t am
       return ENGINE_R_LIMIT_EXCEEDED;
   }
   if (st->transfer_count >= ENGINE_TRANSFERS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
-  engine_transfer_t proto = {.debit_account_id = dr->id, .credit_account_id = cr->id, .kind = p->kind,
+  engine_transfer_t proto = {.debit_account_id = (uint32_t)dr->id, .credit_account_id = (uint32_t)cr->id, .kind = p->kind,
                              .currency = p->currency, .created_ms = st->batch_time_ms};
   if (post && !settlement_has_room(st, &proto)) return ENGINE_R_CAPACITY_EXHAUSTED;
   dr->pending_debits_minor -= p->amount_minor;
