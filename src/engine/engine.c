@@ -99,7 +99,7 @@ static void snapshot_start(engine_t *e) {
     /* The child yields disk and CPU to the engine: idle I/O class, lowest priority. */
     (void)syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, (3 << 13) /* IOPRIO_CLASS_IDLE */);
     (void)nice(19);
-    _exit(snapshot_write(&e->st, tmp_path, final_path, log_pos) == 0 ? 0 : 1);
+    _exit(snapshot_write(&e->st, tmp_path, final_path, log_pos, true) == 0 ? 0 : 1);
   }
   LOG_INFO("snapshot at seq %llu started (fork %.1f ms, %llu transfers)", (unsigned long long)e->st.last_seq,
            (double)(time_mono_ns() - t0) / 1e6, (unsigned long long)e->st.transfer_count);
@@ -126,7 +126,7 @@ static void snapshot_abandon(engine_t *e) {
 static int snapshot_now(engine_t *e) {
   char final_path[PATH_MAX], tmp_path[PATH_MAX];
   store_snapshot_paths(e->store, e->st.last_seq, final_path, tmp_path, sizeof final_path);
-  int rc = snapshot_write(&e->st, tmp_path, final_path, store_log_end(e->store));
+  int rc = snapshot_write(&e->st, tmp_path, final_path, store_log_end(e->store), true);
   if (rc == 0 && store_sync_dir(e->store) == 0) store_snapshot_prune(e->store, e->st.last_seq);
   if (rc == 0) e->log_at_snapshot = e->log_at_snapshot_done = store_log_end(e->store);
   return rc;

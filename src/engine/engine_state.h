@@ -245,9 +245,10 @@ int replay_record(void *ctx, const uint8_t *payload, uint32_t len, uint64_t payl
 
 /* ---- snapshots (engine_snapshot.c) ---- */
 /* Writes the state to a new snapshot file (tmp + fsync + rename + dir fsync). Uses only
- * write/fsync/rename: safe in a forked child. log_pos: the log offset the state covers. */
+ * system calls: safe in a forked child. log_pos: the log offset the state covers. direct:
+ * bypass the page cache (O_DIRECT) where the file system allows it (the engine always asks). */
 LEDGER_MUST_USE int snapshot_write(const engine_state_t *st, const char *tmp_path,
-                                   const char *final_path, uint64_t log_pos);
+                                   const char *final_path, uint64_t log_pos, bool direct);
 /* Loads a snapshot into a fresh state; *log_pos_out tells where the log tail starts. */
 LEDGER_MUST_USE int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out);
 
