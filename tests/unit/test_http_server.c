@@ -788,8 +788,14 @@ static void test_tls(const http_config_t *plain) {
   a = tls_request(port, false, "/tls", &len);
   CHECK(a == NULL, "no client certificate: refused");
   free(a);
+  /* The client sees the refusal (the server's alert) before the server thread counts it:
+   * wait for the count, up to 2 s. */
   http_stats_t st;
-  http_server_stats(server, &st);
+  for (int i = 0; i < 200; i++) {
+    http_server_stats(server, &st);
+    if (st.tls_handshake_errors_total >= 1) break;
+    usleep(10 * 1000);
+  }
   CHECK(st.tls_handshake_errors_total >= 1, "handshake errors %llu",
         (unsigned long long)st.tls_handshake_errors_total);
   http_server_stop(server);
