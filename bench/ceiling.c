@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "base/base.h"
@@ -182,10 +183,32 @@ static void ceil_check_sum(const ceiling_t *c) {
   LEDGER_ASSERT(sum == (int64_t)c->accounts * CEILING_BALANCE_START_MINOR);
 }
 
+/* --touch-mb: what fresh memory costs on this machine. Maps N MiB the way the engine maps its
+ * tables (anonymous, MAP_NORESERVE, transparent huge pages advised), writes one byte per
+ * 4 KiB page and times it; then unmaps, maps again and repeats on memory the kernel has just
+ * freed. On a VM whose host backs guest memory lazily (and takes freed memory back), the first
+ * figure is the host's cost, paid by every table that grows into new memory. */
+static void ceil_touch(size_t mb) {
+  size_t bytes = mb << 20;
+  double ns_per_byte[2];
+  for (int round = 0; round < 2; round++) {
+    char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) ceil_die("mmap");
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
+    uint64_t t0 = time_mono_ns();
+    for (size_t i = 0; i < bytes; i += 4096) p[i] = 1;
+    ns_per_byte[round] = (double)(time_mono_ns() - t0) / (double)bytes;
+    if (munmap(p, bytes) != 0) ceil_die("munmap");
+  }
+  printf("touch mb=%zu first_ns_per_byte=%.3f again_ns_per_byte=%.3f\n", mb, ns_per_byte[0], ns_per_byte[1]);
+  fflush(stdout);
+}
+
 static void ceil_usage(FILE *f) {
   fprintf(f,
           "usage: ledger-ceiling [-n TRANSFERS] [-d SECONDS] [-a ACCOUNTS] [-b BATCH]\n"
           "                      [--dir DIR] [--cpu N] [--no-io] [--cpu-only-seconds S]\n"
+          "                      [--touch-mb MB]   (only: the cost of fresh memory)\n"
           "  default: -d 5 with the log in a new directory under $TMPDIR (or /tmp), then\n"
           "  the same loop without I/O for the same time.\n");
 }
@@ -197,11 +220,13 @@ int main(int argc, char **argv) {
   const char *parent = getenv("TMPDIR");
   int cpu = -1;
   int io = 1;
-  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS };
+  size_t touch_mb = 0;
+  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH };
   static const struct option opts[] = {{"dir", required_argument, 0, OPT_DIR},
                                        {"cpu", required_argument, 0, OPT_CPU},
                                        {"no-io", no_argument, 0, OPT_NOIO},
                                        {"cpu-only-seconds", required_argument, 0, OPT_CPUS},
+                                       {"touch-mb", required_argument, 0, OPT_TOUCH},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o;
@@ -215,6 +240,7 @@ int main(int argc, char **argv) {
     case OPT_CPU: cpu = atoi(optarg); break;
     case OPT_NOIO: io = 0; break;
     case OPT_CPUS: cpu_seconds = strtod(optarg, NULL); break;
+    case OPT_TOUCH: touch_mb = strtoull(optarg, NULL, 10); break;
     case 'h': ceil_usage(stdout); return 0;
     default: ceil_usage(stderr); return 2;
     }
@@ -222,6 +248,14 @@ int main(int argc, char **argv) {
   if (optind != argc || accounts < 2 || batch == 0 || batch > CEILING_BATCH_MAX) {
     ceil_usage(stderr);
     return 2;
+  }
+  if (touch_mb > 0) {
+    if (touch_mb > 65536) {
+      ceil_usage(stderr);
+      return 2;
+    }
+    ceil_touch(touch_mb);
+    return 0;
   }
   if (seconds < 0) seconds = count ? 0 : 5;
   if (cpu_seconds < 0) cpu_seconds = seconds > 0 ? seconds : 0;

@@ -117,6 +117,12 @@ CEIL_LINES=$(TMPDIR=$WORK "${SERVER_PIN[@]}" "$BIN/ledger-ceiling" -d "$CEIL_SEC
 echo "$CEIL_LINES"
 CEIL=$(printf '%s\n' "$CEIL_LINES" | grep '^ceiling ')
 CEIL_CPU=$(printf '%s\n' "$CEIL_LINES" | grep '^ceiling_cpu ')
+# What fresh memory costs here: ledgerd's transfer table grows into new memory (120 bytes a
+# transfer); on a VM whose host backs memory lazily, the first touch is the host's cost.
+TOUCH_MB=$([ "$PROFILE" = full ] && echo 1024 || echo 256)
+echo "## memory: ledger-ceiling --touch-mb $TOUCH_MB"
+TOUCH=$("${SERVER_PIN[@]}" "$BIN/ledger-ceiling" --touch-mb "$TOUCH_MB" | grep '^touch ' || true)
+echo "$TOUCH"
 
 # start_server NAME LEDGERD_ARGS... -> a fresh ledgerd in $WORK/NAME (data in $WORK/NAME/data);
 # sets SERVER_PID, PORT, SERVER_DIR, and AUTH (the ledger-bench arguments that authenticate:
@@ -379,7 +385,7 @@ profile() {
     --percent-limit 0.3 2>/dev/null | grep -v '^#' | awk NF | head -60 >"$d.thread-symbols.txt" || true
   echo "  top 15 symbols of ledgerd (share of its samples, all threads):"
   sed 's/^/    /' "$d.symbols.txt"
-  echo "  by thread (tid:comm; the threads are unnamed: see $d.thread-symbols.txt):"
+  echo "  by thread (tid:name: ledger-engine, ledger-net, ledger-prefault, ledger-auth; a snapshot child keeps the name ledger-engine):"
   sed 's/^/    /' "$d.threads.txt"
   server_alive "perf $name"
 }
@@ -515,6 +521,7 @@ row "  /healthz open loop, same rate: p50 / p99 / max us" "$(kv "$HOPEN" p50_us)
 row "  batch: server CPU us/transfer, net/engine/other" "$BATCH_CPU" "" "" "CPU 0's time per transfer" ""
 row "  batch request latency p50 / p99 us" "$(kv "$BATCH" p50_us)/$(kv "$BATCH" p99_us)" "" "" "" ""
 row "  ceiling: memory + log, fdatasync/10k" "$(fmt "$C")" "no I/O: $(fmt "$CC")" "$(ratio "$C" "$CC")" "" ""
+row "  fresh memory, ns/byte: first touch / just freed" "$(kv "$TOUCH" first_ns_per_byte) / $(kv "$TOUCH" again_ns_per_byte)" "x 120 B/transfer: $(awk -v v="$(kv "$TOUCH" first_ns_per_byte)" 'BEGIN { if (v == "") print "-"; else printf "%.0f ns", v * 120 }')" "" "ledger-ceiling --touch-mb" ""
 row "  ceiling fdatasync p50 / p99 us" "$(kv "$CEIL" fdatasync_p50_us)/$(kv "$CEIL" fdatasync_p99_us)" "" "" "" ""
 row "  client CPU used: ledger-bench health / transfer" "$H_CPU / $T_CPUB" "wrk: $(val "$WRK_HUTIL" -) / $(val "$WRKL_UTIL" -)" "" "1.0 = one CPU busy" ""
 row "  ledger-bench transfers: before / after wrk" "$(fmt "$TR") / $(fmt "$T2R")" "wrk+Lua: $(fmt "$WRKL_RPS")" "" "" ""
