@@ -61,6 +61,29 @@ bool json_bool_of(const cJSON *v, const char *name, bool *out, api_error_t *e);
 bool json_currency_of(const cJSON *v, const char *name, bool required, uint8_t *out, api_error_t *e);
 bool json_extra_of(const cJSON *desc, const cJSON *meta, char *buf, uint32_t *len_out, api_error_t *e);
 
+/* A transfer object (single or batch item) into `in`, kind fixed by the route (api_v1.c);
+ * api_transfer_fields are its member names, NULL-terminated. */
+extern const char *const api_transfer_fields[];
+bool api_transfer_from_json(const cJSON *o, unsigned kind, engine_transfer_in_t *in, char *extra,
+                            api_error_t *e);
+
+/* The batch endpoint's fast path (api_batch.c): the common shape of a batch body parsed without
+ * a cJSON tree, into items, zeroed results and the items' extras (all malloc'd; the caller
+ * owns them). Returns false, with nothing allocated, for anything else: the caller then
+ * parses the body with cJSON, which gives the same items, or the error. */
+typedef struct api_batch {
+  engine_transfer_in_t *items;
+  engine_item_result_t *results;
+  char *extra;
+  uint32_t count;
+  bool atomic;
+} api_batch_t;
+bool api_batch_parse_fast(const char *body, size_t len, api_batch_t *out);
+/* The same from a parsed body (body_len: the body's bytes, for the extras' bound); false with
+ * the error in e (and nothing allocated). */
+bool api_batch_parse_json(const cJSON *body, size_t body_len, api_batch_t *out, api_error_t *e);
+void api_batch_free(api_batch_t *b);
+
 /* cJSON's allocations on a net thread come from a per-thread bump arena while a request is
  * being parsed (cJSON_InitHooks): a batch body makes ~50,000 nodes, and malloc/free of each
  * was the largest cost of the batch endpoint. Past the arena (JSON_ARENA_BYTES) it falls back

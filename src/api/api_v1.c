@@ -1118,109 +1118,35 @@ static cJSON *parse_body(api_req_t *r, api_error_t *e) {
   return root;
 }
 
-/* One transfer object (single or batch item) into `in`; kind fixed by the route. */
-static bool transfer_from_json(const cJSON *o, unsigned kind, engine_transfer_in_t *in, char *extra,
-                               api_error_t *e) {
-  /* One pass over the members (the batch endpoint parses 8,190 of these per request). */
-  enum { F_DEBIT, F_CREDIT, F_AMOUNT, F_CURRENCY, F_PENDING, F_TIMEOUT, F_DESC, F_META, F_COUNT };
-  enum { M_ACCOUNT, M_AMOUNT, M_CURRENCY, M_DESC, M_META, M_COUNT };
-  static const char *const transfer_fields[F_COUNT + 1] = {"debit_account_id", "credit_account_id", "amount",
-                                                           "currency", "pending", "timeout_s", "description",
-                                                           "metadata", NULL};
-  static const char *const money_fields[M_COUNT + 1] = {"account_id", "amount", "currency", "description",
-                                                        "metadata", NULL};
-  const cJSON *f[F_COUNT];
-  memset(in, 0, sizeof *in);
-  in->kind = (uint8_t)kind;
-  bool transfer = kind == ENGINE_KIND_TRANSFER;
-  if (!json_fields(o, transfer ? transfer_fields : money_fields, f, e)) return false;
-  const cJSON *amount = f[transfer ? F_AMOUNT : M_AMOUNT], *currency = f[transfer ? F_CURRENCY : M_CURRENCY];
-  const cJSON *desc = f[transfer ? F_DESC : M_DESC], *meta = f[transfer ? F_META : M_META];
-  if (transfer) {
-    if (!json_id_of(f[F_DEBIT], "debit_account_id", true, &in->debit_account_id, e) ||
-        !json_id_of(f[F_CREDIT], "credit_account_id", true, &in->credit_account_id, e))
-      return false;
-    bool pending = false;
-    if (!json_bool_of(f[F_PENDING], "pending", &pending, e)) return false;
-    in->pending = pending;
-    const cJSON *t = f[F_TIMEOUT];
-    if (t) {
-      double d = t->valuedouble;
-      if (!cJSON_IsNumber(t) || !isfinite(d) || d < 0 || d > ENGINE_PENDING_TIMEOUT_S_MAX || floor(d) != d) {
-        api_err(e, 400, "invalid_request", "'timeout_s' must be an integer from 0 to %u", ENGINE_PENDING_TIMEOUT_S_MAX);
-        return false;
-      }
-      if (d > 0 && !pending) {
-        api_err(e, 400, "invalid_request", "'timeout_s' applies only to pending transfers");
-        return false;
-      }
-      in->timeout_s = (uint32_t)d;
-    }
-  } else {
-    uint64_t id;
-    if (!json_id_of(f[M_ACCOUNT], "account_id", true, &id, e)) return false;
-    if (kind == ENGINE_KIND_DEPOSIT) in->credit_account_id = id;
-    else in->debit_account_id = id;
-  }
-  if (!json_amount_of(amount, "amount", true, &in->amount_digits, &in->amount_scale, e)) return false;
-  if (!json_currency_of(currency, "currency", false, &in->currency, e)) return false;
-  if (extra && !json_extra_of(desc, meta, extra, &in->extra_len, e)) return false;
-  in->extra = extra;
-  return true;
-}
-
 static bool build_transfer(api_req_t *r, const cJSON *body, unsigned kind, api_error_t *e) {
   r->cmd.kind = ENGINE_CMD_TRANSFER;
-  return transfer_from_json(body, kind, &r->cmd.u.transfer, r->extra, e);
+  return api_transfer_from_json(body, kind, &r->cmd.u.transfer, r->extra, e);
 }
 
-static bool build_batch(api_req_t *r, const cJSON *body, api_error_t *e) {
-  static const char *const fields[] = {"transfers", "atomic", NULL};
-  if (!json_check_fields(body, fields, e)) return false;
-  const cJSON *list = cJSON_GetObjectItemCaseSensitive(body, "transfers");
-  bool atomic = false;
-  if (!json_get_bool(body, "atomic", &atomic, e)) return false;
-  if (!cJSON_IsArray(list)) {
-    api_err(e, 400, "invalid_request", "'transfers' must be an array");
-    return false;
-  }
-  int n = cJSON_GetArraySize(list);
-  if (n < 1 || n > (int)API_BATCH_TRANSFERS_MAX) {
-    api_err(e, 400, "invalid_request", "'transfers' must hold 1 to %u items", API_BATCH_TRANSFERS_MAX);
-    return false;
-  }
-  r->items = calloc((size_t)n, sizeof *r->items);
-  r->results = calloc((size_t)n, sizeof *r->results);
-  /* Stored extras are never longer than their JSON in the body plus the member names. */
-  size_t extra_cap = r->http->body_len + (size_t)n * 64u;
-  r->batch_extra = malloc(extra_cap);
-  if (!r->items || !r->results || !r->batch_extra) {
-    api_err(e, 503, "overloaded", "out of memory");
-    return false;
-  }
-  size_t extra_used = 0;
-  int i = 0;
-  for (const cJSON *it = list->child; it; it = it->next, i++) {
-    char extra[LEDGER_EXTRA_BYTES_MAX];
-    api_error_t item_err;
-    if (!transfer_from_json(it, ENGINE_KIND_TRANSFER, &r->items[i], extra, &item_err)) {
-      api_err(e, item_err.status == 422 ? 400 : item_err.status, item_err.code, "transfers[%d]: %s", i, item_err.message);
-      return false;
-    }
-    uint32_t len = r->items[i].extra_len;
-    if (extra_used + len > extra_cap) {
-      api_err(e, 413, "payload_too_large", "descriptions and metadata too large in total");
-      return false;
-    }
-    memcpy(r->batch_extra + extra_used, extra, len);
-    r->items[i].extra = r->batch_extra + extra_used;
-    extra_used += len;
-  }
+/* A batch body: the fast path when it has the common shape, else through its cJSON tree. */
+static void batch_into_cmd(api_req_t *r, api_batch_t *b) {
+  r->items = b->items;
+  r->results = b->results;
+  r->batch_extra = b->extra;
   r->cmd.kind = ENGINE_CMD_TRANSFER_BATCH;
   r->cmd.u.batch.items = r->items;
   r->cmd.u.batch.results = r->results;
-  r->cmd.u.batch.item_count = (uint32_t)n;
-  r->cmd.u.batch.atomic = atomic;
+  r->cmd.u.batch.item_count = b->count;
+  r->cmd.u.batch.atomic = b->atomic;
+}
+
+static bool build_batch(api_req_t *r, const cJSON *body, api_error_t *e) {
+  api_batch_t b;
+  if (!api_batch_parse_json(body, r->http->body_len, &b, e)) return false;
+  batch_into_cmd(r, &b);
+  return true;
+}
+
+/* The common shape of a batch body, without a cJSON tree (api_batch.c); false: use cJSON. */
+static bool build_batch_fast(api_req_t *r) {
+  api_batch_t b;
+  if (!api_batch_parse_fast(r->http->body, r->http->body_len, &b)) return false;
+  batch_into_cmd(r, &b);
   return true;
 }
 
@@ -2087,12 +2013,13 @@ static bool is_auth_route(route_t rt) {
 /* Builds the engine command for a route; false with *e set on a client error. */
 static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
   cJSON *body = NULL;
-  bool ok = false;
+  bool ok = false, fast = false;
   uint64_t id = 0;
   if (is_write_route(r->route)) {
     bool empty_ok = r->route == R_ACCOUNT_FREEZE || r->route == R_ACCOUNT_UNFREEZE || r->route == R_TRANSFER_VOID ||
                     r->route == R_TRANSFER_POST || r->route == R_RULES_RELOAD;
-    if (!(empty_ok && r->http->body_len == 0)) {
+    if (r->route == R_TRANSFERS_BATCH) fast = build_batch_fast(r);
+    if (!fast && !(empty_ok && r->http->body_len == 0)) {
       if (!(body = parse_body(r, e))) {
         json_arena_end();
         return false;
@@ -2129,7 +2056,7 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
     case R_TRANSFERS_CREATE: ok = build_transfer(r, body, ENGINE_KIND_TRANSFER, e); break;
     case R_DEPOSITS: ok = build_transfer(r, body, ENGINE_KIND_DEPOSIT, e); break;
     case R_WITHDRAWALS: ok = build_transfer(r, body, ENGINE_KIND_WITHDRAWAL, e); break;
-    case R_TRANSFERS_BATCH: ok = build_batch(r, body, e); break;
+    case R_TRANSFERS_BATCH: ok = fast || build_batch(r, body, e); break;
     case R_TRANSFER_GET:
     case R_TRANSFER_RECEIPT:
     case R_TRANSFER_POST:

@@ -1,0 +1,66 @@
+/*
+ * fuzz_batch.c — libFuzzer target for the batch endpoint's two parsers (src/api/api_batch.c):
+ * on arbitrary bytes, whatever the fast path accepts, the cJSON path (as the server runs it:
+ * the parse, nothing but whitespace after the value, then api_batch_parse_json) must accept
+ * too, with the same count, atomic flag, items and extras. A fast path that declines leaves
+ * nothing allocated.
+ *
+ * Replayed in `make test` by fuzz/replay_main.c over fuzz/corpus/fuzz_batch.
+ */
+#include <cjson/cJSON.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_internal.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define FUZZ_REQUIRE(cond)                                                                   \
+  do {                                                                                       \
+    if (!(cond)) {                                                                           \
+      fprintf(stderr, "fuzz_batch: %s failed at line %d\n", #cond, __LINE__);               \
+      abort();                                                                               \
+    }                                                                                        \
+  } while (0)
+
+static bool slow(const char *p, size_t len, api_batch_t *out) {
+  const char *end = NULL;
+  memset(out, 0, sizeof *out);
+  cJSON *root = cJSON_ParseWithLengthOpts(p, len, &end, false);
+  if (!root) return false;
+  for (const char *q = end; q < p + len; q++) {
+    if (*q != ' ' && *q != '\n' && *q != '\r' && *q != '\t') {
+      cJSON_Delete(root);
+      return false;
+    }
+  }
+  api_error_t e;
+  bool ok = api_batch_parse_json(root, len, out, &e);
+  cJSON_Delete(root);
+  return ok;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (size > 256 * 1024) return 0;
+  const char *p = (const char *)data;
+  api_batch_t f;
+  if (!api_batch_parse_fast(p, size, &f)) {
+    FUZZ_REQUIRE(f.items == NULL && f.results == NULL && f.extra == NULL && f.count == 0);
+    return 0;
+  }
+  api_batch_t s;
+  FUZZ_REQUIRE(slow(p, size, &s));
+  FUZZ_REQUIRE(f.count == s.count && f.atomic == s.atomic && f.count >= 1);
+  for (uint32_t i = 0; i < f.count; i++) {
+    engine_transfer_in_t x = f.items[i], y = s.items[i];
+    FUZZ_REQUIRE(x.extra_len == y.extra_len);
+    FUZZ_REQUIRE(x.extra_len == 0 || memcmp(x.extra, y.extra, x.extra_len) == 0);
+    x.extra = y.extra = NULL;
+    FUZZ_REQUIRE(memcmp(&x, &y, sizeof x) == 0);
+  }
+  api_batch_free(&f);
+  api_batch_free(&s);
+  return 0;
+}
