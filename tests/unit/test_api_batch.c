@@ -62,7 +62,7 @@ static void ws(buf_t *b) {
 
 /* A value for member f; *unusual set when it is a shape the fast path leaves to cJSON. */
 static void value(buf_t *b, int f, bool allow_unusual, bool *unusual) {
-  char t[700];
+  char t[800];
   bool odd = allow_unusual && pick(40) == 0;
   if (odd) *unusual = true;
   switch (f) {
