@@ -146,10 +146,11 @@ static uint64_t codes_saved(const engine_state_t *st) {
   return st->codes_total < ENGINE_CODES_RING_BYTES ? st->codes_total : ENGINE_CODES_RING_BYTES;
 }
 
-int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *final_path, uint64_t log_pos,
-                   bool direct) {
+static int snapshot_write_once(const engine_state_t *st, const char *tmp_path, const char *final_path,
+                               uint64_t log_pos, bool direct, bool *was_direct) {
   sink_t s;
   sink_open(&s, tmp_path, direct);
+  *was_direct = s.buf != NULL;
   if (s.rc != 0) return s.rc;
   uint64_t idem_count = 0;
   for (uint64_t i = 0; i < st->idem_slots && st->idem_used; i++)
@@ -212,6 +213,16 @@ int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *f
   if (s.rc == 0 && rename(tmp_path, final_path) != 0) s.rc = LEDGER_EIO;
   if (s.rc != 0) unlink(tmp_path);
   return s.rc;
+}
+
+int snapshot_write(const engine_state_t *st, const char *tmp_path, const char *final_path, uint64_t log_pos,
+                   bool direct) {
+  bool was_direct = false;
+  int rc = snapshot_write_once(st, tmp_path, final_path, log_pos, direct, &was_direct);
+  /* A file system may open with O_DIRECT and still refuse the writes (alignment it does not
+   * support): once through the page cache, so that such a system still gets snapshots. */
+  if (rc != 0 && was_direct) rc = snapshot_write_once(st, tmp_path, final_path, log_pos, false, &was_direct);
+  return rc;
 }
 
 typedef struct source {
