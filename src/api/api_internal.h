@@ -54,6 +54,9 @@ bool json_get_extra(const cJSON *obj, char *buf, uint32_t *len_out, api_error_t 
  * json_check_fields. The *_of functions below check one member found that way (NULL: absent)
  * exactly as the json_get_* ones above do by name. */
 bool json_fields(const cJSON *obj, const char *const *names, const cJSON **slots, api_error_t *e);
+/* A request body as JSON: one value, nothing but whitespace after it, no \u0000 in strings.
+ * NULL with a 400 invalid_json in e otherwise. */
+cJSON *json_parse_body(const char *body, size_t len, api_error_t *e);
 bool json_id_of(const cJSON *v, const char *name, bool required, uint64_t *out, api_error_t *e);
 bool json_amount_of(const cJSON *v, const char *name, bool required, int64_t *digits, uint8_t *scale,
                     api_error_t *e);

@@ -128,6 +128,29 @@ void api_err(api_error_t *e, int status, const char *code, const char *fmt, ...)
   va_end(ap);
 }
 
+cJSON *json_parse_body(const char *body, size_t len, api_error_t *e) {
+  /* cJSON turns \u0000 into a NUL that would silently cut a string short: refuse it. */
+  if (memmem(body, len, "\\u0000", 6) != NULL) {
+    api_err(e, 400, "invalid_json", "strings must not contain NUL (\\u0000)");
+    return NULL;
+  }
+  const char *end = NULL;
+  cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+  if (!root) {
+    api_err(e, 400, "invalid_json", "the body is not valid JSON");
+    return NULL;
+  }
+  /* Only whitespace may follow the value. */
+  for (const char *p = end; p && p < body + len; p++) {
+    if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
+      cJSON_Delete(root);
+      api_err(e, 400, "invalid_json", "unexpected data after the JSON value");
+      return NULL;
+    }
+  }
+  return root;
+}
+
 bool json_check_fields(const cJSON *obj, const char *const *allowed, api_error_t *e) {
   if (!cJSON_IsObject(obj)) {
     api_err(e, 400, "invalid_request", "the body must be a JSON object");

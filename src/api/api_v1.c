@@ -1095,27 +1095,8 @@ static cJSON *parse_body(api_req_t *r, api_error_t *e) {
   }
   /* Content-Type is not checked: the body must be JSON whatever it says (curl -d sends a
    * form type by default; refusing that helps nobody). */
-  /* cJSON turns \u0000 into a NUL that would silently cut a string short: refuse it. */
-  if (memmem(h->body, h->body_len, "\\u0000", 6) != NULL) {
-    api_err(e, 400, "invalid_json", "strings must not contain NUL (\\u0000)");
-    return NULL;
-  }
-  const char *end = NULL;
   json_arena_begin(); /* ended in build(), after the tree is deleted */
-  cJSON *root = cJSON_ParseWithLengthOpts(h->body, h->body_len, &end, false);
-  if (!root) {
-    api_err(e, 400, "invalid_json", "the body is not valid JSON");
-    return NULL;
-  }
-  /* Only whitespace may follow the value. */
-  for (const char *p = end; p && p < h->body + h->body_len; p++) {
-    if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
-      cJSON_Delete(root);
-      api_err(e, 400, "invalid_json", "unexpected data after the JSON value");
-      return NULL;
-    }
-  }
-  return root;
+  return json_parse_body(h->body, h->body_len, e);
 }
 
 static bool build_transfer(api_req_t *r, const cJSON *body, unsigned kind, api_error_t *e) {
