@@ -54,6 +54,10 @@ struct engine {
   pthread_t prefault_thread;
   bool prefault_running;
   _Atomic uint64_t transfer_count_pub; /* st.transfer_count, published after each batch */
+  /* engine_set_batch_done_hook: set once, before commands that rely on it are submitted */
+  void (*batch_done_hook)(void *arg);
+  void *batch_done_arg;
+  _Atomic bool batch_done_set;
   ledger_hist_t hist_batch_commands;
   ledger_hist_t hist_fsync_ns;
 };
@@ -135,8 +139,19 @@ static int snapshot_now(engine_t *e) {
 /* ------------------------------------------------------------ the batch */
 
 static void complete(engine_t *e, engine_cmd_t **cmds, size_t n) {
-  (void)e;
   for (size_t i = 0; i < n; i++) cmds[i]->done(cmds[i]);
+  if (atomic_load_explicit(&e->batch_done_set, memory_order_acquire)) e->batch_done_hook(e->batch_done_arg);
+}
+
+void engine_set_batch_done_hook(engine_t *e, void (*hook)(void *arg), void *arg) {
+  LEDGER_ASSERT(hook != NULL);
+  if (atomic_load(&e->batch_done_set)) { /* a second caller: only the same hook is allowed */
+    LEDGER_ASSERT(e->batch_done_hook == hook && e->batch_done_arg == arg);
+    return;
+  }
+  e->batch_done_hook = hook;
+  e->batch_done_arg = arg;
+  atomic_store_explicit(&e->batch_done_set, true, memory_order_release);
 }
 
 static void run_batch(engine_t *e, engine_cmd_t **cmds, size_t n) {

@@ -555,6 +555,11 @@ void engine_close(engine_t *engine);
  * LEDGER_ESTOPPED during shutdown. On error the command was not taken and done is not called. */
 LEDGER_MUST_USE int engine_submit(engine_t *engine, engine_cmd_t *cmd);
 
+/* Called on the engine thread after the done callbacks of each batch: where a caller whose
+ * done callbacks only queue their answers wakes each thread it queued to, once per batch
+ * instead of once per command. Set once, before any command that relies on it is submitted. */
+void engine_set_batch_done_hook(engine_t *engine, void (*hook)(void *arg), void *arg);
+
 /* Submits and waits for the answer (start-up and tools, never a net thread). Returns the
  * submit error, else 0 with the outcome in cmd->result. cmd->done is set here. */
 LEDGER_MUST_USE int engine_run(engine_t *engine, engine_cmd_t *cmd);
