@@ -26,6 +26,7 @@ static void usage(void) {
           "               [--session-ttl-s S] [--argon2-opslimit N --argon2-memlimit-kib N]\n"
           "               [--no-auth] [--list-routes] [--rate-limit NAME=RATE/BURST | --rate-limit off]\n"
           "               [--config FILE] [--time-offset-s S] [--prefault-mb MB]\n"
+          "               [--log-prealloc-mb MB]\n"
           "               [--compat [--compat-open]]\n"
           "  rate-limit names: signin.addr signin.user write.addr write.cred read.addr read.cred\n"
           "  --listen 127.0.0.1:0 picks a free port; the line 'listening on http://ADDR:PORT'\n"
@@ -40,6 +41,8 @@ static void usage(void) {
           "  re-reads it. --time-offset-s (tests only) runs the ledger's clock S seconds ahead.\n"
           "  --prefault-mb MB (default 256, 0 = off): memory populated ahead of the transfer table\n"
           "  by an idle-priority thread, so the engine does not zero fresh pages itself.\n"
+          "  --log-prealloc-mb MB (default 16, 0 = off): zeros kept written ahead of the log, so\n"
+          "  each commit's fdatasync writes the data alone (docs/storage.md).\n"
           "  --compat serves the seed systems' routes (docs/compat.md); --compat-open lets their\n"
           "  banking-API and Flask routes run without a credential, as the operator: UNSAFE,\n"
           "  loopback only. --compat --list-routes lists the compat routes too.\n");
@@ -185,6 +188,7 @@ int main(int argc, char **argv) {
   const char *config_path = NULL;
   uint64_t time_offset_s = 0;
   uint64_t prefault_mb = 256;
+  uint64_t log_prealloc_mb = 16; /* store.h: STORE_PREALLOC_BYTES_DEFAULT */
   uint64_t threads = 0, retention_s = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT / 1000, snapshot_mb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -208,6 +212,7 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--config") == 0 && v) config_path = v;
     else if (strcmp(a, "--time-offset-s") == 0 && v) ok = parse_u64(v, 10ull * 366 * 86400, &time_offset_s);
     else if (strcmp(a, "--prefault-mb") == 0 && v) ok = parse_u64(v, 4096, &prefault_mb);
+    else if (strcmp(a, "--log-prealloc-mb") == 0 && v) ok = parse_u64(v, 1024, &log_prealloc_mb);
     else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       usage();
       return 0;
@@ -282,7 +287,8 @@ int main(int argc, char **argv) {
                         .fsync = true,
                         .queue_commands_max = (uint32_t)queue_max,
                         .time_offset_ms = (int64_t)time_offset_s * 1000,
-                        .prefault_bytes = prefault_mb * 1024 * 1024};
+                        .prefault_bytes = prefault_mb * 1024 * 1024,
+                        .log_prealloc_bytes = log_prealloc_mb * 1024 * 1024};
   engine_t *engine = NULL;
   int rc = engine_open(&ec, &engine);
   if (rc != 0) {

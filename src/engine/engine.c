@@ -397,6 +397,8 @@ int engine_open(const engine_config_t *config, engine_t **out) {
   if (rc != 0) goto fail;
   if ((rc = state_init(&e->st, e->cfg.idempotency_retention_ms)) != 0) goto fail;
   if ((rc = recover(e)) != 0) goto fail;
+  static_assert(ENGINE_BATCH_LOG_BYTES_MAX <= STORE_APPEND_BYTES_MAX, "a batch record is one append");
+  if (e->cfg.fsync && (rc = store_log_prealloc_start(e->store, e->cfg.log_prealloc_bytes)) != 0) goto fail;
   e->st.read_extra = state_read_extra;
   e->st.read_extra_ctx = e;
   e->enc_record_pos = UINT64_MAX;
@@ -543,6 +545,10 @@ void engine_get_stats(const engine_t *e, engine_stats_t *o) {
   o->suspicious_total = atomic_load_explicit(&e->suspicious_total, memory_order_relaxed);
   o->settlement_rows = atomic_load_explicit(&e->settlement_rows, memory_order_relaxed);
   o->ready = atomic_load(&e->ready);
+  store_prealloc_stats_t ps;
+  store_log_prealloc_stats(e->store, &ps);
+  o->log_prealloc_chunks = ps.chunks;
+  o->log_prealloc_slow_appends = ps.slow_appends;
   o->batch_commands = &e->hist_batch_commands;
   o->fsync_ns = &e->hist_fsync_ns;
 }

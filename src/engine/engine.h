@@ -538,6 +538,7 @@ typedef struct engine_config {
   uint32_t queue_commands_max; /* power of two, 2..ENGINE_QUEUE_COMMANDS_MAX; 0 = that */
   int64_t time_offset_ms;      /* tests only: the engine clock is the wall clock + this (>= 0) */
   uint64_t prefault_bytes;     /* transfer table populated ahead of use at idle priority; 0 = off */
+  uint64_t log_prealloc_bytes; /* zeros kept written ahead of the log (store.h); 0 = off */
 } engine_config_t;
 
 /* Opens (or creates) the data directory, takes its lock, recovers state from the newest
@@ -589,6 +590,8 @@ typedef struct engine_stats {
   uint64_t suspicious_total; /* suspicious-activity entries ever made (flagged or held) */
   uint64_t settlement_rows;
   bool ready;
+  uint64_t log_prealloc_chunks;        /* chunks of zeros written ahead of the log */
+  uint64_t log_prealloc_slow_appends;  /* appends that outran them and extended the file */
   const ledger_hist_t *batch_commands; /* commands per batch */
   const ledger_hist_t *fsync_ns;       /* write + fdatasync per batch */
 } engine_stats_t;

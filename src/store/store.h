@@ -25,6 +25,12 @@
 #define STORE_RECORD_HEADER_BYTES 16u
 #define STORE_RECORD_PAYLOAD_BYTES_MAX (256u * 1024u * 1024u)
 #define STORE_LOG_NAME "ledger.log"
+/* One append (one engine batch record) is at most this long: a torn write is confined to it. */
+#define STORE_APPEND_BYTES_MAX (64u * 1024u * 1024u + 4096u)
+/* Preallocation: zeros are written ahead of the log in chunks of this size, at this alignment. */
+#define STORE_PREALLOC_CHUNK_BYTES (512u * 1024u)
+#define STORE_PREALLOC_ALIGN 4096u
+#define STORE_PREALLOC_BYTES_DEFAULT (16u * 1024u * 1024u) /* ledgerd --log-prealloc-mb 16 */
 #define STORE_LOCK_NAME "LOCK"
 
 typedef struct store store_t;
@@ -44,13 +50,30 @@ void store_record_seal(void *buf, uint32_t payload_len);
 /* Appends [buf, buf+len) (one or more sealed records) at the end, then fdatasync when
  * sync. Any failure is returned; the caller must treat it as fatal (fail-stop). */
 LEDGER_MUST_USE int store_log_append(store_t *store, const void *buf, size_t len, bool sync);
+/* Preallocation (optional, after store_log_scan): a thread keeps up to `bytes` of zeros
+ * written (O_DIRECT where the file system allows it) and fdatasync'd past the log's end, so an
+ * append overwrites blocks that already exist and its fdatasync writes the data alone: no
+ * inode (size) and no block bitmap (docs/storage.md). An append that outruns the zeros extends
+ * the file as before. The file is then longer than the log; store_log_scan takes the zeros
+ * after the last whole record as the end, not as damage. 0 = off. */
+LEDGER_MUST_USE int store_log_prealloc_start(store_t *store, uint64_t bytes);
+typedef struct store_prealloc_stats {
+  bool enabled, direct;
+  uint64_t zero_end;     /* the file's zeros reach here */
+  uint64_t chunks;       /* chunks of zeros written */
+  uint64_t slow_appends; /* appends that outran the zeros and extended the file */
+} store_prealloc_stats_t;
+void store_log_prealloc_stats(const store_t *store, store_prealloc_stats_t *out);
+
 /* pread of committed bytes. */
 LEDGER_MUST_USE int store_log_read(const store_t *store, uint64_t pos, void *buf, size_t len);
 
 /* Calls fn for each valid record from `pos` on, in order, with the payload and the log offset
- * of the payload's first byte. A torn last record (short header, short payload, or a bad crc
- * on the record that reaches the end of the file) is cut off when the store is writable and
- * reported through *torn_out; a bad record followed by more data is LEDGER_ECORRUPT.
+ * of the payload's first byte. Zeros after the last whole record are the end (preallocated
+ * space). A torn last record (short header, short payload, or a bad record that reaches the
+ * last non-zero byte, or whose following data fits in one append and holds no whole record)
+ * is cut off when the store is writable and reported through *torn_out; a bad record followed
+ * by a whole record, or by more than one append's worth of data, is LEDGER_ECORRUPT.
  * fn returning non-zero stops the scan with that value. */
 typedef int (*store_record_fn)(void *ctx, const uint8_t *payload, uint32_t len, uint64_t payload_pos);
 LEDGER_MUST_USE int store_log_scan(store_t *store, uint64_t pos, store_record_fn fn, void *ctx,

@@ -7,9 +7,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,6 +26,18 @@ struct store {
   int log_fd;
   bool read_only;
   _Atomic uint64_t log_end; /* written by the engine thread, read by readers (pread bound) */
+  /* Preallocation (store_log_prealloc_start): [log_end, zero_end) is inside the file and
+   * zeros. The filler thread only writes at or past zero_end, the appender only below it
+   * unless it holds fill_mu with no chunk in flight: they never write the same bytes. */
+  _Atomic uint64_t zero_end;
+  uint64_t prealloc_bytes; /* 0 = off */
+  int fill_fd;             /* O_DIRECT when the file system allows it, else buffered */
+  bool fill_direct, fill_running, fill_stop, filling;
+  pthread_t fill_thread;
+  pthread_mutex_t fill_mu;
+  pthread_cond_t fill_cv;
+  uint8_t *fill_zeros; /* STORE_PREALLOC_CHUNK_BYTES of zeros, 4096-aligned */
+  _Atomic uint64_t fill_chunks, fill_slow_appends;
 };
 
 static uint32_t load_u32(const uint8_t *p) {
@@ -38,7 +53,9 @@ int store_open(const char *dir, bool read_only, store_t **out) {
   if (!s) return LEDGER_ENOMEM;
   snprintf(s->dir, sizeof s->dir, "%s", dir);
   s->read_only = read_only;
-  s->lock_fd = s->log_fd = -1;
+  s->lock_fd = s->log_fd = s->fill_fd = -1;
+  pthread_mutex_init(&s->fill_mu, NULL);
+  pthread_cond_init(&s->fill_cv, NULL);
   int rc = LEDGER_EIO;
   s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (s->dir_fd < 0) goto fail;
@@ -69,6 +86,17 @@ fail:
 
 void store_close(store_t *s) {
   if (!s) return;
+  if (s->fill_running) {
+    pthread_mutex_lock(&s->fill_mu);
+    s->fill_stop = true;
+    pthread_cond_broadcast(&s->fill_cv);
+    pthread_mutex_unlock(&s->fill_mu);
+    pthread_join(s->fill_thread, NULL);
+  }
+  if (s->fill_fd >= 0) close(s->fill_fd);
+  free(s->fill_zeros);
+  pthread_mutex_destroy(&s->fill_mu);
+  pthread_cond_destroy(&s->fill_cv);
   if (s->log_fd >= 0) close(s->log_fd);
   if (s->lock_fd >= 0) close(s->lock_fd); /* releases the flock */
   if (s->dir_fd >= 0) close(s->dir_fd);
@@ -104,23 +132,44 @@ int store_write_all(int fd, const void *buf, size_t len) {
   return LEDGER_OK;
 }
 
-int store_log_append(store_t *s, const void *buf, size_t len, bool sync) {
-  LEDGER_ASSERT(!s->read_only);
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t pos) {
   const char *p = buf;
-  uint64_t pos = atomic_load_explicit(&s->log_end, memory_order_relaxed);
-  size_t left = len;
-  while (left > 0) {
-    ssize_t n = pwrite(s->log_fd, p, left, (off_t)pos);
+  while (len > 0) {
+    ssize_t n = pwrite(fd, p, len, (off_t)pos);
     if (n < 0) {
       if (errno == EINTR) continue;
       return LEDGER_EIO;
     }
     p += n;
     pos += (uint64_t)n;
-    left -= (size_t)n;
+    len -= (size_t)n;
   }
+  return LEDGER_OK;
+}
+
+int store_log_append(store_t *s, const void *buf, size_t len, bool sync) {
+  LEDGER_ASSERT(!s->read_only && len <= STORE_APPEND_BYTES_MAX);
+  uint64_t pos = atomic_load_explicit(&s->log_end, memory_order_relaxed);
+  uint64_t end = pos + len;
+  if (!s->fill_running || end <= atomic_load_explicit(&s->zero_end, memory_order_acquire)) {
+    if (pwrite_all(s->log_fd, buf, len, pos) != 0) return LEDGER_EIO;
+  } else {
+    /* Past the zeros: wait for a chunk in flight (it may cover these bytes), then extend the
+     * file as a plain append and move zero_end so the filler starts after it. */
+    atomic_fetch_add_explicit(&s->fill_slow_appends, 1, memory_order_relaxed);
+    pthread_mutex_lock(&s->fill_mu);
+    while (s->filling) pthread_cond_wait(&s->fill_cv, &s->fill_mu);
+    int rc = pwrite_all(s->log_fd, buf, len, pos);
+    if (rc == 0 && end > atomic_load_explicit(&s->zero_end, memory_order_relaxed))
+      atomic_store_explicit(&s->zero_end, end, memory_order_release);
+    pthread_cond_broadcast(&s->fill_cv);
+    pthread_mutex_unlock(&s->fill_mu);
+    if (rc != 0) return rc;
+  }
+  if (s->fill_running && end + s->prealloc_bytes / 2 > atomic_load_explicit(&s->zero_end, memory_order_relaxed))
+    pthread_cond_signal(&s->fill_cv); /* less than half the window left: the filler's turn */
   if (sync && fdatasync(s->log_fd) != 0) return LEDGER_EIO;
-  atomic_store_explicit(&s->log_end, pos, memory_order_release);
+  atomic_store_explicit(&s->log_end, end, memory_order_release);
   return LEDGER_OK;
 }
 
@@ -138,6 +187,103 @@ int store_log_read(const store_t *s, uint64_t pos, void *buf, size_t len) {
   return LEDGER_OK;
 }
 
+/* ------------------------------------------------------------ preallocation */
+
+static void *fill_main(void *arg) {
+  store_t *s = arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  (void)pthread_setname_np(pthread_self(), "ledger-logfill");
+  pthread_mutex_lock(&s->fill_mu);
+  while (!s->fill_stop) {
+    uint64_t zero_end = atomic_load_explicit(&s->zero_end, memory_order_relaxed);
+    uint64_t log_end = atomic_load_explicit(&s->log_end, memory_order_acquire);
+    if (zero_end >= log_end + s->prealloc_bytes) {
+      struct timespec t;
+      clock_gettime(CLOCK_REALTIME, &t);
+      t.tv_nsec += 50 * 1000 * 1000;
+      if (t.tv_nsec >= 1000000000) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000;
+      }
+      pthread_cond_timedwait(&s->fill_cv, &s->fill_mu, &t);
+      continue;
+    }
+    uint64_t at = (zero_end + STORE_PREALLOC_ALIGN - 1) & ~(uint64_t)(STORE_PREALLOC_ALIGN - 1);
+    s->filling = true;
+    pthread_mutex_unlock(&s->fill_mu);
+    int rc = pwrite_all(s->fill_fd, s->fill_zeros, STORE_PREALLOC_CHUNK_BYTES, at);
+    int err = errno;
+    if (rc != 0 && s->fill_direct && err == EINVAL) {
+      /* The file system took O_DIRECT at open but refuses the write: go through the cache. */
+      int fd = openat(s->dir_fd, STORE_LOG_NAME, O_WRONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        close(s->fill_fd);
+        s->fill_fd = fd;
+        s->fill_direct = false;
+        rc = pwrite_all(s->fill_fd, s->fill_zeros, STORE_PREALLOC_CHUNK_BYTES, at);
+        err = errno;
+      }
+    }
+    if (rc == 0 && fdatasync(s->fill_fd) != 0) {
+      rc = LEDGER_EIO;
+      err = errno;
+    }
+    /* Direct writes leave the page cache empty there, and a buffered append into a page that
+     * is not cached reads it from the disk first: read the zeros back now, off the engine. */
+    if (rc == 0 && s->fill_direct)
+      (void)posix_fadvise(s->fill_fd, (off_t)at, STORE_PREALLOC_CHUNK_BYTES, POSIX_FADV_WILLNEED);
+    pthread_mutex_lock(&s->fill_mu);
+    s->filling = false;
+    if (rc == 0) {
+      atomic_store_explicit(&s->zero_end, at + STORE_PREALLOC_CHUNK_BYTES, memory_order_release);
+      atomic_fetch_add_explicit(&s->fill_chunks, 1, memory_order_relaxed);
+    }
+    pthread_cond_broadcast(&s->fill_cv);
+    if (rc != 0) {
+      LOG_WARN("log preallocation stopped (%s): appends extend the file from now on", strerror(err));
+      break;
+    }
+  }
+  pthread_mutex_unlock(&s->fill_mu);
+  return NULL;
+}
+
+int store_log_prealloc_start(store_t *s, uint64_t bytes) {
+  if (s->read_only || bytes == 0 || s->fill_running) return LEDGER_OK;
+  if (bytes < 2u * STORE_PREALLOC_CHUNK_BYTES) bytes = 2u * STORE_PREALLOC_CHUNK_BYTES;
+  struct stat st;
+  if (fstat(s->log_fd, &st) != 0) return LEDGER_EIO;
+  uint64_t size = (uint64_t)st.st_size;
+  LEDGER_ASSERT(size >= store_log_end(s)); /* after store_log_scan: the rest is zeros */
+  s->fill_zeros = aligned_alloc(STORE_PREALLOC_ALIGN, STORE_PREALLOC_CHUNK_BYTES);
+  if (!s->fill_zeros) return LEDGER_ENOMEM;
+  memset(s->fill_zeros, 0, STORE_PREALLOC_CHUNK_BYTES);
+  s->fill_direct = true;
+  s->fill_fd = openat(s->dir_fd, STORE_LOG_NAME, O_WRONLY | O_DIRECT | O_CLOEXEC);
+  if (s->fill_fd < 0) {
+    s->fill_direct = false;
+    s->fill_fd = openat(s->dir_fd, STORE_LOG_NAME, O_WRONLY | O_CLOEXEC);
+    if (s->fill_fd < 0) return LEDGER_EIO;
+  }
+  s->prealloc_bytes = bytes;
+  atomic_store(&s->zero_end, size);
+  if (pthread_create(&s->fill_thread, NULL, fill_main, s) != 0) return LEDGER_ENOMEM;
+  s->fill_running = true;
+  return LEDGER_OK;
+}
+
+void store_log_prealloc_stats(const store_t *s, store_prealloc_stats_t *out) {
+  out->enabled = s->fill_running;
+  out->direct = s->fill_direct;
+  out->zero_end = atomic_load_explicit(&s->zero_end, memory_order_relaxed);
+  out->chunks = atomic_load_explicit(&s->fill_chunks, memory_order_relaxed);
+  out->slow_appends = atomic_load_explicit(&s->fill_slow_appends, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------ recovery scan */
+
 /* Reads the log in large chunks; records may span chunks. */
 #define SCAN_CHUNK_BYTES (8u * 1024u * 1024u)
 
@@ -150,18 +296,78 @@ static int cut_tail(store_t *s, uint64_t pos, bool *torn_out) {
   return LEDGER_OK;
 }
 
-/* 1 if every byte of [pos, size) is zero, 0 if not, or a negative error. */
-static int zeros_to_end(const store_t *s, uint64_t pos, uint64_t size) {
-  uint8_t chunk[4096];
-  while (pos < size) {
-    size_t n = size - pos < sizeof chunk ? (size_t)(size - pos) : sizeof chunk;
-    int rc = store_log_read(s, pos, chunk, n);
+/* The offset after the last non-zero byte of [floor, size), or floor. A preallocated log ends
+ * in zeros (store_log_prealloc_start); so may a log whose size reached the disk before all of
+ * its last write did. Read backwards in small steps: usually the first one finds data. */
+static int data_end_of(const store_t *s, uint64_t floor, uint64_t size, uint64_t *out) {
+  uint8_t chunk[16384];
+  uint64_t end = size;
+  while (end > floor) {
+    size_t n = end - floor < sizeof chunk ? (size_t)(end - floor) : sizeof chunk;
+    uint64_t at = end - n;
+    int rc = store_log_read(s, at, chunk, n);
     if (rc != 0) return rc;
-    for (size_t i = 0; i < n; i++)
-      if (chunk[i] != 0) return 0;
-    pos += n;
+    for (size_t i = n; i > 0; i--) {
+      if (chunk[i - 1] != 0) {
+        *out = at + i;
+        return LEDGER_OK;
+      }
+    }
+    end = at;
   }
-  return 1;
+  *out = floor;
+  return LEDGER_OK;
+}
+
+/* 1 if a whole record with a good checksum starts anywhere in (from, to), 0 if none, or a
+ * negative error. Only used on a bad record near the end of the data, so it is rare and the
+ * window is at most one append (STORE_APPEND_BYTES_MAX). */
+static int valid_record_in(const store_t *s, uint64_t from, uint64_t to, uint64_t size) {
+  const uint32_t magic = STORE_RECORD_MAGIC;
+  size_t cap = 1u << 20;
+  uint8_t *win = malloc(cap + 3);
+  if (!win) return LEDGER_ENOMEM;
+  int found = 0;
+  for (uint64_t at = from + 1; at < to && found == 0;) {
+    size_t n = to - at < cap ? (size_t)(to - at) : cap;
+    size_t have = size - at < n + 3 ? (size_t)(size - at) : n + 3; /* a magic across the seam */
+    if ((found = store_log_read(s, at, win, have)) != 0) break;
+    for (size_t i = 0; i < n && i + 4 <= have && found == 0; i++) {
+      if (memcmp(win + i, &magic, 4) != 0) continue;
+      uint64_t rec = at + i;
+      uint8_t hdr[STORE_RECORD_HEADER_BYTES];
+      if (size - rec < sizeof hdr) continue;
+      if ((found = store_log_read(s, rec, hdr, sizeof hdr)) != 0) break;
+      uint32_t len = load_u32(hdr + 4), crc = load_u32(hdr + 8);
+      if (len > STORE_RECORD_PAYLOAD_BYTES_MAX || rec + sizeof hdr + len > size) continue;
+      uint8_t *body = malloc((size_t)len + 4);
+      if (!body) {
+        found = LEDGER_ENOMEM;
+        break;
+      }
+      memcpy(body, hdr + 12, 4);
+      int rc = store_log_read(s, rec + sizeof hdr, body + 4, len);
+      uint32_t got = crc32c(crc32c(0, hdr + 4, 4), body, (size_t)len + 4);
+      free(body);
+      if (rc != 0) found = rc;
+      else if (got == crc) found = 1;
+    }
+    at += n;
+  }
+  free(win);
+  return found;
+}
+
+/* A bad record at pos, whose header claims it ends at `end`: is it the torn tail of the last
+ * append (cut it), or damage with acknowledged records after it (refuse)? Torn when it reaches
+ * the end of the data, or when the data after it fits in one append and holds no whole record
+ * (a crash can persist the pages of one write in any order, so a torn write may show zeros in
+ * its middle and data after them). Returns 1 torn, 0 corrupt, or a negative error. */
+static int torn_at(const store_t *s, uint64_t pos, uint64_t end, uint64_t dend, uint64_t size) {
+  if (end >= dend) return 1;
+  if (dend - pos > STORE_APPEND_BYTES_MAX) return 0;
+  int v = valid_record_in(s, pos, dend, size);
+  return v < 0 ? v : !v;
 }
 
 int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool *torn_out) {
@@ -170,11 +376,13 @@ int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool
   if (fstat(s->log_fd, &st) != 0) return LEDGER_EIO;
   const uint64_t size = (uint64_t)st.st_size;
   if (pos > size) return LEDGER_ECORRUPT; /* snapshot claims more log than exists */
+  uint64_t dend;
+  int rc = data_end_of(s, pos, size, &dend);
+  if (rc != 0) return rc;
   size_t cap = SCAN_CHUNK_BYTES;
   uint8_t *buf = malloc(cap);
   if (!buf) return LEDGER_ENOMEM;
-  int rc = LEDGER_OK;
-  while (pos < size) {
+  while (pos < dend) {
     if (size - pos < STORE_RECORD_HEADER_BYTES) {
       rc = cut_tail(s, pos, torn_out);
       break;
@@ -183,41 +391,36 @@ int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool
     if ((rc = store_log_read(s, pos, hdr, sizeof hdr)) != 0) break;
     uint32_t magic = load_u32(hdr), len = load_u32(hdr + 4), crc = load_u32(hdr + 8);
     uint64_t end = pos + STORE_RECORD_HEADER_BYTES + len;
-    if (magic != STORE_RECORD_MAGIC || len > STORE_RECORD_PAYLOAD_BYTES_MAX) {
-      /* Garbage header: torn only if nothing valid can follow: it claims to reach the end,
-       * or everything from here on is zeros (blocks allocated but never written). */
-      int z = zeros_to_end(s, pos, size);
-      if (z < 0) {
-        rc = z;
-        break;
-      }
-      rc = end >= size || z == 1 ? cut_tail(s, pos, torn_out) : LEDGER_ECORRUPT;
-      if (rc == LEDGER_ECORRUPT) LOG_ERROR("log: bad record header at offset %llu", (unsigned long long)pos);
-      break;
-    }
-    if (end > size) {
+    bool bad = magic != STORE_RECORD_MAGIC || len > STORE_RECORD_PAYLOAD_BYTES_MAX;
+    if (!bad && end > size) {
       rc = cut_tail(s, pos, torn_out);
       break;
     }
-    size_t need = STORE_RECORD_HEADER_BYTES + len;
-    if (need > cap) {
-      uint8_t *bigger = realloc(buf, need);
-      if (!bigger) {
-        rc = LEDGER_ENOMEM;
-        break;
+    if (!bad) {
+      size_t need = STORE_RECORD_HEADER_BYTES + len;
+      if (need > cap) {
+        uint8_t *bigger = realloc(buf, need);
+        if (!bigger) {
+          rc = LEDGER_ENOMEM;
+          break;
+        }
+        buf = bigger;
+        cap = need;
       }
-      buf = bigger;
-      cap = need;
+      if ((rc = store_log_read(s, pos, buf, need)) != 0) break;
+      uint32_t got = crc32c(0, buf + 4, 4);
+      got = crc32c(got, buf + 12, 4 + (size_t)len);
+      bad = got != crc;
     }
-    if ((rc = store_log_read(s, pos, buf, need)) != 0) break;
-    uint32_t got = crc32c(0, buf + 4, 4);
-    got = crc32c(got, buf + 12, 4 + (size_t)len);
-    if (got != crc) {
-      if (end == size) {
+    if (bad) {
+      int t = torn_at(s, pos, end, dend, size);
+      if (t < 0) {
+        rc = t;
+      } else if (t == 1) {
         rc = cut_tail(s, pos, torn_out);
       } else {
-        LOG_ERROR("log: checksum mismatch at offset %llu with %llu bytes after it",
-                  (unsigned long long)pos, (unsigned long long)(size - end));
+        LOG_ERROR("log: bad record at offset %llu with data up to offset %llu after it",
+                  (unsigned long long)pos, (unsigned long long)dend);
         rc = LEDGER_ECORRUPT;
       }
       break;
@@ -226,7 +429,8 @@ int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool
     if (rc != 0) break;
     pos = end;
   }
-  if (rc == LEDGER_OK && !*torn_out) atomic_store(&s->log_end, size);
+  /* A clean end: the last whole record, with only zeros (preallocated) after it. */
+  if (rc == LEDGER_OK && !*torn_out) atomic_store(&s->log_end, pos);
   free(buf);
   return rc;
 }
