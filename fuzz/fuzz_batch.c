@@ -3,7 +3,8 @@
  * on arbitrary bytes, whatever the fast path accepts, the cJSON path (as the server runs it:
  * the parse, nothing but whitespace after the value, then api_batch_parse_json) must accept
  * too, with the same count, atomic flag, items and extras. A fast path that declines leaves
- * nothing allocated.
+ * nothing allocated. The same bytes go through the single-transfer fast path
+ * (api_transfer_parse_fast, POST /v1/transfers) against cJSON + api_transfer_from_json.
  *
  * Replayed in `make test` by fuzz/replay_main.c over fuzz/corpus/fuzz_batch.
  */
@@ -35,9 +36,26 @@ static bool slow(const char *p, size_t len, api_batch_t *out) {
   return ok;
 }
 
+/* POST /v1/transfers: a body the single fast path accepts must give, through cJSON, the same
+ * transfer byte for byte. */
+static void single(const char *p, size_t size) {
+  static char fx[LEDGER_EXTRA_BYTES_MAX], sx[LEDGER_EXTRA_BYTES_MAX];
+  engine_transfer_in_t f, s;
+  if (!api_transfer_parse_fast(p, size, &f, fx)) return;
+  api_error_t e;
+  cJSON *root = json_parse_body(p, size, &e);
+  FUZZ_REQUIRE(root && api_transfer_from_json(root, ENGINE_KIND_TRANSFER, &s, sx, &e));
+  cJSON_Delete(root);
+  FUZZ_REQUIRE(f.extra_len == s.extra_len);
+  FUZZ_REQUIRE(f.extra_len == 0 || memcmp(f.extra, s.extra, f.extra_len) == 0);
+  f.extra = s.extra = NULL;
+  FUZZ_REQUIRE(memcmp(&f, &s, sizeof f) == 0);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size > 256 * 1024) return 0;
   const char *p = (const char *)data;
+  single(p, size);
   api_batch_t f;
   if (!api_batch_parse_fast(p, size, &f)) {
     FUZZ_REQUIRE(f.items == NULL && f.results == NULL && f.extra == NULL && f.count == 0);

@@ -86,6 +86,10 @@ bool api_batch_parse_fast(const char *body, size_t len, api_batch_t *out);
  * the error in e (and nothing allocated). */
 bool api_batch_parse_json(const cJSON *body, size_t body_len, api_batch_t *out, api_error_t *e);
 void api_batch_free(api_batch_t *b);
+/* POST /v1/transfers: one transfer object of the same common shape, straight into *in (extra:
+ * LEDGER_EXTRA_BYTES_MAX bytes). false = declined, nothing said about the body: parse it with
+ * cJSON, whose path gives every error. */
+bool api_transfer_parse_fast(const char *body, size_t len, engine_transfer_in_t *in, char *extra);
 
 /* cJSON's allocations on a net thread come from a per-thread bump arena while a request is
  * being parsed (cJSON_InitHooks): a batch body makes ~50,000 nodes, and malloc/free of each

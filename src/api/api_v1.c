@@ -1152,6 +1152,11 @@ static bool build_batch(api_req_t *r, const cJSON *body, api_error_t *e) {
 }
 
 /* The common shape of a batch body, without a cJSON tree (api_batch.c); false: use cJSON. */
+static bool build_transfer_fast(api_req_t *r) {
+  r->cmd.kind = ENGINE_CMD_TRANSFER;
+  return api_transfer_parse_fast(r->http->body, r->http->body_len, &r->cmd.u.transfer, r->extra);
+}
+
 static bool build_batch_fast(api_req_t *r) {
   api_batch_t b;
   if (!api_batch_parse_fast(r->http->body, r->http->body_len, &b)) return false;
@@ -2030,6 +2035,7 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
     bool empty_ok = r->route == R_ACCOUNT_FREEZE || r->route == R_ACCOUNT_UNFREEZE || r->route == R_TRANSFER_VOID ||
                     r->route == R_TRANSFER_POST || r->route == R_RULES_RELOAD;
     if (r->route == R_TRANSFERS_BATCH) fast = build_batch_fast(r);
+    else if (r->route == R_TRANSFERS_CREATE) fast = build_transfer_fast(r);
     if (!fast && !(empty_ok && r->http->body_len == 0)) {
       if (!(body = parse_body(r, e))) {
         json_arena_end();
@@ -2064,7 +2070,7 @@ static bool build(api_req_t *r, const seg_t *segs, api_error_t *e) {
       r->cmd.u.account.account_id = id;
       ok = true;
       break;
-    case R_TRANSFERS_CREATE: ok = build_transfer(r, body, ENGINE_KIND_TRANSFER, e); break;
+    case R_TRANSFERS_CREATE: ok = fast || build_transfer(r, body, ENGINE_KIND_TRANSFER, e); break;
     case R_DEPOSITS: ok = build_transfer(r, body, ENGINE_KIND_DEPOSIT, e); break;
     case R_WITHDRAWALS: ok = build_transfer(r, body, ENGINE_KIND_WITHDRAWAL, e); break;
     case R_TRANSFERS_BATCH: ok = fast || build_batch(r, body, e); break;

@@ -312,8 +312,71 @@ static void test_generated(void) {
   printf("batch bodies: 4000 generated, %u usual, %u accepted by the fast path\n", usual, fast_ok);
 }
 
+/* POST /v1/transfers: one object through api_transfer_parse_fast, and through cJSON as the
+ * server runs it (json_parse_body, then api_transfer_from_json). */
+static bool slow_single(const char *p, size_t len, engine_transfer_in_t *in, char *extra) {
+  api_error_t e;
+  cJSON *root = json_parse_body(p, len, &e);
+  bool ok = root && api_transfer_from_json(root, ENGINE_KIND_TRANSFER, in, extra, &e);
+  cJSON_Delete(root);
+  return ok;
+}
+
+static bool same_single(const engine_transfer_in_t *a, const engine_transfer_in_t *b) {
+  engine_transfer_in_t x = *a, y = *b;
+  if (x.extra_len != y.extra_len || (x.extra_len && memcmp(x.extra, y.extra, x.extra_len) != 0)) return false;
+  x.extra = y.extra = NULL;
+  return memcmp(&x, &y, sizeof x) == 0;
+}
+
+static void test_single(void) {
+  static char fx[LEDGER_EXTRA_BYTES_MAX], sx[LEDGER_EXTRA_BYTES_MAX];
+  engine_transfer_in_t f, sl;
+  static const char *const declined[] = {
+      "{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\"} x",
+      "{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\"",
+      "{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\",\"transfers\":[]}",
+      "{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"abc\"}", /* the checks refuse it */
+      "{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\",\"description\":\"\\u0041\"}",
+      "[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\"}]",
+  };
+  for (size_t i = 0; i < sizeof declined / sizeof declined[0]; i++)
+    CHECKM(!api_transfer_parse_fast(declined[i], strlen(declined[i]), &f, fx), "fixed single body %zu declined", i);
+  const char *ok = " {\"amount\":\"12.5\",\"credit_account_id\":2,\"debit_account_id\":3,\"description\":\"rent\"}\n";
+  CHECKM(api_transfer_parse_fast(ok, strlen(ok), &f, fx) && slow_single(ok, strlen(ok), &sl, sx) && same_single(&f, &sl),
+         "fixed single body accepted by both, the same");
+
+  buf_t b = {0};
+  unsigned fast_ok = 0, usual = 0, mismatched = 0, unequal = 0;
+  for (int round = 0; round < 4000; round++) {
+    bool unusual = false, allow = round % 2 == 1;
+    b.len = 0;
+    put(&b, "");
+    ws(&b);
+    item(&b, allow, &unusual);
+    ws(&b);
+    bool fa = api_transfer_parse_fast(b.p, b.len, &f, fx);
+    bool sa = slow_single(b.p, b.len, &sl, sx);
+    if (fa) {
+      fast_ok++;
+      if ((!sa || !same_single(&f, &sl)) && unequal++ < 3)
+        fprintf(stderr, "single: fast accepted but cJSON %s: %s\n", sa ? "differs" : "refused", b.p);
+    }
+    if (!unusual) {
+      usual++;
+      if (fa != sa && mismatched++ < 3) fprintf(stderr, "usual single body, fast %d cJSON %d: %.300s\n", fa, sa, b.p);
+    }
+  }
+  free(b.p);
+  CHECKM(unequal == 0, "%u single bodies the fast path accepted differ from the cJSON path", unequal);
+  CHECKM(mismatched == 0, "%u usual single bodies where the two paths disagree on acceptance", mismatched);
+  CHECKM(fast_ok > usual / 4, "the fast path accepted %u of %u usual single bodies", fast_ok, usual);
+  printf("single bodies: 4000 generated, %u usual, %u accepted by the fast path\n", usual, fast_ok);
+}
+
 int main(void) {
   test_fixed();
   test_generated();
+  test_single();
   return check_report("test_api_batch");
 }
