@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,11 +205,92 @@ static void ceil_touch(size_t mb) {
   fflush(stdout);
 }
 
+/* --sync-pair N: are slow fdatasyncs a property of one file or of the device? Two threads,
+ * each on its own file (32 MiB written with zeros first, so no metadata changes), each do N
+ * times a 2 KiB pwrite + fdatasync. Then: how many syncs of each file took over 4 ms, and
+ * how many slow syncs of the first overlapped in time with a slow sync of the second. If
+ * nearly all do, a second log file (or a second disk queue on the same device) would stall
+ * at the same moments and cannot hide the tail. */
+#define SYNC_PAIR_SLOW_NS 4000000ull
+#define SYNC_PAIR_FILE_BYTES (32u << 20)
+typedef struct sync_pair {
+  char path[4096 + 16];
+  uint32_t n;
+  uint64_t *start_ns, *lat_ns;
+} sync_pair_t;
+
+static void *ceil_sync_pair_thread(void *arg) {
+  sync_pair_t *a = arg;
+  int fd = open(a->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) ceil_die("open sync-pair file");
+  static const char zeros[1 << 16];
+  for (uint32_t off = 0; off < SYNC_PAIR_FILE_BYTES; off += sizeof zeros)
+    if (pwrite(fd, zeros, sizeof zeros, off) != (ssize_t)sizeof zeros) ceil_die("pwrite zeros");
+  if (fsync(fd) != 0) ceil_die("fsync");
+  char buf[2048];
+  memset(buf, 'x', sizeof buf);
+  off_t pos = 0;
+  for (uint32_t i = 0; i < a->n; i++) {
+    uint64_t t0 = time_mono_ns();
+    if (pwrite(fd, buf, sizeof buf, pos) != (ssize_t)sizeof buf) ceil_die("pwrite");
+    if (fdatasync(fd) != 0) ceil_die("fdatasync");
+    a->start_ns[i] = t0;
+    a->lat_ns[i] = time_mono_ns() - t0;
+    pos = (pos + (off_t)sizeof buf) % SYNC_PAIR_FILE_BYTES;
+  }
+  close(fd);
+  if (unlink(a->path) != 0) ceil_die("unlink");
+  return NULL;
+}
+
+static void ceil_sync_pair(const char *parent, uint32_t n) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/ledger-ceiling.XXXXXX", parent);
+  if (mkdtemp(dir) == NULL) ceil_die("mkdtemp");
+  sync_pair_t a[2];
+  pthread_t t[2];
+  for (int k = 0; k < 2; k++) {
+    snprintf(a[k].path, sizeof a[k].path, "%s/pair.%d", dir, k);
+    a[k].n = n;
+    a[k].start_ns = malloc((size_t)n * sizeof(uint64_t));
+    a[k].lat_ns = malloc((size_t)n * sizeof(uint64_t));
+    if (!a[k].start_ns || !a[k].lat_ns) ceil_die("malloc");
+    if (pthread_create(&t[k], NULL, ceil_sync_pair_thread, &a[k]) != 0) ceil_die("pthread_create");
+  }
+  for (int k = 0; k < 2; k++) pthread_join(t[k], NULL);
+  if (rmdir(dir) != 0) ceil_die("rmdir");
+  uint32_t slow[2] = {0, 0}, overlapping = 0;
+  for (int k = 0; k < 2; k++)
+    for (uint32_t i = 0; i < n; i++) slow[k] += a[k].lat_ns[i] > SYNC_PAIR_SLOW_NS;
+  /* Both arrays are in time order: one sweep over the second file's syncs. */
+  uint32_t j = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (a[0].lat_ns[i] <= SYNC_PAIR_SLOW_NS) continue;
+    uint64_t s = a[0].start_ns[i], e = s + a[0].lat_ns[i];
+    while (j < n && a[1].start_ns[j] + a[1].lat_ns[j] < s) j++;
+    for (uint32_t m = j; m < n && a[1].start_ns[m] < e; m++) {
+      if (a[1].lat_ns[m] > SYNC_PAIR_SLOW_NS) {
+        overlapping++;
+        break;
+      }
+    }
+  }
+  printf("sync_pair syncs_each=%u slow_first=%u slow_second=%u slow_first_overlapping_slow_second=%u"
+         " slow_ms=%.0f dir=%s\n",
+         n, slow[0], slow[1], overlapping, SYNC_PAIR_SLOW_NS / 1e6, parent);
+  fflush(stdout);
+  for (int k = 0; k < 2; k++) {
+    free(a[k].start_ns);
+    free(a[k].lat_ns);
+  }
+}
+
 static void ceil_usage(FILE *f) {
   fprintf(f,
           "usage: ledger-ceiling [-n TRANSFERS] [-d SECONDS] [-a ACCOUNTS] [-b BATCH]\n"
           "                      [--dir DIR] [--cpu N] [--no-io] [--cpu-only-seconds S]\n"
           "                      [--touch-mb MB]   (only: the cost of fresh memory)\n"
+          "                      [--sync-pair N]   (only: are slow fdatasyncs per file or per device)\n"
           "  default: -d 5 with the log in a new directory under $TMPDIR (or /tmp), then\n"
           "  the same loop without I/O for the same time.\n");
 }
@@ -221,12 +303,14 @@ int main(int argc, char **argv) {
   int cpu = -1;
   int io = 1;
   size_t touch_mb = 0;
-  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH };
+  uint32_t sync_pair = 0;
+  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH, OPT_PAIR };
   static const struct option opts[] = {{"dir", required_argument, 0, OPT_DIR},
                                        {"cpu", required_argument, 0, OPT_CPU},
                                        {"no-io", no_argument, 0, OPT_NOIO},
                                        {"cpu-only-seconds", required_argument, 0, OPT_CPUS},
                                        {"touch-mb", required_argument, 0, OPT_TOUCH},
+                                       {"sync-pair", required_argument, 0, OPT_PAIR},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o;
@@ -241,6 +325,7 @@ int main(int argc, char **argv) {
     case OPT_NOIO: io = 0; break;
     case OPT_CPUS: cpu_seconds = strtod(optarg, NULL); break;
     case OPT_TOUCH: touch_mb = strtoull(optarg, NULL, 10); break;
+    case OPT_PAIR: sync_pair = (uint32_t)strtoul(optarg, NULL, 10); break;
     case 'h': ceil_usage(stdout); return 0;
     default: ceil_usage(stderr); return 2;
     }
@@ -265,6 +350,14 @@ int main(int argc, char **argv) {
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     if (sched_setaffinity(0, sizeof set, &set) != 0) ceil_die("sched_setaffinity");
+  }
+  if (sync_pair > 0) {
+    if (sync_pair > 1000000) {
+      ceil_usage(stderr);
+      return 2;
+    }
+    ceil_sync_pair(parent, sync_pair);
+    return 0;
   }
 
   ceiling_t c = {.accounts = accounts, .batch = batch, .fd = -1};

@@ -123,6 +123,12 @@ TOUCH_MB=$([ "$PROFILE" = full ] && echo 1024 || echo 256)
 echo "## memory: ledger-ceiling --touch-mb $TOUCH_MB"
 TOUCH=$("${SERVER_PIN[@]}" "$BIN/ledger-ceiling" --touch-mb "$TOUCH_MB" | grep '^touch ' || true)
 echo "$TOUCH"
+# Are slow fdatasyncs a property of the log file or of the device? Two files synced at the
+# same time (full: 10,000 syncs each, ~6 s; quick: 1,000).
+PAIR_N=$([ "$PROFILE" = full ] && echo 10000 || echo 1000)
+echo "## fsync tail: ledger-ceiling --sync-pair $PAIR_N (files under WORK)"
+PAIR=$(TMPDIR=$WORK "${SERVER_PIN[@]}" "$BIN/ledger-ceiling" --sync-pair "$PAIR_N" --dir "$WORK" | grep '^sync_pair ' || true)
+echo "$PAIR"
 
 # start_server NAME LEDGERD_ARGS... -> a fresh ledgerd in $WORK/NAME (data in $WORK/NAME/data);
 # sets SERVER_PID, PORT, SERVER_DIR, and AUTH (the ledger-bench arguments that authenticate:
@@ -522,6 +528,7 @@ row "  batch: server CPU us/transfer, net/engine/other" "$BATCH_CPU" "" "" "CPU 
 row "  batch request latency p50 / p99 us" "$(kv "$BATCH" p50_us)/$(kv "$BATCH" p99_us)" "" "" "" ""
 row "  ceiling: memory + log, fdatasync/10k" "$(fmt "$C")" "no I/O: $(fmt "$CC")" "$(ratio "$C" "$CC")" "" ""
 row "  fresh memory, ns/byte: first touch / just freed" "$(kv "$TOUCH" first_ns_per_byte) / $(kv "$TOUCH" again_ns_per_byte)" "x 120 B/transfer: $(awk -v v="$(kv "$TOUCH" first_ns_per_byte)" 'BEGIN { if (v == "") print "-"; else printf "%.0f ns", v * 120 }')" "" "ledger-ceiling --touch-mb" ""
+row "  two files synced together: slow (> 4 ms) syncs" "$(kv "$PAIR" slow_first) / $(kv "$PAIR" slow_second) of $(kv "$PAIR" syncs_each) each" "first's slow ones during a slow one of the second: $(kv "$PAIR" slow_first_overlapping_slow_second)" "" "ledger-ceiling --sync-pair" ""
 row "  ceiling fdatasync p50 / p99 us" "$(kv "$CEIL" fdatasync_p50_us)/$(kv "$CEIL" fdatasync_p99_us)" "" "" "" ""
 row "  client CPU used: ledger-bench health / transfer" "$H_CPU / $T_CPUB" "wrk: $(val "$WRK_HUTIL" -) / $(val "$WRKL_UTIL" -)" "" "1.0 = one CPU busy" ""
 row "  ledger-bench transfers: before / after wrk" "$(fmt "$TR") / $(fmt "$T2R")" "wrk+Lua: $(fmt "$WRKL_RPS")" "" "" ""
