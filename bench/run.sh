@@ -533,6 +533,7 @@ row "  ceiling fdatasync p50 / p99 us" "$(kv "$CEIL" fdatasync_p50_us)/$(kv "$CE
 row "  client CPU used: ledger-bench health / transfer" "$H_CPU / $T_CPUB" "wrk: $(val "$WRK_HUTIL" -) / $(val "$WRKL_UTIL" -)" "" "1.0 = one CPU busy" ""
 row "  ledger-bench transfers: before / after wrk" "$(fmt "$TR") / $(fmt "$T2R")" "wrk+Lua: $(fmt "$WRKL_RPS")" "" "" ""
 row "  wrk+Lua transfer errors (status / socket)" "$(kv "$WRKL_LINE" status_errors) / $(kv "$WRKL_LINE" socket_errors)" "" "" "" ""
+row "  restart s: snapshot 1st / whole log 2nd / snapshot 3rd" "$(val "$R_CLEAN" -) / $(val "$R_LOGONLY" -) / $(val "$(kv "$REC_LINE" ready_s_snapshot_again)" -)" "3rd: memory as warm as the 2nd's" "" "bench/recovery.sh" ""
 row "  search (issue 4), page of 50, ms: newest/acct" "$(val "$(kv "$REC_LINE" search_newest_ms)" -)/$(val "$(kv "$REC_LINE" search_account_ms)" -)" "ledger of $(val "$R_T" -) transfers" "" "milliseconds" ""
 row "  search ms: flagged / unindexed bounded scan" "$(val "$(kv "$REC_LINE" search_flagged_ms)" -)/$(val "$(kv "$REC_LINE" search_scan_ms)" -)" "(recovery.sh server)" "" "" ""
 echo "perf profiles: $PERF_STATE"
