@@ -68,6 +68,10 @@ typedef struct ceiling {
   uint64_t *sync_ns;
   size_t syncs;
   uint64_t bytes_written;
+  /* --keep-records: every record also stays in an in-memory table, as a ledger's transfers
+   * must (lookups by id, idempotent retries); NULL = balances only. */
+  ceil_record_t *table;
+  uint64_t table_cap;
 } ceiling_t;
 
 static uint64_t ceil_rng_state = 42;
@@ -153,6 +157,7 @@ static void ceil_apply_transfer(ceiling_t *c) {
   r->flags = 0;
   r->reserved = 0;
   r->crc = crc32c(0, r, offsetof(ceil_record_t, crc));
+  if (c->table) c->table[(c->seq - 1) % c->table_cap] = *r;
   if (c->buf_n == c->batch) ceil_log_commit(c);
 }
 
@@ -289,6 +294,7 @@ static void ceil_usage(FILE *f) {
   fprintf(f,
           "usage: ledger-ceiling [-n TRANSFERS] [-d SECONDS] [-a ACCOUNTS] [-b BATCH]\n"
           "                      [--dir DIR] [--cpu N] [--no-io] [--cpu-only-seconds S]\n"
+          "                      [--keep-records]  (each record also kept in memory)\n"
           "                      [--touch-mb MB]   (only: the cost of fresh memory)\n"
           "                      [--sync-pair N]   (only: are slow fdatasyncs per file or per device)\n"
           "  default: -d 5 with the log in a new directory under $TMPDIR (or /tmp), then\n"
@@ -304,13 +310,15 @@ int main(int argc, char **argv) {
   int io = 1;
   size_t touch_mb = 0;
   uint32_t sync_pair = 0;
-  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH, OPT_PAIR };
+  int keep = 0;
+  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH, OPT_PAIR, OPT_KEEP };
   static const struct option opts[] = {{"dir", required_argument, 0, OPT_DIR},
                                        {"cpu", required_argument, 0, OPT_CPU},
                                        {"no-io", no_argument, 0, OPT_NOIO},
                                        {"cpu-only-seconds", required_argument, 0, OPT_CPUS},
                                        {"touch-mb", required_argument, 0, OPT_TOUCH},
                                        {"sync-pair", required_argument, 0, OPT_PAIR},
+                                       {"keep-records", no_argument, 0, OPT_KEEP},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o;
@@ -326,6 +334,7 @@ int main(int argc, char **argv) {
     case OPT_CPUS: cpu_seconds = strtod(optarg, NULL); break;
     case OPT_TOUCH: touch_mb = strtoull(optarg, NULL, 10); break;
     case OPT_PAIR: sync_pair = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case OPT_KEEP: keep = 1; break;
     case 'h': ceil_usage(stdout); return 0;
     default: ceil_usage(stderr); return 2;
     }
@@ -366,6 +375,16 @@ int main(int argc, char **argv) {
   c.sync_ns = malloc(CEILING_SYNCS_MAX * sizeof *c.sync_ns);
   if (!c.balances_minor || !c.buf || !c.sync_ns) ceil_die("malloc");
   for (uint32_t i = 0; i < accounts; i++) c.balances_minor[i] = CEILING_BALANCE_START_MINOR;
+  if (keep) {
+    /* Mapped as the engine maps its transfer table (anonymous, MAP_NORESERVE, huge pages
+     * advised): fresh memory, touched as records arrive. 2^27 records (8 GiB of address
+     * space); a longer run wraps around and rewrites warm memory. */
+    c.table_cap = 1ull << 27;
+    c.table = mmap(NULL, c.table_cap * sizeof(ceil_record_t), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (c.table == MAP_FAILED) ceil_die("mmap");
+    (void)madvise(c.table, c.table_cap * sizeof(ceil_record_t), MADV_HUGEPAGE);
+  }
 
   char dir[4096];
   if (io) {
@@ -385,10 +404,10 @@ int main(int argc, char **argv) {
       p99 = c.sync_ns[(c.syncs * 99 - 1) / 100];
       pmax = c.sync_ns[c.syncs - 1];
     }
-    printf("ceiling transfers_per_s=%.0f fdatasync_p50_us=%.1f fdatasync_p99_us=%.1f"
+    printf("%s transfers_per_s=%.0f fdatasync_p50_us=%.1f fdatasync_p99_us=%.1f"
            " fdatasync_max_us=%.1f fdatasyncs=%zu transfers=%" PRIu64 " seconds=%.3f"
            " batch=%u accounts=%u log_mb_per_s=%.1f dir=%s\n",
-           (double)done / s, (double)p50 / 1e3, (double)p99 / 1e3, (double)pmax / 1e3, c.syncs,
+           keep ? "ceiling_kept" : "ceiling", (double)done / s, (double)p50 / 1e3, (double)p99 / 1e3, (double)pmax / 1e3, c.syncs,
            done, s, batch, accounts, (double)c.bytes_written / s / 1e6, parent);
     fflush(stdout);
   }
@@ -396,13 +415,14 @@ int main(int argc, char **argv) {
   if (cpu_seconds > 0 || cpu_count > 0) {
     uint64_t done;
     double s = ceil_run(&c, cpu_count, cpu_seconds, &done);
-    printf("ceiling_cpu transfers_per_s=%.0f transfers=%" PRIu64 " seconds=%.3f accounts=%u"
+    printf("%s transfers_per_s=%.0f transfers=%" PRIu64 " seconds=%.3f accounts=%u"
            " rejected=%" PRIu64 "\n",
-           (double)done / s, done, s, accounts, c.rejected);
+           keep ? "ceiling_kept_cpu" : "ceiling_cpu", (double)done / s, done, s, accounts, c.rejected);
   }
   ceil_check_sum(&c);
   free(c.balances_minor);
   free(c.buf);
   free(c.sync_ns);
+  if (c.table) munmap(c.table, c.table_cap * sizeof(ceil_record_t));
   return 0;
 }
