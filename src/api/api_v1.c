@@ -505,15 +505,21 @@ static void render_audit(jw_t *w, const engine_audit_event_t *e) {
 
 /* ------------------------------------------------------------ submit and complete */
 
-/* Any thread (engine, hashing pool): hands the request back to its net thread. */
-static void post_back(api_req_t *r) {
+/* Pushes r onto its net thread's completion stack; true if the stack was empty (the thread
+ * then needs a wake: one per drain). */
+static bool push_done(api_req_t *r) {
   completion_stack_t *s = &r->api->done[r->http->thread_index];
   api_req_t *head = atomic_load_explicit(&s->head, memory_order_relaxed);
   do {
     r->next = head;
   } while (!atomic_compare_exchange_weak_explicit(&s->head, &head, r, memory_order_release,
                                                   memory_order_relaxed));
-  if (head == NULL) http_loop_wake(r->api->loops[r->http->thread_index]); /* one wake per drain */
+  return head == NULL;
+}
+
+/* Any thread (engine, hashing pool): hands the request back to its net thread. */
+static void post_back(api_req_t *r) {
+  if (push_done(r)) http_loop_wake(r->api->loops[r->http->thread_index]);
 }
 
 /* The engine thread's answers: each is queued at once, but the net threads it went to are
@@ -526,13 +532,7 @@ static _Thread_local unsigned wake_later_n;
 
 static void api_done(engine_cmd_t *cmd) {
   api_req_t *r = cmd->done_arg;
-  completion_stack_t *s = &r->api->done[r->http->thread_index];
-  api_req_t *head = atomic_load_explicit(&s->head, memory_order_relaxed);
-  do {
-    r->next = head;
-  } while (!atomic_compare_exchange_weak_explicit(&s->head, &head, r, memory_order_release,
-                                                  memory_order_relaxed));
-  if (head != NULL) return; /* the thread has a wake coming for what is already there */
+  if (!push_done(r)) return; /* the thread has a wake coming for what is already there */
   http_loop_t *loop = r->api->loops[r->http->thread_index];
   for (unsigned i = 0; i < wake_later_n; i++)
     if (wake_later[i] == loop) return;

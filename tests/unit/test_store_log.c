@@ -155,6 +155,18 @@ static void append_records(store_t *s, uint32_t first, uint32_t n, uint64_t *pos
   }
 }
 
+/* Builds dir's log with records 0..n-1 (payload positions through pos), closed. */
+static bool plain_log(const char *dir, uint32_t n, uint64_t *pos) {
+  store_t *s = NULL;
+  if (store_open(dir, false, &s) != 0) {
+    CHECK(!"store_open");
+    return false;
+  }
+  append_records(s, 0, n, pos);
+  store_close(s);
+  return true;
+}
+
 static void check_records(const scanned_t *sc, uint32_t n, const uint64_t *pos, int line) {
   int before = check_failures;
   CHECK_EQ(sc->count, n);
@@ -250,13 +262,8 @@ static void torn_case(const char *name, uint32_t n, damage_fn damage, uint32_t w
   char dir[PATH_MAX];
   make_dir(dir, name);
   uint64_t pos[RECORDS_MAX];
+  if (!plain_log(dir, n, pos)) return;
   store_t *s = NULL;
-  if (store_open(dir, false, &s) != 0) {
-    CHECK(!"store_open");
-    return;
-  }
-  append_records(s, 0, n, pos);
-  store_close(s);
   int64_t size = file_size(dir, STORE_LOG_NAME);
   int64_t last_at = (int64_t)pos[n - 1] - STORE_RECORD_HEADER_BYTES;
   damage(dir, last_at, size);
@@ -353,13 +360,7 @@ static void corrupt_case(const char *name, int64_t rel_off, const void *bytes, s
   char dir[PATH_MAX];
   make_dir(dir, name);
   uint64_t pos[RECORDS_MAX];
-  store_t *s = NULL;
-  if (store_open(dir, false, &s) != 0) {
-    CHECK(!"store_open");
-    return;
-  }
-  append_records(s, 0, 6, pos);
-  store_close(s);
+  if (!plain_log(dir, 6, pos)) return;
   int64_t off = (int64_t)pos[2] - STORE_RECORD_HEADER_BYTES + rel_off; /* in record 2 of 6 */
   if (xor_flip) {
     uint8_t b = file_byte(dir, STORE_LOG_NAME, off) ^ 0x80;
@@ -443,13 +444,8 @@ static void test_zero_tail(void) {
   char dir[PATH_MAX];
   make_dir(dir, "zero-tail");
   uint64_t pos[RECORDS_MAX];
+  if (!plain_log(dir, 6, pos)) return;
   store_t *s = NULL;
-  if (store_open(dir, false, &s) != 0) {
-    CHECK(!"store_open");
-    return;
-  }
-  append_records(s, 0, 6, pos);
-  store_close(s);
   int64_t size = file_size(dir, STORE_LOG_NAME);
   static uint8_t z[70000]; /* more than one backward read step of the scan */
   file_append(dir, STORE_LOG_NAME, z, sizeof z);
