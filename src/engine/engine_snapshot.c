@@ -257,6 +257,8 @@ static void src_open(source_t *s, const char *path) {
 }
 
 static void src_close(source_t *s) {
+  if (s->fd >= 0 && s->have > 0)
+    (void)posix_fadvise(s->fd, (off_t)(s->offset - s->have), (off_t)s->have, POSIX_FADV_DONTNEED);
   if (s->fd >= 0) close(s->fd);
   if (s->buf) munmap(s->buf, SNAPSHOT_DIRECT_BUF_BYTES);
 }
@@ -273,13 +275,12 @@ static void src_fill(source_t *s) {
       s->rc = LEDGER_EIO;
       return;
     }
-    size_t asked = SNAPSHOT_DIRECT_BUF_BYTES - s->have;
-    s->have += (size_t)n;
-    s->offset += (uint64_t)n;
-    if ((size_t)n < asked) { /* a regular file reads short only at its end */
+    if (n == 0) { /* only 0 is the end: a short read may just be short */
       s->eof = true;
       return;
     }
+    s->have += (size_t)n;
+    s->offset += (uint64_t)n;
   }
 }
 

@@ -27,7 +27,8 @@
 #define STORE_LOG_NAME "ledger.log"
 /* One append (one engine batch record) is at most this long: a torn write is confined to it. */
 #define STORE_APPEND_BYTES_MAX (64u * 1024u * 1024u + 4096u)
-/* Preallocation: zeros are written ahead of the log in chunks of this size, at this alignment. */
+/* Preallocation: zeros are written ahead of the log in chunks of this size, at this alignment
+ * (or the page size, if larger). */
 #define STORE_PREALLOC_CHUNK_BYTES (512u * 1024u)
 #define STORE_PREALLOC_ALIGN 4096u
 #define STORE_PREALLOC_BYTES_DEFAULT (16u * 1024u * 1024u) /* ledgerd --log-prealloc-mb 16 */
@@ -70,10 +71,12 @@ LEDGER_MUST_USE int store_log_read(const store_t *store, uint64_t pos, void *buf
 
 /* Calls fn for each valid record from `pos` on, in order, with the payload and the log offset
  * of the payload's first byte. Zeros after the last whole record are the end (preallocated
- * space). A torn last record (short header, short payload, or a bad record that reaches the
- * last non-zero byte, or whose following data fits in one append and holds no whole record)
- * is cut off when the store is writable and reported through *torn_out; a bad record followed
- * by a whole record, or by more than one append's worth of data, is LEDGER_ECORRUPT.
+ * space). A bad record (wrong magic or length, a length past the file, a bad crc; nothing in
+ * its header is trusted) is a torn tail when the data after it fits in one append and no
+ * chain of whole records runs from inside it to the end of the data: it is cut off when the
+ * store is writable and reported through *torn_out. Otherwise (acknowledged records after
+ * it, or more than one append's worth of data) it is LEDGER_ECORRUPT and nothing is cut.
+ * The engine appends one record per append, so a torn append never hides a whole record. 
  * fn returning non-zero stops the scan with that value. */
 typedef int (*store_record_fn)(void *ctx, const uint8_t *payload, uint32_t len, uint64_t payload_pos);
 LEDGER_MUST_USE int store_log_scan(store_t *store, uint64_t pos, store_record_fn fn, void *ctx,

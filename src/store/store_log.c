@@ -32,7 +32,10 @@ struct store {
   _Atomic uint64_t zero_end;
   uint64_t prealloc_bytes; /* 0 = off */
   int fill_fd;             /* O_DIRECT when the file system allows it, else buffered */
-  bool fill_direct, fill_running, fill_stop, filling;
+  bool fill_running, fill_stop, filling;
+  bool want_extend;          /* an append waits to extend the file: the filler holds off */
+  _Atomic bool fill_direct;  /* read by the stats call from any thread */
+  uint64_t fill_align;       /* O_DIRECT offsets: max(4096, the page size) */
   pthread_t fill_thread;
   pthread_mutex_t fill_mu;
   pthread_cond_t fill_cv;
@@ -55,7 +58,11 @@ int store_open(const char *dir, bool read_only, store_t **out) {
   s->read_only = read_only;
   s->lock_fd = s->log_fd = s->fill_fd = -1;
   pthread_mutex_init(&s->fill_mu, NULL);
-  pthread_cond_init(&s->fill_cv, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  (void)pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the filler's timed wait */
+  pthread_cond_init(&s->fill_cv, &ca);
+  pthread_condattr_destroy(&ca);
   int rc = LEDGER_EIO;
   s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (s->dir_fd < 0) goto fail;
@@ -136,8 +143,9 @@ static int pwrite_all(int fd, const void *buf, size_t len, uint64_t pos) {
   const char *p = buf;
   while (len > 0) {
     ssize_t n = pwrite(fd, p, len, (off_t)pos);
-    if (n < 0) {
-      if (errno == EINTR) continue;
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = EIO;
       return LEDGER_EIO;
     }
     p += n;
@@ -154,22 +162,28 @@ int store_log_append(store_t *s, const void *buf, size_t len, bool sync) {
   if (!s->fill_running || end <= atomic_load_explicit(&s->zero_end, memory_order_acquire)) {
     if (pwrite_all(s->log_fd, buf, len, pos) != 0) return LEDGER_EIO;
   } else {
-    /* Past the zeros: wait for a chunk in flight (it may cover these bytes), then extend the
-     * file as a plain append and move zero_end so the filler starts after it. */
+    /* Past the zeros: hold the filler off, wait for a chunk in flight (it may cover these
+     * bytes), then extend the file as a plain append and move zero_end so the filler starts
+     * after it. At most one chunk's write is waited for. */
     atomic_fetch_add_explicit(&s->fill_slow_appends, 1, memory_order_relaxed);
     pthread_mutex_lock(&s->fill_mu);
+    s->want_extend = true;
     while (s->filling) pthread_cond_wait(&s->fill_cv, &s->fill_mu);
     int rc = pwrite_all(s->log_fd, buf, len, pos);
     if (rc == 0 && end > atomic_load_explicit(&s->zero_end, memory_order_relaxed))
       atomic_store_explicit(&s->zero_end, end, memory_order_release);
+    s->want_extend = false;
     pthread_cond_broadcast(&s->fill_cv);
     pthread_mutex_unlock(&s->fill_mu);
     if (rc != 0) return rc;
   }
-  if (s->fill_running && end + s->prealloc_bytes / 2 > atomic_load_explicit(&s->zero_end, memory_order_relaxed))
-    pthread_cond_signal(&s->fill_cv); /* less than half the window left: the filler's turn */
   if (sync && fdatasync(s->log_fd) != 0) return LEDGER_EIO;
   atomic_store_explicit(&s->log_end, end, memory_order_release);
+  if (s->fill_running && end + s->prealloc_bytes / 2 > atomic_load_explicit(&s->zero_end, memory_order_relaxed)) {
+    pthread_mutex_lock(&s->fill_mu); /* less than half the window left: the filler's turn */
+    pthread_cond_signal(&s->fill_cv);
+    pthread_mutex_unlock(&s->fill_mu);
+  }
   return LEDGER_OK;
 }
 
@@ -199,9 +213,9 @@ static void *fill_main(void *arg) {
   while (!s->fill_stop) {
     uint64_t zero_end = atomic_load_explicit(&s->zero_end, memory_order_relaxed);
     uint64_t log_end = atomic_load_explicit(&s->log_end, memory_order_acquire);
-    if (zero_end >= log_end + s->prealloc_bytes) {
+    if (s->want_extend || zero_end >= log_end + s->prealloc_bytes) {
       struct timespec t;
-      clock_gettime(CLOCK_REALTIME, &t);
+      clock_gettime(CLOCK_MONOTONIC, &t);
       t.tv_nsec += 50 * 1000 * 1000;
       if (t.tv_nsec >= 1000000000) {
         t.tv_sec++;
@@ -210,18 +224,18 @@ static void *fill_main(void *arg) {
       pthread_cond_timedwait(&s->fill_cv, &s->fill_mu, &t);
       continue;
     }
-    uint64_t at = (zero_end + STORE_PREALLOC_ALIGN - 1) & ~(uint64_t)(STORE_PREALLOC_ALIGN - 1);
+    uint64_t at = (zero_end + s->fill_align - 1) & ~(s->fill_align - 1);
     s->filling = true;
     pthread_mutex_unlock(&s->fill_mu);
     int rc = pwrite_all(s->fill_fd, s->fill_zeros, STORE_PREALLOC_CHUNK_BYTES, at);
     int err = errno;
-    if (rc != 0 && s->fill_direct && err == EINVAL) {
+    if (rc != 0 && atomic_load(&s->fill_direct) && err == EINVAL) {
       /* The file system took O_DIRECT at open but refuses the write: go through the cache. */
       int fd = openat(s->dir_fd, STORE_LOG_NAME, O_WRONLY | O_CLOEXEC);
       if (fd >= 0) {
         close(s->fill_fd);
         s->fill_fd = fd;
-        s->fill_direct = false;
+        atomic_store(&s->fill_direct, false);
         rc = pwrite_all(s->fill_fd, s->fill_zeros, STORE_PREALLOC_CHUNK_BYTES, at);
         err = errno;
       }
@@ -232,7 +246,7 @@ static void *fill_main(void *arg) {
     }
     /* Direct writes leave the page cache empty there, and a buffered append into a page that
      * is not cached reads it from the disk first: read the zeros back now, off the engine. */
-    if (rc == 0 && s->fill_direct)
+    if (rc == 0 && atomic_load(&s->fill_direct))
       (void)posix_fadvise(s->fill_fd, (off_t)at, STORE_PREALLOC_CHUNK_BYTES, POSIX_FADV_WILLNEED);
     pthread_mutex_lock(&s->fill_mu);
     s->filling = false;
@@ -257,13 +271,16 @@ int store_log_prealloc_start(store_t *s, uint64_t bytes) {
   if (fstat(s->log_fd, &st) != 0) return LEDGER_EIO;
   uint64_t size = (uint64_t)st.st_size;
   LEDGER_ASSERT(size >= store_log_end(s)); /* after store_log_scan: the rest is zeros */
-  s->fill_zeros = aligned_alloc(STORE_PREALLOC_ALIGN, STORE_PREALLOC_CHUNK_BYTES);
+  long page = sysconf(_SC_PAGESIZE);
+  s->fill_align = page > (long)STORE_PREALLOC_ALIGN ? (uint64_t)page : STORE_PREALLOC_ALIGN;
+  if (STORE_PREALLOC_CHUNK_BYTES % s->fill_align != 0) return LEDGER_OK; /* pages > 512 KiB: off */
+  s->fill_zeros = aligned_alloc(s->fill_align, STORE_PREALLOC_CHUNK_BYTES);
   if (!s->fill_zeros) return LEDGER_ENOMEM;
   memset(s->fill_zeros, 0, STORE_PREALLOC_CHUNK_BYTES);
-  s->fill_direct = true;
+  atomic_store(&s->fill_direct, true);
   s->fill_fd = openat(s->dir_fd, STORE_LOG_NAME, O_WRONLY | O_DIRECT | O_CLOEXEC);
   if (s->fill_fd < 0) {
-    s->fill_direct = false;
+    atomic_store(&s->fill_direct, false);
     s->fill_fd = openat(s->dir_fd, STORE_LOG_NAME, O_WRONLY | O_CLOEXEC);
     if (s->fill_fd < 0) return LEDGER_EIO;
   }
@@ -276,7 +293,7 @@ int store_log_prealloc_start(store_t *s, uint64_t bytes) {
 
 void store_log_prealloc_stats(const store_t *s, store_prealloc_stats_t *out) {
   out->enabled = s->fill_running;
-  out->direct = s->fill_direct;
+  out->direct = atomic_load(&s->fill_direct);
   out->zero_end = atomic_load_explicit(&s->zero_end, memory_order_relaxed);
   out->chunks = atomic_load_explicit(&s->fill_chunks, memory_order_relaxed);
   out->slow_appends = atomic_load_explicit(&s->fill_slow_appends, memory_order_relaxed);
@@ -296,6 +313,20 @@ static int cut_tail(store_t *s, uint64_t pos, bool *torn_out) {
   return LEDGER_OK;
 }
 
+/* pread of [pos, pos+len) for the recovery scan: bounded by the file, not by log_end. */
+static int read_raw(const store_t *s, uint64_t pos, void *buf, size_t len) {
+  char *p = buf;
+  while (len > 0) {
+    ssize_t n = pread(s->log_fd, p, len, (off_t)pos);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return LEDGER_EIO;
+    p += n;
+    pos += (uint64_t)n;
+    len -= (size_t)n;
+  }
+  return LEDGER_OK;
+}
+
 /* The offset after the last non-zero byte of [floor, size), or floor. A preallocated log ends
  * in zeros (store_log_prealloc_start); so may a log whose size reached the disk before all of
  * its last write did. Read backwards in small steps: usually the first one finds data. */
@@ -305,7 +336,7 @@ static int data_end_of(const store_t *s, uint64_t floor, uint64_t size, uint64_t
   while (end > floor) {
     size_t n = end - floor < sizeof chunk ? (size_t)(end - floor) : sizeof chunk;
     uint64_t at = end - n;
-    int rc = store_log_read(s, at, chunk, n);
+    int rc = read_raw(s, at, chunk, n);
     if (rc != 0) return rc;
     for (size_t i = n; i > 0; i--) {
       if (chunk[i - 1] != 0) {
@@ -319,54 +350,74 @@ static int data_end_of(const store_t *s, uint64_t floor, uint64_t size, uint64_t
   return LEDGER_OK;
 }
 
-/* 1 if a whole record with a good checksum starts anywhere in (from, to), 0 if none, or a
- * negative error. Only used on a bad record near the end of the data, so it is rare and the
- * window is at most one append (STORE_APPEND_BYTES_MAX). */
-static int valid_record_in(const store_t *s, uint64_t from, uint64_t to, uint64_t size) {
+/* 1 if whole records with good checksums follow one another from `at` to the end of the data
+ * (the last one reaching dend), 0 if not, or a negative error. Only records that fit in one
+ * append count: that is as far as a torn write reaches. */
+static int chain_to_end(const store_t *s, uint64_t at, uint64_t dend, uint64_t size, uint8_t **buf, size_t *cap) {
+  while (at < dend) {
+    uint8_t hdr[STORE_RECORD_HEADER_BYTES];
+    if (size - at < sizeof hdr) return 0;
+    int rc = read_raw(s, at, hdr, sizeof hdr);
+    if (rc != 0) return rc;
+    uint32_t magic = load_u32(hdr), len = load_u32(hdr + 4), crc = load_u32(hdr + 8);
+    if (magic != STORE_RECORD_MAGIC || len > STORE_APPEND_BYTES_MAX || len > size - at - sizeof hdr) return 0;
+    if ((size_t)len + 4 > *cap) {
+      uint8_t *bigger = realloc(*buf, (size_t)len + 4);
+      if (!bigger) return LEDGER_ENOMEM;
+      *buf = bigger;
+      *cap = (size_t)len + 4;
+    }
+    memcpy(*buf, hdr + 12, 4);
+    if ((rc = read_raw(s, at + sizeof hdr, *buf + 4, len)) != 0) return rc;
+    if (crc32c(crc32c(0, hdr + 4, 4), *buf, (size_t)len + 4) != crc) return 0;
+    at += sizeof hdr + len;
+  }
+  return 1;
+}
+
+/* The most candidate record starts valid_chain_in examines before it gives up and calls the
+ * log damaged (refusing is the safe side: nothing is cut). */
+#define SCAN_CANDIDATES_MAX 4096u
+
+/* 1 if a chain of whole records (chain_to_end) starts anywhere in (from, dend), 0 if none, or
+ * a negative error. Only used on a bad record within one append of the end of the data. */
+static int valid_chain_in(const store_t *s, uint64_t from, uint64_t dend, uint64_t size) {
   const uint32_t magic = STORE_RECORD_MAGIC;
-  size_t cap = 1u << 20;
-  uint8_t *win = malloc(cap + 3);
+  size_t wcap = 1u << 20, bcap = 0;
+  uint8_t *win = malloc(wcap + 3), *body = NULL;
   if (!win) return LEDGER_ENOMEM;
   int found = 0;
-  for (uint64_t at = from + 1; at < to && found == 0;) {
-    size_t n = to - at < cap ? (size_t)(to - at) : cap;
+  unsigned candidates = 0;
+  for (uint64_t at = from + 1; at < dend && found == 0;) {
+    size_t n = dend - at < wcap ? (size_t)(dend - at) : wcap;
     size_t have = size - at < n + 3 ? (size_t)(size - at) : n + 3; /* a magic across the seam */
-    if ((found = store_log_read(s, at, win, have)) != 0) break;
+    if ((found = read_raw(s, at, win, have)) != 0) break;
     for (size_t i = 0; i < n && i + 4 <= have && found == 0; i++) {
       if (memcmp(win + i, &magic, 4) != 0) continue;
-      uint64_t rec = at + i;
-      uint8_t hdr[STORE_RECORD_HEADER_BYTES];
-      if (size - rec < sizeof hdr) continue;
-      if ((found = store_log_read(s, rec, hdr, sizeof hdr)) != 0) break;
-      uint32_t len = load_u32(hdr + 4), crc = load_u32(hdr + 8);
-      if (len > STORE_RECORD_PAYLOAD_BYTES_MAX || rec + sizeof hdr + len > size) continue;
-      uint8_t *body = malloc((size_t)len + 4);
-      if (!body) {
-        found = LEDGER_ENOMEM;
+      if (++candidates > SCAN_CANDIDATES_MAX) {
+        LOG_ERROR("log: more than %u record-like starts after a bad record: treated as damage", SCAN_CANDIDATES_MAX);
+        found = 1;
         break;
       }
-      memcpy(body, hdr + 12, 4);
-      int rc = store_log_read(s, rec + sizeof hdr, body + 4, len);
-      uint32_t got = crc32c(crc32c(0, hdr + 4, 4), body, (size_t)len + 4);
-      free(body);
-      if (rc != 0) found = rc;
-      else if (got == crc) found = 1;
+      found = chain_to_end(s, at + i, dend, size, &body, &bcap);
     }
     at += n;
   }
+  free(body);
   free(win);
   return found;
 }
 
-/* A bad record at pos, whose header claims it ends at `end`: is it the torn tail of the last
- * append (cut it), or damage with acknowledged records after it (refuse)? Torn when it reaches
- * the end of the data, or when the data after it fits in one append and holds no whole record
- * (a crash can persist the pages of one write in any order, so a torn write may show zeros in
- * its middle and data after them). Returns 1 torn, 0 corrupt, or a negative error. */
-static int torn_at(const store_t *s, uint64_t pos, uint64_t end, uint64_t dend, uint64_t size) {
-  if (end >= dend) return 1;
+/* A bad record at pos (wrong magic or length, a length past the file, or a bad checksum): is
+ * it the torn tail of the last append (cut it), or damage with acknowledged records after it
+ * (refuse)? Nothing in its header is trusted. Torn when the data after it fits in one append
+ * and no chain of whole records runs from inside it to the end of the data: a crash can
+ * persist the pages of one write in any order, so a torn write may show zeros in its middle
+ * and data after them, but it cannot contain records written after it. 1 torn, 0 damage, or
+ * a negative error. */
+static int torn_at(const store_t *s, uint64_t pos, uint64_t dend, uint64_t size) {
   if (dend - pos > STORE_APPEND_BYTES_MAX) return 0;
-  int v = valid_record_in(s, pos, dend, size);
+  int v = valid_chain_in(s, pos, dend, size);
   return v < 0 ? v : !v;
 }
 
@@ -388,14 +439,10 @@ int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool
       break;
     }
     uint8_t hdr[STORE_RECORD_HEADER_BYTES];
-    if ((rc = store_log_read(s, pos, hdr, sizeof hdr)) != 0) break;
+    if ((rc = read_raw(s, pos, hdr, sizeof hdr)) != 0) break;
     uint32_t magic = load_u32(hdr), len = load_u32(hdr + 4), crc = load_u32(hdr + 8);
     uint64_t end = pos + STORE_RECORD_HEADER_BYTES + len;
-    bool bad = magic != STORE_RECORD_MAGIC || len > STORE_RECORD_PAYLOAD_BYTES_MAX;
-    if (!bad && end > size) {
-      rc = cut_tail(s, pos, torn_out);
-      break;
-    }
+    bool bad = magic != STORE_RECORD_MAGIC || len > STORE_RECORD_PAYLOAD_BYTES_MAX || end > size;
     if (!bad) {
       size_t need = STORE_RECORD_HEADER_BYTES + len;
       if (need > cap) {
@@ -407,13 +454,13 @@ int store_log_scan(store_t *s, uint64_t pos, store_record_fn fn, void *ctx, bool
         buf = bigger;
         cap = need;
       }
-      if ((rc = store_log_read(s, pos, buf, need)) != 0) break;
+      if ((rc = read_raw(s, pos, buf, need)) != 0) break;
       uint32_t got = crc32c(0, buf + 4, 4);
       got = crc32c(got, buf + 12, 4 + (size_t)len);
       bad = got != crc;
     }
     if (bad) {
-      int t = torn_at(s, pos, end, dend, size);
+      int t = torn_at(s, pos, dend, size);
       if (t < 0) {
         rc = t;
       } else if (t == 1) {

@@ -392,6 +392,12 @@ static void test_corruption(void) {
   uint8_t zero[STORE_RECORD_HEADER_BYTES];
   memset(zero, 0, sizeof zero);
   corrupt_case("corrupt-zero-header", 0, zero, sizeof zero, false);
+  /* A damaged length is not trusted, however far it claims to reach (past the end of the
+   * file, or exactly to the end of the data): the records after it are acknowledged. */
+  uint8_t huge[4] = {0x00, 0xff, 0xff, 0x0f}; /* 0x0fffff00: under the payload limit, past the file */
+  corrupt_case("corrupt-len-past-file", 4, huge, sizeof huge, false);
+  uint8_t over[4] = {0x00, 0xff, 0xff, 0xff}; /* over the payload limit */
+  corrupt_case("corrupt-len-over-limit", 4, over, sizeof over, false);
   log_set_level(LOG_INFO);
 }
 
@@ -593,6 +599,52 @@ static void test_prealloc_torn(void) {
       {"prealloc-hole-mid", 2, STORE_RECORD_HEADER_BYTES + 100, 300, LEDGER_ECORRUPT},
   };
   log_set_level(LOG_ERROR + 1);
+  /* A length changed so that the bad record claims to end exactly where the data ends (the
+   * last record's end): the records in between are acknowledged, so this is damage. */
+  {
+    char dir[PATH_MAX];
+    make_dir(dir, "prealloc-len-to-end");
+    uint64_t pos[RECORDS_MAX];
+    prealloc_log(dir, 6, pos);
+    int64_t at = (int64_t)pos[2] - STORE_RECORD_HEADER_BYTES;
+    uint32_t len = (uint32_t)(pos[5] + payload_len(5) - pos[2]);
+    file_patch(dir, STORE_LOG_NAME, at + 4, &len, 4);
+    int64_t size = file_size(dir, STORE_LOG_NAME);
+    bool torn = false;
+    uint64_t end = 0;
+    CHECK_EQ(scan_dir(dir, false, &sc, &torn, &end), LEDGER_ECORRUPT);
+    CHECK(!torn);
+    CHECK_EQ(file_size(dir, STORE_LOG_NAME), size);
+  }
+  /* The last record's payload holds a whole record (a sealed 16-byte header with an empty
+   * payload) followed by more payload, and its own header was lost: the record inside does
+   * not chain to the end of the data, so this is still a torn tail. */
+  {
+    char dir[PATH_MAX];
+    make_dir(dir, "prealloc-record-inside");
+    uint64_t pos[RECORDS_MAX];
+    prealloc_log(dir, 5, pos);
+    store_t *s = NULL;
+    bool torn = false;
+    uint64_t last_at = 0;
+    if (store_open(dir, false, &s) == 0) {
+      CHECK_EQ(store_log_scan(s, 0, collect, &sc, &torn), LEDGER_OK);
+      static uint8_t rec[STORE_RECORD_HEADER_BYTES + 3000];
+      memset(rec, 0x5a, sizeof rec);
+      store_record_seal(rec + STORE_RECORD_HEADER_BYTES + 1000, 0); /* the record inside */
+      store_record_seal(rec, 3000);
+      last_at = store_log_end(s);
+      CHECK_EQ(store_log_append(s, rec, sizeof rec, true), LEDGER_OK);
+      store_close(s);
+    }
+    uint8_t z16[STORE_RECORD_HEADER_BYTES] = {0};
+    file_patch(dir, STORE_LOG_NAME, (int64_t)last_at, z16, sizeof z16);
+    uint64_t end = 0;
+    CHECK_EQ(scan_dir(dir, false, &sc, &torn, &end), LEDGER_OK);
+    CHECK(torn);
+    CHECK_EQ(end, last_at);
+    check_records(&sc, 5, pos, __LINE__);
+  }
   for (size_t c = 0; c < LEDGER_ARRAY_LEN(cases); c++) {
     char dir[PATH_MAX];
     make_dir(dir, cases[c].name);
