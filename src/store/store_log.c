@@ -30,6 +30,7 @@ struct store {
    * zeros. The filler thread only writes at or past zero_end, the appender only below it
    * unless it holds fill_mu with no chunk in flight: they never write the same bytes. */
   _Atomic uint64_t zero_end;
+  _Atomic uint64_t append_end; /* the end of the append in progress, for the filler */
   uint64_t prealloc_bytes; /* 0 = off */
   int fill_fd;             /* O_DIRECT when the file system allows it, else buffered */
   bool fill_running, fill_stop, filling;
@@ -177,13 +178,16 @@ int store_log_append(store_t *s, const void *buf, size_t len, bool sync) {
     pthread_mutex_unlock(&s->fill_mu);
     if (rc != 0) return rc;
   }
+  if (s->fill_running && end + s->prealloc_bytes / 2 > atomic_load_explicit(&s->zero_end, memory_order_relaxed)) {
+    /* Less than half the window left: the filler's turn, now, so that its chunk is written
+     * while this append waits in fdatasync rather than after it. Without the mutex: a wake
+     * lost to the race costs at most the filler's 50 ms poll; append_end tells it how far
+     * the log is about to reach. */
+    atomic_store_explicit(&s->append_end, end, memory_order_release);
+    pthread_cond_signal(&s->fill_cv);
+  }
   if (sync && fdatasync(s->log_fd) != 0) return LEDGER_EIO;
   atomic_store_explicit(&s->log_end, end, memory_order_release);
-  if (s->fill_running && end + s->prealloc_bytes / 2 > atomic_load_explicit(&s->zero_end, memory_order_relaxed)) {
-    pthread_mutex_lock(&s->fill_mu); /* less than half the window left: the filler's turn */
-    pthread_cond_signal(&s->fill_cv);
-    pthread_mutex_unlock(&s->fill_mu);
-  }
   return LEDGER_OK;
 }
 
@@ -213,6 +217,8 @@ static void *fill_main(void *arg) {
   while (!s->fill_stop) {
     uint64_t zero_end = atomic_load_explicit(&s->zero_end, memory_order_relaxed);
     uint64_t log_end = atomic_load_explicit(&s->log_end, memory_order_acquire);
+    uint64_t appending = atomic_load_explicit(&s->append_end, memory_order_acquire);
+    if (appending > log_end) log_end = appending;
     if (s->want_extend || zero_end >= log_end + s->prealloc_bytes) {
       struct timespec t;
       clock_gettime(CLOCK_MONOTONIC, &t);
