@@ -8,7 +8,6 @@
  *
  * Replayed in `make test` by fuzz/replay_main.c over fuzz/corpus/fuzz_batch.
  */
-#include <cjson/cJSON.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,26 +25,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
     }                                                                                        \
   } while (0)
 
-/* The cJSON path as the server runs it (parse_body's checks, then api_batch_parse_json). */
-static bool slow(const char *p, size_t len, api_batch_t *out) {
-  api_error_t e;
-  memset(out, 0, sizeof *out);
-  cJSON *root = json_parse_body(p, len, &e);
-  bool ok = root && api_batch_parse_json(root, len, out, &e);
-  cJSON_Delete(root);
-  return ok;
-}
-
 /* POST /v1/transfers: a body the single fast path accepts must give, through cJSON, the same
  * transfer byte for byte. */
 static void single(const char *p, size_t size) {
   static char fx[LEDGER_EXTRA_BYTES_MAX], sx[LEDGER_EXTRA_BYTES_MAX];
   engine_transfer_in_t f, s;
   if (!api_transfer_parse_fast(p, size, &f, fx)) return;
-  api_error_t e;
-  cJSON *root = json_parse_body(p, size, &e);
-  FUZZ_REQUIRE(root && api_transfer_from_json(root, ENGINE_KIND_TRANSFER, &s, sx, &e));
-  cJSON_Delete(root);
+  FUZZ_REQUIRE(api_transfer_parse_body(p, size, &s, sx));
   FUZZ_REQUIRE(f.extra_len == s.extra_len);
   FUZZ_REQUIRE(f.extra_len == 0 || memcmp(f.extra, s.extra, f.extra_len) == 0);
   f.extra = s.extra = NULL;
@@ -62,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   }
   api_batch_t s;
-  FUZZ_REQUIRE(slow(p, size, &s));
+  FUZZ_REQUIRE(api_batch_parse_body(p, size, &s));
   FUZZ_REQUIRE(f.count == s.count && f.atomic == s.atomic && f.count >= 1);
   for (uint32_t i = 0; i < f.count; i++) {
     engine_transfer_in_t x = f.items[i], y = s.items[i];

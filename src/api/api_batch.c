@@ -355,3 +355,20 @@ bool api_transfer_parse_fast(const char *body, size_t len, engine_transfer_in_t 
   skip_ws(&c);
   return c.p == c.end && api_transfer_from_json(&obj, ENGINE_KIND_TRANSFER, in, extra, &err);
 }
+
+bool api_batch_parse_body(const char *body, size_t len, api_batch_t *out) {
+  api_error_t e;
+  memset(out, 0, sizeof *out);
+  cJSON *root = json_parse_body(body, len, &e);
+  bool ok = root && api_batch_parse_json(root, len, out, &e);
+  cJSON_Delete(root);
+  return ok;
+}
+
+bool api_transfer_parse_body(const char *body, size_t len, engine_transfer_in_t *in, char *extra) {
+  api_error_t e;
+  cJSON *root = json_parse_body(body, len, &e);
+  bool ok = root && api_transfer_from_json(root, ENGINE_KIND_TRANSFER, in, extra, &e);
+  cJSON_Delete(root);
+  return ok;
+}

@@ -90,6 +90,11 @@ void api_batch_free(api_batch_t *b);
  * LEDGER_EXTRA_BYTES_MAX bytes). false = declined, nothing said about the body: parse it with
  * cJSON, whose path gives every error. */
 bool api_transfer_parse_fast(const char *body, size_t len, engine_transfer_in_t *in, char *extra);
+/* The cJSON paths from the raw body, as the server takes it (json_parse_body: the parse,
+ * the NUL-escape check, nothing after the value; then the same checks): the reference the
+ * unit test and the fuzz target hold the two fast paths to. false = refused. */
+bool api_batch_parse_body(const char *body, size_t len, api_batch_t *out);
+bool api_transfer_parse_body(const char *body, size_t len, engine_transfer_in_t *in, char *extra);
 
 /* cJSON's allocations on a net thread come from a per-thread bump arena while a request is
  * being parsed (cJSON_InitHooks): a batch body makes ~50,000 nodes, and malloc/free of each

@@ -191,8 +191,8 @@ int store_log_append(store_t *s, const void *buf, size_t len, bool sync) {
   return LEDGER_OK;
 }
 
-int store_log_read(const store_t *s, uint64_t pos, void *buf, size_t len) {
-  if (pos + len > store_log_end(s) && !s->read_only) return LEDGER_EINVAL;
+/* pread of [pos, pos+len), bounded by the file only (the recovery scan reads past log_end). */
+static int read_raw(const store_t *s, uint64_t pos, void *buf, size_t len) {
   char *p = buf;
   while (len > 0) {
     ssize_t n = pread(s->log_fd, p, len, (off_t)pos);
@@ -203,6 +203,11 @@ int store_log_read(const store_t *s, uint64_t pos, void *buf, size_t len) {
     len -= (size_t)n;
   }
   return LEDGER_OK;
+}
+
+int store_log_read(const store_t *s, uint64_t pos, void *buf, size_t len) {
+  if (pos + len > store_log_end(s) && !s->read_only) return LEDGER_EINVAL;
+  return read_raw(s, pos, buf, len);
 }
 
 /* ------------------------------------------------------------ preallocation */
@@ -316,20 +321,6 @@ static int cut_tail(store_t *s, uint64_t pos, bool *torn_out) {
     if (ftruncate(s->log_fd, (off_t)pos) != 0 || fdatasync(s->log_fd) != 0) return LEDGER_EIO;
   }
   atomic_store(&s->log_end, pos);
-  return LEDGER_OK;
-}
-
-/* pread of [pos, pos+len) for the recovery scan: bounded by the file, not by log_end. */
-static int read_raw(const store_t *s, uint64_t pos, void *buf, size_t len) {
-  char *p = buf;
-  while (len > 0) {
-    ssize_t n = pread(s->log_fd, p, len, (off_t)pos);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return LEDGER_EIO;
-    p += n;
-    pos += (uint64_t)n;
-    len -= (size_t)n;
-  }
   return LEDGER_OK;
 }
 
