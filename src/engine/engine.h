@@ -111,7 +111,9 @@ static_assert(sizeof(engine_account_t) == 96, "account record size (memory per a
  * its id (uuid_from_transfer). Transfer numbers and account ids fit 32 bits
  * (ENGINE_TRANSFERS_MAX, ENGINE_ACCOUNTS_MAX): the table grows by this record for every
  * transfer, and on the benchmark machine fresh memory costs ~2 ns a byte the first time it is
- * touched (docs/performance.md), so the record is kept small: 120 bytes. */
+ * touched (docs/performance.md), so the record is kept small: 112 bytes. The history chains'
+ * forward links live beside the table (engine_state.h, engine_next_t): a record is not
+ * written again after its batch, except by the rare pending → posted/voided change. */
 typedef struct engine_transfer {
   uint64_t seq;                /* batch that created it */
   int64_t amount_minor;        /* requested (for pending: reserved) */
@@ -125,8 +127,7 @@ typedef struct engine_transfer {
   uint32_t no;
   uint32_t debit_account_id;
   uint32_t credit_account_id;
-  uint32_t prev_debit_no, prev_credit_no; /* history chains of both accounts */
-  uint32_t next_debit_no, next_credit_no;
+  uint32_t prev_debit_no, prev_credit_no; /* history chains of both accounts (backward) */
   uint32_t pending_no; /* settlement entry: the pending transfer it settles */
   uint32_t extra_len;
   uint32_t timeout_s;
@@ -136,7 +137,7 @@ typedef struct engine_transfer {
   uint8_t currency;
   uint8_t flags;
 } engine_transfer_t;
-static_assert(sizeof(engine_transfer_t) == 120, "transfer record size (memory per transfer)");
+static_assert(sizeof(engine_transfer_t) == 112, "transfer record size (memory per transfer)");
 static_assert(ENGINE_TRANSFERS_MAX <= UINT32_MAX && ENGINE_ACCOUNTS_MAX <= UINT32_MAX,
               "transfer numbers and account ids are stored in 32 bits");
 

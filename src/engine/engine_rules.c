@@ -399,13 +399,6 @@ static bool vel_counts(const engine_transfer_t *t, uint64_t account_id) {
   return t->debit_account_id == account_id && !(t->flags & ENGINE_TF_SETTLEMENT);
 }
 
-static uint64_t chain_next(const engine_transfer_t *t, uint64_t id) {
-  return t->debit_account_id == id ? t->next_debit_no : t->next_credit_no;
-}
-
-static uint64_t chain_prev(const engine_transfer_t *t, uint64_t id) {
-  return t->debit_account_id == id ? t->prev_debit_no : t->prev_credit_no;
-}
 
 /* The window of (account, rule) at the batch time, computed into *w from the stored one
  * without changing the state (a judged transfer may still be refused, and a refused one must
@@ -428,7 +421,7 @@ static void vel_window(const engine_state_t *st, const engine_account_t *a, cons
         w->amount += t->amount_minor;
       }
       w->start_no = no;
-      no = chain_prev(t, a->id);
+      no = state_prev_no(t, a->id);
     }
     return;
   }
@@ -439,7 +432,7 @@ static void vel_window(const engine_state_t *st, const engine_account_t *a, cons
       w->count--;
       w->amount -= t->amount_minor;
     }
-    w->start_no = chain_next(t, a->id);
+    w->start_no = state_next_no(st, t, a->id);
   }
 }
 

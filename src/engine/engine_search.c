@@ -202,8 +202,7 @@ static uint64_t next_no(const walk_t *w, uint64_t no, uint64_t *sidx) {
   bool asc = w->cmd->u.search.ascending;
   if (w->f->account_id) {
     const engine_transfer_t *t = &st->transfers[no - 1];
-    bool is_debit = t->debit_account_id == w->f->account_id;
-    return asc ? (is_debit ? t->next_debit_no : t->next_credit_no) : (is_debit ? t->prev_debit_no : t->prev_credit_no);
+    return asc ? state_next_no(st, t, w->f->account_id) : state_prev_no(t, w->f->account_id);
   }
   if (w->f->flagged == 1) {
     if (asc) {

@@ -6,7 +6,8 @@
  * its staging buffer, write, fsync, rename) and no malloc. The file is written to snapshot.tmp, fsynced, renamed, and the directory
  * fsynced: a crash leaves either the old snapshot or the complete new one.
  *
- * Layout: header (below) | regions | accounts | transfers | live idempotency entries |
+ * Layout: header (below) | regions | accounts | transfers | their forward history links |
+ * live idempotency entries |
  * pending heap | the used part of the batch-codes ring | users | API keys | live credentials |
  * the audit ring (oldest first) | the rule set | suspicious entries | settlement rows |
  * velocity windows (when a velocity rule was ever in force) | crc32c u32 of all before it.
@@ -21,7 +22,7 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-#define SNAP_MAGIC 0x34504e534744474cull /* "LGDGSNP4" (3: 152-byte transfer records) */
+#define SNAP_MAGIC 0x35504e534744474cull /* "LGDGSNP5" (4: 120-byte transfer records with their links) */
 
 typedef struct snap_header {
   uint64_t magic;
@@ -172,6 +173,7 @@ static int snapshot_write_once(const engine_state_t *st, const char *tmp_path, c
   sink_put(&s, st->regions, h.region_count * sizeof st->regions[0]);
   sink_put(&s, st->accounts, h.account_count * sizeof(engine_account_t));
   sink_put(&s, st->transfers, h.transfer_count * sizeof(engine_transfer_t));
+  sink_put(&s, st->next, h.transfer_count * sizeof(engine_next_t));
   idem_entry_t chunk[1024];
   size_t n = 0;
   for (uint64_t i = 0; i < st->idem_slots && idem_count; i++) {
@@ -334,6 +336,7 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
     src_get(&s, st->regions, h.region_count * sizeof st->regions[0]);
     src_get(&s, st->accounts, h.account_count * sizeof(engine_account_t));
     src_get(&s, st->transfers, h.transfer_count * sizeof(engine_transfer_t));
+    src_get(&s, st->next, h.transfer_count * sizeof(engine_next_t));
     /* The state is fresh from state_init: the table is empty and grows as entries return. */
     for (uint64_t i = 0; i < h.idem_count && s.rc == 0; i++) {
       idem_entry_t e;

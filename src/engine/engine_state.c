@@ -30,13 +30,14 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   st->idem_retention_ms = idem_retention_ms;
   st->accounts = reserve((size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
   st->transfers = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t));
+  st->next = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t));
   st->idem_slots = ENGINE_IDEM_SLOTS_MIN;
   st->idem = reserve((size_t)st->idem_slots * sizeof(idem_entry_t));
   st->pending = reserve((size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
   st->saved_times = reserve(2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
   st->saved_vel = reserve(ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_vel);
-  if (!st->accounts || !st->transfers || !st->idem || !st->pending || !st->codes || !st->saved_times ||
+  if (!st->accounts || !st->transfers || !st->next || !st->idem || !st->pending || !st->codes || !st->saved_times ||
       !st->saved_vel ||
       auth_state_init(st) != 0 || risk_state_init(st) != 0) {
     state_free(st);
@@ -61,6 +62,7 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
 void state_free(engine_state_t *st) {
   if (st->accounts) munmap(st->accounts, (size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
   if (st->transfers) munmap(st->transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t));
+  if (st->next) munmap(st->next, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t));
   if (st->idem) munmap(st->idem, (size_t)st->idem_slots * sizeof(idem_entry_t));
   if (st->pending) munmap(st->pending, (size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
@@ -152,6 +154,7 @@ static engine_transfer_t *transfer_append(engine_state_t *st, engine_account_t *
   LEDGER_ASSERT(st->transfer_count < ENGINE_TRANSFERS_MAX);
   engine_transfer_t *t = &st->transfers[st->transfer_count++];
   memset(t, 0, sizeof *t);
+  st->next[st->transfer_count - 1] = (engine_next_t){0, 0};
   t->no = (uint32_t)st->transfer_count; /* < ENGINE_TRANSFERS_MAX: fits (engine.h) */
   t->seq = st->batch_seq;
   t->created_ms = t->updated_ms = st->batch_time_ms;
@@ -164,9 +167,10 @@ static engine_transfer_t *transfer_append(engine_state_t *st, engine_account_t *
   for (int k = 0; k < 2; k++) {
     engine_account_t *a = sides[k];
     if (a->history_last_no) {
-      engine_transfer_t *prev = &st->transfers[a->history_last_no - 1];
-      if (prev->debit_account_id == a->id) prev->next_debit_no = t->no;
-      else prev->next_credit_no = t->no;
+      const engine_transfer_t *prev = &st->transfers[a->history_last_no - 1];
+      engine_next_t *link = &st->next[a->history_last_no - 1];
+      if (prev->debit_account_id == a->id) link->debit_no = t->no;
+      else link->credit_no = t->no;
     } else {
       a->history_first_no = t->no;
     }
@@ -189,9 +193,10 @@ static void transfer_pop(engine_state_t *st) {
     LEDGER_ASSERT(a->history_last_no == t->no);
     a->history_last_no = prevs[k];
     if (prevs[k]) {
-      engine_transfer_t *prev = &st->transfers[prevs[k] - 1];
-      if (prev->debit_account_id == a->id) prev->next_debit_no = 0;
-      else prev->next_credit_no = 0;
+      const engine_transfer_t *prev = &st->transfers[prevs[k] - 1];
+      engine_next_t *link = &st->next[prevs[k] - 1];
+      if (prev->debit_account_id == a->id) link->debit_no = 0;
+      else link->credit_no = 0;
     } else {
       a->history_first_no = 0;
     }
@@ -607,7 +612,7 @@ static inline __attribute__((always_inline)) void prefetch_history(const engine_
     if (last - 1 < st->transfer_count) {
       const engine_transfer_t *t = &st->transfers[last - 1];
       __builtin_prefetch(&t->debit_account_id, 0, 1);
-      __builtin_prefetch(&t->next_debit_no, 1, 1);
+      __builtin_prefetch(&st->next[last - 1], 1, 1);
     }
   }
 }
@@ -899,8 +904,7 @@ static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
       no = 0;
       break;
     }
-    uint64_t next = asc ? (is_debit ? t->next_debit_no : t->next_credit_no)
-                        : (is_debit ? t->prev_debit_no : t->prev_credit_no);
+    uint64_t next = asc ? state_next_no(st, t, a->id) : state_prev_no(t, a->id);
     if (asc ? t->created_ms >= cmd->u.history.to_ms : t->created_ms < cmd->u.history.from_ms) {
       no = 0;
       break;
@@ -992,7 +996,8 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
   wide_t sum[LEDGER_CURRENCIES_MAX] = {0}, pend[LEDGER_CURRENCIES_MAX] = {0};
   for (uint64_t i = 0; i < st->account_count; i++) {
     const engine_account_t *a = &st->accounts[i];
-    if (a->id != i + 1 || !ledger_currency_get(a->currency)) {
+    if (a->id != i + 1 || !ledger_currency_get(a->currency) || a->history_last_no > st->transfer_count ||
+        a->history_first_no > a->history_last_no) {
       snprintf(problem, cap, "account %llu: bad record", (unsigned long long)(i + 1));
       return LEDGER_ECORRUPT;
     }
@@ -1016,6 +1021,10 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
                  (unsigned long long)a->id, (long long)a->balance_minor, (long long)after);
         return LEDGER_ECORRUPT;
       }
+      if (state_next_no(st, t, a->id) != 0) {
+        snprintf(problem, cap, "account %llu: its newest history entry links to a later one", (unsigned long long)a->id);
+        return LEDGER_ECORRUPT;
+      }
     } else if (a->balance_minor != 0) {
       snprintf(problem, cap, "account %llu: balance without history", (unsigned long long)a->id);
       return LEDGER_ECORRUPT;
@@ -1032,6 +1041,10 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
    * check that balance_after equals the previous entry's balance_after +/- the amount. */
   for (uint64_t i = 0; i < st->transfer_count; i++) {
     const engine_transfer_t *t = &st->transfers[i];
+    if (t->no != i + 1) {
+      snprintf(problem, cap, "transfer %llu: bad record", (unsigned long long)(i + 1));
+      return LEDGER_ECORRUPT;
+    }
     int64_t moved = 0;
     if (t->flags & ENGINE_TF_SETTLEMENT) moved = t->status == ENGINE_STATUS_POSTED ? t->amount_minor : 0;
     else if (!(t->flags & ENGINE_TF_PENDING)) moved = t->amount_minor;
@@ -1041,8 +1054,14 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
     for (int k = 0; k < 2; k++) {
       int64_t before = 0;
       if (prevs[k]) {
-        const engine_transfer_t *p = &st->transfers[prevs[k] - 1];
-        before = p->debit_account_id == ids[k] ? p->debit_balance_after : p->credit_balance_after;
+        const engine_transfer_t *p = prevs[k] < t->no ? &st->transfers[prevs[k] - 1] : NULL;
+        if (p) before = p->debit_account_id == ids[k] ? p->debit_balance_after : p->credit_balance_after;
+        if (!p || (p->debit_account_id != ids[k] && p->credit_account_id != ids[k]) ||
+            state_next_no(st, p, ids[k]) != t->no) {
+          snprintf(problem, cap, "transfer %llu: account %llu's history entry %llu before it does not link to it",
+                   (unsigned long long)t->no, (unsigned long long)ids[k], (unsigned long long)prevs[k]);
+          return LEDGER_ECORRUPT;
+        }
       }
       int64_t expect = k == 0 ? before - moved : before + moved;
       if (expect != afters[k]) {
@@ -1053,4 +1072,10 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
     }
   }
   return risk_check(st, problem, cap);
+}
+
+bool state_transfers_equal(const engine_state_t *a, const engine_state_t *b) {
+  return a->transfer_count == b->transfer_count &&
+         memcmp(a->transfers, b->transfers, a->transfer_count * sizeof(engine_transfer_t)) == 0 &&
+         memcmp(a->next, b->next, a->transfer_count * sizeof(engine_next_t)) == 0;
 }

@@ -49,10 +49,20 @@ typedef struct pending_slot {
 /* Per-item result codes of batch requests that carried an Idempotency-Key, in a ring. */
 #define ENGINE_CODES_RING_BYTES (64u * 1024u * 1024u)
 
+/* The forward links of a transfer's two history chains: the next entry of its debit account's
+ * chain and of its credit account's (0: none yet). Kept apart from the transfer records
+ * because an append writes the previous entry of both accounts, random old entries: in a
+ * dense 8-byte table those writes touch 14x fewer pages than in the 112-byte records, and
+ * after a snapshot's fork every page the engine writes is copied first (docs/storage.md). */
+typedef struct engine_next {
+  uint32_t debit_no, credit_no;
+} engine_next_t;
+
 typedef struct engine_state {
   engine_account_t *accounts; /* [id - 1] */
   uint64_t account_count;
   engine_transfer_t *transfers; /* [no - 1] */
+  engine_next_t *next;          /* [no - 1] */
   uint64_t transfer_count;
   idem_entry_t *idem; /* idem_slots slots (a power of two), linear probing */
   uint64_t idem_slots;
@@ -104,6 +114,17 @@ typedef struct engine_state {
   int (*read_extra)(void *ctx, uint64_t pos, uint32_t len, char *buf);
   void *read_extra_ctx;
 } engine_state_t;
+
+/* The entry after t in account_id's history chain (0: t is the newest); t touches account_id. */
+static inline uint64_t state_next_no(const engine_state_t *st, const engine_transfer_t *t, uint64_t account_id) {
+  const engine_next_t *n = &st->next[t->no - 1];
+  return t->debit_account_id == account_id ? n->debit_no : n->credit_no;
+}
+static inline uint64_t state_prev_no(const engine_transfer_t *t, uint64_t account_id) {
+  return t->debit_account_id == account_id ? t->prev_debit_no : t->prev_credit_no;
+}
+/* The same transfers, with the same links (verify, tests and the fuzz target compare states). */
+bool state_transfers_equal(const engine_state_t *a, const engine_state_t *b);
 
 /* Per account and velocity rule: the sliding window's oldest entry and sums (engine_rules.c). */
 typedef struct vel_slot {

@@ -84,7 +84,7 @@ static int compare_with_snapshot(const engine_state_t *replayed, const char *pat
              (unsigned long long)snap.last_seq);
     rc = LEDGER_ECORRUPT;
   } else if (memcmp(snap.accounts, replayed->accounts, snap.account_count * sizeof(engine_account_t)) != 0 ||
-             memcmp(snap.transfers, replayed->transfers, snap.transfer_count * sizeof(engine_transfer_t)) != 0 ||
+             !state_transfers_equal(&snap, replayed) ||
              snap.suspicious_count != replayed->suspicious_count || snap.settle_count != replayed->settle_count ||
              memcmp(&snap.rules, &replayed->rules, sizeof snap.rules) != 0 ||
              memcmp(snap.suspicious, replayed->suspicious, snap.suspicious_count * sizeof(engine_suspicious_t)) != 0 ||

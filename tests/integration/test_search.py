@@ -162,6 +162,13 @@ def main(ck):
                 t1 = time.monotonic()
                 bulk(ck, srv, c, m, env)
                 log(f"# bulk section: {time.monotonic() - t1:.1f}s")
+        # Snapshots taken while the server ran (a forked child each; the parent keeps the tails
+        # of the transfer tables out of the child, MADV_DONTFORK) were all written.
+        text = srv.stderr_text()
+        written = re.findall(r"snapshot at seq \d+ written", text)
+        failed = re.findall(r"snapshot at seq \d+ failed.*", text)
+        ck.check(f"background snapshots were written ({len(written)}) and none failed", written and not failed,
+                 "; ".join(failed[:3]) or "no 'snapshot ... written' line")
         for how in ("SIGTERM", "SIGKILL"):
             with ck.section(f"the same answers after a restart ({how})"):
                 c = restart(ck, srv, c, m, env, how)

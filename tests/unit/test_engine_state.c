@@ -298,8 +298,7 @@ static void check_replay_identical(harness_t *h, int line) {
   CHECK_EQ(atomic_load(&r.region_count), atomic_load(&h->st.region_count));
   if (r.account_count == h->st.account_count)
     CHECK(memcmp(r.accounts, h->st.accounts, r.account_count * sizeof(engine_account_t)) == 0);
-  if (r.transfer_count == h->st.transfer_count)
-    CHECK(memcmp(r.transfers, h->st.transfers, r.transfer_count * sizeof(engine_transfer_t)) == 0);
+  if (r.transfer_count == h->st.transfer_count) CHECK(state_transfers_equal(&r, &h->st));
   for (uint64_t i = 0; i < r.account_count && i < h->st.account_count; i++) {
     const engine_account_t *x = &h->st.accounts[i], *y = &r.accounts[i];
     if (memcmp(x, y, sizeof *x) == 0) continue;
@@ -346,23 +345,23 @@ static void check_replay_identical(harness_t *h, int line) {
   }
   for (uint64_t i = 0; i < r.transfer_count && i < h->st.transfer_count; i++) {
     const engine_transfer_t *x = &h->st.transfers[i], *y = &r.transfers[i];
-    if (memcmp(x, y, sizeof *x) == 0) continue;
+    const engine_next_t *xn = &h->st.next[i], *yn = &r.next[i];
+    if (memcmp(x, y, sizeof *x) == 0 && memcmp(xn, yn, sizeof *xn) == 0) continue;
     fprintf(stderr,
             "  transfer %llu differs: live flags 0x%x status %u amount %lld posted %lld updated %lld after %lld/%lld"
             " next %llu/%llu version %u; replayed flags 0x%x status %u amount %lld posted %lld updated %lld after"
             " %lld/%lld next %llu/%llu version %u\n",
             (unsigned long long)x->no, x->flags, x->status, (long long)x->amount_minor, (long long)x->posted_minor,
             (long long)x->updated_ms, (long long)x->debit_balance_after, (long long)x->credit_balance_after,
-            (unsigned long long)x->next_debit_no, (unsigned long long)x->next_credit_no, x->rules_version, y->flags,
+            (unsigned long long)xn->debit_no, (unsigned long long)xn->credit_no, x->rules_version, y->flags,
             y->status, (long long)y->amount_minor, (long long)y->posted_minor, (long long)y->updated_ms,
-            (long long)y->debit_balance_after, (long long)y->credit_balance_after, (unsigned long long)y->next_debit_no,
-            (unsigned long long)y->next_credit_no, y->rules_version);
+            (long long)y->debit_balance_after, (long long)y->credit_balance_after, (unsigned long long)yn->debit_no,
+            (unsigned long long)yn->credit_no, y->rules_version);
     break;
   }
   /* The first transfer whose own outcome differs (not only its links to later ones). */
   for (uint64_t i = 0; check_failures != before && i < r.transfer_count && i < h->st.transfer_count; i++) {
     engine_transfer_t x = h->st.transfers[i], y = r.transfers[i];
-    x.next_debit_no = x.next_credit_no = y.next_debit_no = y.next_credit_no = 0;
     if (memcmp(&x, &y, sizeof x) == 0) continue;
     fprintf(stderr, "  first outcome difference: transfer %llu (%llu -> %llu, created %lld): live flags 0x%x status %u,"
                     " replayed flags 0x%x status %u\n",
@@ -994,6 +993,29 @@ static void test_history(void) {
   CHECK_EQ(n, 0);
   CHECK_EQ(next, 0);
   CHECK_INVARIANTS(&h);
+  /* The forward links (beside the table) must mirror the backward ones: state_check refuses
+   * a link that was lost, one that skips an entry, and one past an account's newest entry. */
+  char problem[256];
+  const engine_transfer_t *second = &h.st.transfers[want[1] - 1];
+  uint64_t first = want[0];
+  engine_next_t saved = h.st.next[first - 1];
+  CHECK_EQ(state_next_no(&h.st, &h.st.transfers[first - 1], a), second->no);
+  uint32_t *link = h.st.transfers[first - 1].debit_account_id == a ? &h.st.next[first - 1].debit_no
+                                                                   : &h.st.next[first - 1].credit_no;
+  uint32_t bad_links[2] = {0, (uint32_t)want[2]};
+  for (int k = 0; k < 2; k++) {
+    *link = bad_links[k];
+    CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
+    h.st.next[first - 1] = saved;
+  }
+  uint64_t newest = h.st.accounts[a - 1].history_last_no;
+  CHECK_EQ(state_next_no(&h.st, &h.st.transfers[newest - 1], a), 0);
+  saved = h.st.next[newest - 1];
+  if (h.st.transfers[newest - 1].debit_account_id == a) h.st.next[newest - 1].debit_no = (uint32_t)newest;
+  else h.st.next[newest - 1].credit_no = (uint32_t)newest;
+  CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
+  h.st.next[newest - 1] = saved;
+  CHECK_INVARIANTS(&h);
   h_free(&h);
 }
 
@@ -1247,8 +1269,7 @@ static void check_snapshot_round_trip_in(harness_t *h, const char *base, bool di
   CHECK_EQ(s.pending_count, h->st.pending_count);
   if (s.account_count == h->st.account_count)
     CHECK(memcmp(s.accounts, h->st.accounts, s.account_count * sizeof(engine_account_t)) == 0);
-  if (s.transfer_count == h->st.transfer_count)
-    CHECK(memcmp(s.transfers, h->st.transfers, s.transfer_count * sizeof(engine_transfer_t)) == 0);
+  if (s.transfer_count == h->st.transfer_count) CHECK(state_transfers_equal(&s, &h->st));
   char problem[256];
   CHECK_EQ(state_check(&s, problem, sizeof problem), LEDGER_OK);
   /* A flipped byte is refused. */
