@@ -19,7 +19,7 @@ set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 BIN_DIR quick|full" >&2; exit 2; }
 BIN=$1
 case $2 in
-  quick) MF_RATE=600; MF_SECS=2; BK_N=1000; BK_C=100; BK_BAL=1000; FL_SECS=2; PR_RATE=4; PR_SECS=2 ;;
+  quick) MF_RATE=600; MF_SECS=1; BK_N=1000; BK_C=100; BK_BAL=1000; FL_SECS=1; PR_RATE=4; PR_SECS=2 ;;
   full)  MF_RATE=600; MF_SECS=20; BK_N=10000; BK_C=1000; BK_BAL=10000; FL_SECS=15; PR_RATE=4; PR_SECS=10 ;;
   *) echo "usage: $0 BIN_DIR quick|full" >&2; exit 2 ;;
 esac
