@@ -291,13 +291,36 @@ static void wait_for_work(engine_t *e) {
   atomic_store(&e->sleeping, 0);
 }
 
-/* The transfer table grows into fresh memory, and the kernel zeroes every new page inside the
- * engine thread's page fault: 20% of its time in the batch benchmark (docs/performance.md).
- * This thread runs at SCHED_IDLE (only when a CPU would otherwise idle) and keeps the pages
- * ahead of the table's end populated with MADV_POPULATE_WRITE, which fills missing pages
- * with zeros and never changes a page that is present: it cannot race with the engine's
- * writes. Ahead = as much as is already used, at most cfg.prefault_bytes. */
+/* The transfer table and its links table grow into fresh memory, and the kernel zeroes every
+ * new page inside the engine thread's page fault: 20% of its time in the batch benchmark
+ * (docs/performance.md); and a fault on a huge page may first compact memory, which can hold
+ * the engine for 100 ms or more. This thread runs at SCHED_IDLE (only when a CPU would
+ * otherwise idle) and keeps the pages ahead of both tables' ends populated with
+ * MADV_POPULATE_WRITE, which fills missing pages with zeros and never changes a page that is
+ * present: it cannot race with the engine's writes. Ahead = as much as is already used, at
+ * most cfg.prefault_bytes, per table. */
 #define PREFAULT_STEP_BYTES (2u * 1024u * 1024u)
+
+typedef struct prefault_table {
+  char *base;
+  size_t size, record, done;
+} prefault_table_t;
+
+/* One step of populating; false when there was nothing to do (or it failed). */
+static bool prefault_step(const engine_t *e, prefault_table_t *t, uint64_t count) {
+  size_t used = (size_t)count * t->record;
+  size_t ahead = used < e->cfg.prefault_bytes ? used : e->cfg.prefault_bytes;
+  size_t want = used + ahead < t->size ? used + ahead : t->size;
+  if (t->done < used) t->done = used & ~(size_t)(PREFAULT_STEP_BYTES - 1); /* the engine went past */
+  if (t->done + PREFAULT_STEP_BYTES > want) return false;
+  if (madvise(t->base + t->done, PREFAULT_STEP_BYTES, MADV_POPULATE_WRITE) != 0) {
+    LOG_WARN("prefault: madvise(MADV_POPULATE_WRITE): %s; the engine faults its own pages", strerror(errno));
+    t->size = 0; /* off for this table */
+    return false;
+  }
+  t->done += PREFAULT_STEP_BYTES;
+  return true;
+}
 
 static void *prefault_main(void *arg) {
   engine_t *e = arg;
@@ -307,23 +330,15 @@ static void *prefault_main(void *arg) {
   (void)pthread_setname_np(pthread_self(), "ledger-prefault");
   struct sched_param sp = {0};
   (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
-  const size_t table = (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t);
-  char *base = (char *)e->st.transfers;
-  size_t done = 0;
+  prefault_table_t tables[2] = {
+      {(char *)e->st.transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t), sizeof(engine_transfer_t), 0},
+      {(char *)e->st.next, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t), sizeof(engine_next_t), 0},
+  };
   while (!atomic_load(&e->stopping)) {
-    size_t used = (size_t)atomic_load_explicit(&e->transfer_count_pub, memory_order_relaxed) * sizeof(engine_transfer_t);
-    size_t ahead = used < e->cfg.prefault_bytes ? used : e->cfg.prefault_bytes;
-    size_t want = used + ahead < table ? used + ahead : table;
-    if (done < used) done = used & ~(size_t)(PREFAULT_STEP_BYTES - 1); /* the engine went past */
-    if (done + PREFAULT_STEP_BYTES <= want) {
-      if (madvise(base + done, PREFAULT_STEP_BYTES, MADV_POPULATE_WRITE) != 0) {
-        LOG_WARN("prefault: madvise(MADV_POPULATE_WRITE): %s; the engine faults its own pages", strerror(errno));
-        break;
-      }
-      done += PREFAULT_STEP_BYTES;
-      continue;
-    }
-    usleep(2000);
+    uint64_t count = atomic_load_explicit(&e->transfer_count_pub, memory_order_relaxed);
+    bool busy = false;
+    for (size_t i = 0; i < LEDGER_ARRAY_LEN(tables); i++) busy |= prefault_step(e, &tables[i], count);
+    if (!busy) usleep(2000);
   }
   return NULL;
 }
