@@ -103,7 +103,8 @@ typedef struct engine_account {
   uint8_t kind;
   uint8_t status;
   uint8_t flags;
-  uint8_t pad[2];
+  uint8_t history_last_debit; /* 1: the account is the debit side of history_last_no */
+  uint8_t pad;
 } engine_account_t;
 static_assert(sizeof(engine_account_t) == 96, "account record size (memory per account)");
 

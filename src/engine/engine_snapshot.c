@@ -22,7 +22,7 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-#define SNAP_MAGIC 0x35504e534744474cull /* "LGDGSNP5" (4: 120-byte transfer records with their links) */
+#define SNAP_MAGIC 0x36504e534744474cull /* "LGDGSNP6" (4: 120-byte transfer records with their links; 5: no account side bit) */
 
 typedef struct snap_header {
   uint64_t magic;

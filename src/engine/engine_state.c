@@ -166,15 +166,17 @@ static engine_transfer_t *transfer_append(engine_state_t *st, engine_account_t *
   engine_account_t *sides[2] = {dr, cr};
   for (int k = 0; k < 2; k++) {
     engine_account_t *a = sides[k];
+    /* Which side of the previous entry to link comes from the account, not from the entry:
+     * the store then waits on no load of a random old record. */
     if (a->history_last_no) {
-      const engine_transfer_t *prev = &st->transfers[a->history_last_no - 1];
       engine_next_t *link = &st->next[a->history_last_no - 1];
-      if (prev->debit_account_id == a->id) link->debit_no = t->no;
+      if (a->history_last_debit) link->debit_no = t->no;
       else link->credit_no = t->no;
     } else {
       a->history_first_no = t->no;
     }
     a->history_last_no = t->no;
+    a->history_last_debit = k == 0;
     a->updated_ms = st->batch_time_ms;
   }
   return t;
@@ -192,10 +194,12 @@ static void transfer_pop(engine_state_t *st) {
     engine_account_t *a = sides[k];
     LEDGER_ASSERT(a->history_last_no == t->no);
     a->history_last_no = prevs[k];
+    a->history_last_debit = 0;
     if (prevs[k]) {
       const engine_transfer_t *prev = &st->transfers[prevs[k] - 1];
       engine_next_t *link = &st->next[prevs[k] - 1];
-      if (prev->debit_account_id == a->id) link->debit_no = 0;
+      a->history_last_debit = prev->debit_account_id == a->id;
+      if (a->history_last_debit) link->debit_no = 0;
       else link->credit_no = 0;
     } else {
       a->history_first_no = 0;
@@ -523,6 +527,7 @@ static engine_account_t account_creation_view(const engine_account_t *a) {
   v.status = ENGINE_ACCOUNT_OPEN;
   v.updated_ms = v.created_ms;
   v.history_first_no = v.history_last_no = 0;
+  v.history_last_debit = 0;
   return v;
 }
 
@@ -609,11 +614,7 @@ static inline __attribute__((always_inline)) void prefetch_account(const engine_
 static inline __attribute__((always_inline)) void prefetch_history(const engine_state_t *st, uint64_t id) {
   if (id - 1 < st->account_count) {
     uint64_t last = st->accounts[id - 1].history_last_no;
-    if (last - 1 < st->transfer_count) {
-      const engine_transfer_t *t = &st->transfers[last - 1];
-      __builtin_prefetch(&t->debit_account_id, 0, 1);
-      __builtin_prefetch(&st->next[last - 1], 1, 1);
-    }
+    if (last - 1 < st->transfer_count) __builtin_prefetch(&st->next[last - 1], 1, 1);
   }
 }
 
@@ -1021,8 +1022,9 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
                  (unsigned long long)a->id, (long long)a->balance_minor, (long long)after);
         return LEDGER_ECORRUPT;
       }
-      if (state_next_no(st, t, a->id) != 0) {
-        snprintf(problem, cap, "account %llu: its newest history entry links to a later one", (unsigned long long)a->id);
+      if (state_next_no(st, t, a->id) != 0 || a->history_last_debit != (t->debit_account_id == a->id)) {
+        snprintf(problem, cap, "account %llu: its newest history entry links to a later one, or its side is wrong",
+                 (unsigned long long)a->id);
         return LEDGER_ECORRUPT;
       }
     } else if (a->balance_minor != 0) {

@@ -1015,6 +1015,10 @@ static void test_history(void) {
   else h.st.next[newest - 1].credit_no = (uint32_t)newest;
   CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
   h.st.next[newest - 1] = saved;
+  /* The account's note of its side of that entry (which link the next append writes). */
+  h.st.accounts[a - 1].history_last_debit ^= 1;
+  CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
+  h.st.accounts[a - 1].history_last_debit ^= 1;
   CHECK_INVARIANTS(&h);
   h_free(&h);
 }
