@@ -127,9 +127,10 @@ int main(int argc, char **argv) {
       return 1;
     }
     printf("verify ok: %llu batches, last seq %llu, %llu accounts, %llu transfers%s; sums zero per currency, "
-           "no account below its floor, every history balance consistent\n",
+           "no account below its floor, every history balance consistent%s\n",
            (unsigned long long)rep.batches, (unsigned long long)rep.last_seq, (unsigned long long)rep.accounts,
-           (unsigned long long)rep.transfers, rep.torn_tail ? " (a torn last record was ignored)" : "");
+           (unsigned long long)rep.transfers, rep.torn_tail ? " (a torn last record was ignored)" : "",
+           rep.snapshot_other_version ? "; the newest snapshot is in another format version, not compared" : "");
     return 0;
   }
   if (strcmp(command, "backup") == 0 || strcmp(command, "restore") == 0) {

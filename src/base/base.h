@@ -35,6 +35,7 @@ enum {
   LEDGER_ERANGE = -7,    /* number out of range / overflow */
   LEDGER_ENOTFOUND = -8, /* no such item */
   LEDGER_ESTOPPED = -9,  /* component is shutting down */
+  LEDGER_EVERSION = -10, /* stored data in another format version */
 };
 const char *ledger_strerror(int err);
 

@@ -28,6 +28,7 @@ const char *ledger_strerror(int err) {
     case LEDGER_ERANGE: return "out of range";
     case LEDGER_ENOTFOUND: return "not found";
     case LEDGER_ESTOPPED: return "stopped";
+    case LEDGER_EVERSION: return "written in another format version";
     default: return "unknown error";
   }
 }

@@ -606,6 +606,7 @@ typedef struct engine_verify_report {
   uint64_t accounts;
   uint64_t last_seq;
   bool torn_tail; /* a torn last record was found (and not applied) */
+  bool snapshot_other_version; /* the newest snapshot is in another format: not compared */
   char problem[256]; /* empty when everything checked out */
 } engine_verify_report_t;
 /* Replays the whole log of a stopped server's directory from the start into a fresh state,

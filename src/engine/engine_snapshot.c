@@ -23,6 +23,8 @@
 #include "store/store.h"
 
 #define SNAP_MAGIC 0x36504e534744474cull /* "LGDGSNP6" (4: 120-byte transfer records with their links; 5: no account side bit) */
+/* The first 7 bytes, "LGDGSNP": a header with them and another last byte is another version. */
+#define SNAP_MAGIC_FAMILY_MASK 0x00ffffffffffffffull
 
 typedef struct snap_header {
   uint64_t magic;
@@ -323,6 +325,9 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
   }
   snap_header_t h;
   src_get(&s, &h, sizeof h);
+  if (s.rc == 0 && h.magic != SNAP_MAGIC &&
+      (h.magic & SNAP_MAGIC_FAMILY_MASK) == (SNAP_MAGIC & SNAP_MAGIC_FAMILY_MASK))
+    s.rc = LEDGER_EVERSION;
   if (s.rc == 0 && (h.magic != SNAP_MAGIC || h.account_count > ENGINE_ACCOUNTS_MAX ||
                     h.transfer_count > ENGINE_TRANSFERS_MAX || h.idem_count > ENGINE_IDEMPOTENCY_KEYS_MAX ||
                     h.pending_count > ENGINE_PENDING_MAX || h.codes_saved > ENGINE_CODES_RING_BYTES ||
