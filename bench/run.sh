@@ -548,7 +548,9 @@ row "  transfers 256 conns: p50 / p99 / p99.9 us" "$(kv "$TRANSFER" p50_us)/$(kv
 row "  open loop: p50 / p99.9 / max us" "$(kv "$OPEN" p50_us)/$(kv "$OPEN" p999_us)/$(kv "$OPEN" max_us)" "offered $HALF req/s" "$(ratio "$OPR" "$HALF")" "" ""
 row "  open loop: batches with write+fdatasync > 4 ms" "$OPEN_SLOW of $OPEN_BATCHES" "share" "$(ratio "$OPEN_SLOW" "$OPEN_BATCHES")" "" ""
 row "  /healthz open loop, same rate: p50 / p99 / max us" "$(kv "$HOPEN" p50_us)/$(kv "$HOPEN" p99_us)/$(kv "$HOPEN" max_us)" "achieved $(fmt "$(kv "$HOPEN" req_per_s)") req/s" "" "" ""
-row "  goal 3 rounds, k tr/s: hot / random" "$(printf '%s\n' "${HOT_R[@]}" | awk '{ printf "%s%.1f", (NR > 1 ? " " : ""), $1 / 1000 }') / $(printf '%s\n' "${TRN_R[@]}" | awk '{ printf "%s%.1f", (NR > 1 ? " " : ""), $1 / 1000 }')" "hot median / goal 2's run: $(fmt "$T")" "$(ratio "$O" "$T")" "$HOT_ROUNDS x $CMP_SECS s each, alternated" ""
+# thousands V... -> "61.2 59.8 ..." (values / 1000, one decimal)
+thousands() { printf '%s\n' "$@" | awk '{ printf "%s%.1f", (NR > 1 ? " " : ""), $1 / 1000 }'; }
+row "  goal 3 rounds, k tr/s: hot / random" "$(thousands "${HOT_R[@]}") / $(thousands "${TRN_R[@]}")" "hot median / goal 2's run: $(fmt "$T")" "$(ratio "$O" "$T")" "$HOT_ROUNDS x $CMP_SECS s each, alternated" ""
 row "  batch: server CPU us/transfer, net/engine/other" "$BATCH_CPU" "" "" "CPU 0's time per transfer" ""
 row "  batch request latency p50 / p99 us" "$(kv "$BATCH" p50_us)/$(kv "$BATCH" p99_us)" "" "" "" ""
 row "  ceiling: memory + log, fdatasync/10k" "$(fmt "$C")" "no I/O: $(fmt "$CC")" "$(ratio "$C" "$CC")" "" ""

@@ -82,6 +82,10 @@ static inline bool money_sub(int64_t a, int64_t b, int64_t *out) {
 
 /* ---- time ---- */
 int64_t time_now_ms(void);   /* CLOCK_REALTIME, ms since the epoch */
+
+/* First call of a background thread: blocks every signal (they go to the main thread) and
+ * names the thread (shown by top -H, /proc/PID/task/TID/comm, perf). */
+void thread_start_background(const char *name);
 uint64_t time_mono_ns(void); /* CLOCK_MONOTONIC */
 /* RFC 3339 UTC with milliseconds: "2026-11-22T10:00:00.123Z". buf >= TIME_TEXT_BYTES. */
 #define TIME_TEXT_BYTES 32u

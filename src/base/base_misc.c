@@ -1,6 +1,8 @@
 /*
  * base_misc.c — errors, asserts, time, logging, checksums and hashes.
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,6 +33,13 @@ const char *ledger_strerror(int err) {
     case LEDGER_EVERSION: return "written in another format version";
     default: return "unknown error";
   }
+}
+
+void thread_start_background(const char *name) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  (void)pthread_setname_np(pthread_self(), name);
 }
 
 int64_t time_now_ms(void) {

@@ -92,11 +92,11 @@ static void snapshot_reap(engine_t *e, bool wait) {
  * transfer_count, so the part beyond (populated ahead by the prefault thread, and where new
  * transfers go) is left out of the child: MADV_DONTFORK from the first 2 MiB boundary past
  * the used part (a huge page is not split), MADV_DOFORK again after the fork. */
-#define SNAPSHOT_TAIL_ALIGN (2u * 1024u * 1024u)
+#define HUGE_PAGE_BYTES (2u * 1024u * 1024u) /* x86-64's transparent huge page */
 
 static void table_tail_advise(void *base, size_t used, size_t size, int advice) {
   uintptr_t start = (uintptr_t)base, end = start + size;
-  uintptr_t from = (start + used + SNAPSHOT_TAIL_ALIGN - 1) & ~(uintptr_t)(SNAPSHOT_TAIL_ALIGN - 1);
+  uintptr_t from = (start + used + HUGE_PAGE_BYTES - 1) & ~(uintptr_t)(HUGE_PAGE_BYTES - 1);
   if (from < end && madvise((void *)from, end - from, advice) != 0)
     LOG_WARN("snapshot: madvise(%s): %s", advice == MADV_DONTFORK ? "MADV_DONTFORK" : "MADV_DOFORK", strerror(errno));
 }
@@ -299,7 +299,7 @@ static void wait_for_work(engine_t *e) {
  * MADV_POPULATE_WRITE, which fills missing pages with zeros and never changes a page that is
  * present: it cannot race with the engine's writes. Ahead = as much as is already used, at
  * most cfg.prefault_bytes, per table. */
-#define PREFAULT_STEP_BYTES (2u * 1024u * 1024u)
+#define PREFAULT_STEP_BYTES HUGE_PAGE_BYTES
 
 typedef struct prefault_table {
   char *base;
@@ -324,10 +324,7 @@ static bool prefault_step(const engine_t *e, prefault_table_t *t, uint64_t count
 
 static void *prefault_main(void *arg) {
   engine_t *e = arg;
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, NULL);
-  (void)pthread_setname_np(pthread_self(), "ledger-prefault");
+  thread_start_background("ledger-prefault");
   struct sched_param sp = {0};
   (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
   prefault_table_t tables[2] = {
@@ -345,10 +342,7 @@ static void *prefault_main(void *arg) {
 
 static void *engine_main(void *arg) {
   engine_t *e = arg;
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals go to the main thread */
-  (void)pthread_setname_np(pthread_self(), "ledger-engine");
+  thread_start_background("ledger-engine");
   for (;;) {
     size_t n = take_batch(e);
     if (n == 0 && !expiry_due(e)) {

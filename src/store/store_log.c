@@ -214,10 +214,7 @@ int store_log_read(const store_t *s, uint64_t pos, void *buf, size_t len) {
 
 static void *fill_main(void *arg) {
   store_t *s = arg;
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, NULL);
-  (void)pthread_setname_np(pthread_self(), "ledger-logfill");
+  thread_start_background("ledger-logfill");
   pthread_mutex_lock(&s->fill_mu);
   while (!s->fill_stop) {
     uint64_t zero_end = atomic_load_explicit(&s->zero_end, memory_order_relaxed);

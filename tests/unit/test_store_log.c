@@ -196,6 +196,17 @@ static int scan_dir(const char *dir, bool read_only, scanned_t *sc, bool *torn, 
 
 static scanned_t sc; /* big: static */
 
+/* A scan that ends cleanly (no torn tail) at want_end and delivers the n records at pos. */
+static void check_scan_clean(const char *dir, bool read_only, unsigned n, const uint64_t *pos, uint64_t want_end,
+                             int line) {
+  bool torn = true;
+  uint64_t end = 0;
+  CHECK_EQ(scan_dir(dir, read_only, &sc, &torn, &end), LEDGER_OK);
+  CHECK(!torn);
+  CHECK_EQ(end, want_end);
+  check_records(&sc, n, pos, line);
+}
+
 static void test_append_and_scan(void) {
   char dir[PATH_MAX];
   make_dir(dir, "basic");
@@ -219,15 +230,11 @@ static void test_append_and_scan(void) {
   store_close(s);
   CHECK_EQ(file_size(dir, STORE_LOG_NAME), (int64_t)end);
 
+  check_scan_clean(dir, false, 10, pos, end, __LINE__);
+  /* Read-only open sees the same; a scan may start at a record boundary. */
+  check_scan_clean(dir, true, 10, pos, end, __LINE__);
   bool torn = true;
   uint64_t end2 = 0;
-  CHECK_EQ(scan_dir(dir, false, &sc, &torn, &end2), LEDGER_OK);
-  CHECK(!torn);
-  CHECK_EQ(end2, end);
-  check_records(&sc, 10, pos, __LINE__);
-  /* Read-only open sees the same; a scan may start at a record boundary. */
-  CHECK_EQ(scan_dir(dir, true, &sc, &torn, &end2), LEDGER_OK);
-  check_records(&sc, 10, pos, __LINE__);
   CHECK_EQ(store_open(dir, false, &s), LEDGER_OK);
   if (s) {
     memset(&sc, 0, sizeof sc);
@@ -455,15 +462,10 @@ static void test_zero_tail(void) {
   int64_t size = file_size(dir, STORE_LOG_NAME);
   static uint8_t z[70000]; /* more than one backward read step of the scan */
   file_append(dir, STORE_LOG_NAME, z, sizeof z);
+  check_scan_clean(dir, true, 6, pos, (uint64_t)size, __LINE__);
+  check_scan_clean(dir, false, 6, pos, (uint64_t)size, __LINE__);
   bool torn = true;
   uint64_t end = 0;
-  CHECK_EQ(scan_dir(dir, true, &sc, &torn, &end), LEDGER_OK);
-  CHECK(!torn);
-  CHECK_EQ(end, size);
-  check_records(&sc, 6, pos, __LINE__);
-  CHECK_EQ(scan_dir(dir, false, &sc, &torn, &end), LEDGER_OK);
-  CHECK(!torn);
-  CHECK_EQ(end, size);
   CHECK_EQ(file_size(dir, STORE_LOG_NAME), size + (int64_t)sizeof z);
   if (store_open(dir, false, &s) == 0) {
     CHECK_EQ(store_log_scan(s, 0, collect, &sc, &torn), LEDGER_OK);
