@@ -3,7 +3,7 @@
  *
  * Handlers never see the wire (they get http_request_t) and never touch storage (they build
  * engine_cmd_t and read the results the engine copied into it). A write is answered from
- * the engine's completion, after its batch is durable: the engine thread pushes completed
+ * the engine's completion, after its batch is durable: the committer thread pushes completed
  * commands onto the owning net thread's completion stack and wakes that loop, which renders
  * the response on its own thread.
  *

@@ -3,7 +3,7 @@
  * the engine's answer on the net thread when it completes.
  *
  * Threads: api_handle and the completion callback run on net threads; api_done runs on the
- * engine thread and only pushes the request onto its thread's lock-free completion stack.
+ * engine's committer thread and only pushes the request onto its thread's lock-free completion stack.
  */
 #include <math.h>
 #include <stdio.h>
@@ -522,9 +522,9 @@ static void post_back(api_req_t *r) {
   if (push_done(r)) http_loop_wake(r->api->loops[r->http->thread_index]);
 }
 
-/* The engine thread's answers: each is queued at once, but the net threads it went to are
- * woken once, when the engine has answered the whole batch (api_batch_done). A wake in the
- * middle of a batch would let the woken thread, sharing a CPU with the engine, preempt it,
+/* The engine's answers (given on its committer thread): each is queued at once, but the net
+ * threads it went to are woken once, when the whole batch is answered (api_batch_done). A wake
+ * in the middle of a batch would let the woken thread, sharing a CPU with the engine, preempt it,
  * drain what is there and need another wake for the rest: ~5 eventfd writes per batch instead
  * of one per net thread (docs/performance.md). */
 static _Thread_local http_loop_t *wake_later[HTTP_THREADS_MAX];
@@ -541,7 +541,7 @@ static void api_done(engine_cmd_t *cmd) {
 }
 
 static void api_batch_done(void *arg) {
-  (void)arg; /* the list is the engine thread's own, whichever api queued to it */
+  (void)arg; /* the list is the committer thread's own, whichever api queued to it */
   for (unsigned i = 0; i < wake_later_n; i++) http_loop_wake(wake_later[i]);
   wake_later_n = 0;
 }

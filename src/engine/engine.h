@@ -4,13 +4,16 @@
  * Design (DESIGN.md): net threads build engine_cmd_t objects and engine_submit() them into a
  * bounded lock-free queue. The engine thread takes every waiting command (up to the batch
  * limits), stamps the batch with a gap-free sequence number and a time, applies each command
- * in order to the in-memory state, appends the batch to the log with one write and one
- * fdatasync, and only then completes every command of the batch (cmd->done). Reads are
- * commands too: they are answered after the batch they were in is durable, so every read sees
- * every acknowledged write (linearizable), and no lock is ever taken on the state.
+ * in order to the in-memory state and encodes the batch's log record. The committer thread
+ * appends the record to the log with one write and one fdatasync, and only then completes
+ * every command of the batch (cmd->done); meanwhile the engine thread applies the next batch
+ * (one batch in the write, one being built). Batches are written and answered in order. Reads
+ * are commands too: they are answered after the batch they were in is durable (and so every
+ * batch before it), so every read sees every acknowledged write (linearizable), and no lock
+ * is ever taken on the state.
  *
  * Ownership: a submitted command belongs to the engine until its done callback runs (on the
- * engine thread); the submitter must not touch it in between. Arrays the command points to
+ * committer thread); the submitter must not touch it in between. Arrays the command points to
  * (batch items, result rows, extra text) are owned by the submitter and must stay valid
  * until done.
  *
@@ -544,7 +547,8 @@ typedef struct engine_config {
 } engine_config_t;
 
 /* Opens (or creates) the data directory, takes its lock, recovers state from the newest
- * snapshot plus the log tail (cutting a torn last record), and starts the engine thread.
+ * snapshot plus the log tail (cutting a torn last record), and starts the engine and
+ * committer threads.
  * Errors: LEDGER_ELOCKED, LEDGER_ECORRUPT (a bad record that is not the last), LEDGER_EIO. */
 LEDGER_MUST_USE int engine_open(const engine_config_t *config, engine_t **out);
 /* Stops taking commands (engine_submit answers LEDGER_ESTOPPED), lets the engine thread
@@ -558,7 +562,7 @@ void engine_close(engine_t *engine);
  * LEDGER_ESTOPPED during shutdown. On error the command was not taken and done is not called. */
 LEDGER_MUST_USE int engine_submit(engine_t *engine, engine_cmd_t *cmd);
 
-/* Called on the engine thread after the done callbacks of each batch: where a caller whose
+/* Called on the committer thread after the done callbacks of each batch: where a caller whose
  * done callbacks only queue their answers wakes each thread it queued to, once per batch
  * instead of once per command. Set once, before any command that relies on it is submitted. */
 void engine_set_batch_done_hook(engine_t *engine, void (*hook)(void *arg), void *arg);

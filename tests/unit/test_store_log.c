@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -925,6 +926,108 @@ static void test_engine_recovery(void) {
   sem_destroy(&done_sem);
 }
 
+/* The engine thread applies one batch while its committer writes the one before, and an engine
+ * batch holds at most ENGINE_BATCH_TRANSFERS_MAX transfers: the command that does not fit is
+ * carried over to open the next batch. 24 batch commands of 8,190 transfers (three engine
+ * batches' worth), each followed by a balance read, are submitted at once: every command is
+ * answered, in the order submitted, each read sees exactly the batches before it, and the
+ * engine's batches-per-command histogram shows a batch of 8 commands (the 9th carried over).
+ * Before the fix, a carried command waited forever when the next batch's slot still held
+ * the count of the batch written two turns before. */
+#define PIPE_COMMANDS 24u
+#define PIPE_ITEMS 8190u
+
+static sem_t pipe_sem;
+static _Atomic unsigned pipe_next;
+static unsigned pipe_order[2 * PIPE_COMMANDS];
+
+static void pipe_done(engine_cmd_t *c) {
+  pipe_order[atomic_fetch_add(&pipe_next, 1)] = (unsigned)(uintptr_t)c->done_arg;
+  sem_post(&pipe_sem);
+}
+
+static void test_engine_pipeline(void) {
+  char dir[PATH_MAX];
+  make_dir(dir, "pipeline");
+  sem_init(&done_sem, 0, 0);
+  sem_init(&pipe_sem, 0, 0);
+  log_set_level(LOG_WARN);
+  engine_t *e = e_open(dir, LEDGER_OK);
+  if (!e) return;
+  uint64_t a = e_account(e);
+  engine_transfer_in_t *items = calloc(PIPE_ITEMS, sizeof *items);
+  engine_item_result_t *results = calloc((size_t)PIPE_COMMANDS * PIPE_ITEMS, sizeof *results);
+  engine_cmd_t *cmds = calloc(2 * PIPE_COMMANDS, sizeof *cmds);
+  CHECK(items && results && cmds);
+  if (!items || !results || !cmds) return;
+  for (unsigned i = 0; i < PIPE_ITEMS; i++) {
+    items[i].kind = ENGINE_KIND_TRANSFER;
+    items[i].debit_account_id = 1; /* the USD system account: overdraft allowed */
+    items[i].credit_account_id = a;
+    items[i].amount_digits = 1;
+    items[i].amount_scale = 2;
+  }
+  for (unsigned k = 0; k < 2 * PIPE_COMMANDS; k++) {
+    engine_cmd_t *c = &cmds[k];
+    if (k % 2 == 0) {
+      c->kind = ENGINE_CMD_TRANSFER_BATCH;
+      c->u.batch.items = items;
+      c->u.batch.results = results + (size_t)(k / 2) * PIPE_ITEMS;
+      c->u.batch.item_count = PIPE_ITEMS;
+    } else {
+      c->kind = ENGINE_CMD_ACCOUNT_GET;
+      c->u.account.account_id = a;
+    }
+    c->done = pipe_done;
+    c->done_arg = (void *)(uintptr_t)k;
+  }
+  for (unsigned k = 0; k < 2 * PIPE_COMMANDS; k++) CHECK_EQ(engine_submit(e, &cmds[k]), LEDGER_OK);
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += 120;
+  unsigned answered = 0;
+  while (answered < 2 * PIPE_COMMANDS) {
+    if (sem_timedwait(&pipe_sem, &deadline) == 0) answered++;
+    else if (errno != EINTR) break;
+  }
+  CHECK_EQ(answered, 2 * PIPE_COMMANDS);
+  if (answered != 2 * PIPE_COMMANDS) {
+    fprintf(stderr, "test_engine_pipeline: %u of %u commands answered in 120 s: the engine is stuck\n", answered,
+            2 * PIPE_COMMANDS);
+    exit(1); /* engine_close would wait for it forever */
+  }
+  unsigned in_order = 0, posted = 0, reads_exact = 0;
+  for (unsigned k = 0; k < 2 * PIPE_COMMANDS; k++) {
+    in_order += pipe_order[k] == k;
+    if (k % 2 == 0) {
+      CHECK_EQ(cmds[k].result, ENGINE_OK);
+      for (unsigned i = 0; i < PIPE_ITEMS; i++) posted += cmds[k].u.batch.results[i].result == ENGINE_OK;
+    } else {
+      CHECK_EQ(cmds[k].result, ENGINE_OK);
+      reads_exact += cmds[k].account.balance_minor == (int64_t)((k + 1) / 2) * PIPE_ITEMS;
+    }
+  }
+  CHECK_EQ(in_order, 2 * PIPE_COMMANDS);
+  CHECK_EQ(posted, PIPE_COMMANDS * PIPE_ITEMS);
+  CHECK_EQ(reads_exact, PIPE_COMMANDS);
+  CHECK_EQ(e_get(e, a).balance_minor, (int64_t)PIPE_COMMANDS * PIPE_ITEMS);
+  engine_stats_t st;
+  engine_get_stats(e, &st);
+  /* Bucket b holds batches of [2^(b-1), 2^b) commands: 8 batch commands + their 8 reads (or 7
+   * and 8) make 15 or 16. A batch of at least 8 commands of 8,190 means the limit was met. */
+  uint64_t big = 0;
+  for (unsigned b = 4; b < HIST_BUCKETS; b++) big += atomic_load(&st.batch_commands->buckets[b]);
+  CHECK(big > 0);
+  engine_close(e);
+  check_verify(dir, LEDGER_OK, NULL, __LINE__);
+  free(items);
+  free(results);
+  free(cmds);
+  log_set_level(LOG_INFO);
+  sem_destroy(&pipe_sem);
+  sem_destroy(&done_sem);
+}
+
 int main(void) {
   if (!mkdtemp(root)) {
     perror("mkdtemp");
@@ -938,6 +1041,7 @@ int main(void) {
   test_prealloc_torn();
   test_snapshot_names();
   test_engine_recovery();
+  test_engine_pipeline();
   int rc = check_report("test_store_log");
   if (getenv("LEDGER_TEST_KEEP")) fprintf(stderr, "test_store_log: files kept in %s\n", root);
   else remove_tree(root);
