@@ -62,8 +62,11 @@ typedef struct sink {
  * of the snapshot's dirty pages: ext4 would flush them inside the log's next fdatasync (a
  * journal commit), stalling every write for seconds. */
 #define SNAPSHOT_WRITEBACK_BYTES (8u * 1024u * 1024u)
-/* Direct I/O: the staging buffer, and the block size writes are padded to. */
-#define SNAPSHOT_DIRECT_BUF_BYTES (8u * 1024u * 1024u)
+/* Direct I/O: the staging buffer (one write each), and the block size writes are padded to.
+ * The log's fdatasync waits behind the write the child has in the device: with 8 MiB
+ * writes it took 5-17 ms per batch while a snapshot ran, with 1 MiB 4-9 ms (session 6,
+ * docs/storage.md). */
+#define SNAPSHOT_DIRECT_BUF_BYTES (1u * 1024u * 1024u)
 #define SNAPSHOT_DIRECT_ALIGN 4096u
 
 static void sink_flush_direct(sink_t *s, bool last) {
