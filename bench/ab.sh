@@ -36,13 +36,13 @@ cleanup() {
 }
 trap cleanup EXIT
 start() {  # start KEY EXTRA-ARGS
-  local k=$1 extra=$2 d=$WORK/$1 p="" i out
+  local k=$1 extra=$2 d=$WORK/$1 p="" out
   mkdir -p "$d"; DIR[$k]=$d
   # shellcheck disable=SC2086  # extra flags are words
   taskset -c "$CPUS" "${BIN[$k]}/ledgerd" --listen 127.0.0.1:0 --data-dir "$d/data" --rate-limit off \
     ${ARGS:-} $extra >"$d/out" 2>"$d/err" &
   PID[$k]=$!
-  for i in $(seq 200); do
+  for _ in $(seq 200); do
     p=$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$d/out"); [ -n "$p" ] && break; sleep 0.05
   done
   [ -n "$p" ] || { echo "ab.sh: server $k did not start:" >&2; tail -5 "$d/err" >&2; exit 1; }
@@ -55,6 +55,7 @@ start() {  # start KEY EXTRA-ARGS
 quiet() {  # waits until neither server has a live child process (a snapshot child)
   local k
   for k in A B; do
+    # shellcheck disable=SC2009  # pgrep -P would count a reaped-late zombie as alive
     while ps --ppid "${PID[$k]}" -o stat= | grep -qv Z; do sleep 0.5; done
   done
 }
