@@ -70,8 +70,7 @@ struct engine {
   pthread_cond_t commit_done_cv; /* commit_drain waits for the committer to be idle */
   engine_batch_t *commit_todo;   /* under commit_mu */
   bool commit_inline;            /* one CPU: the engine thread commits (commit_mode_refresh) */
-  bool commit_mode_logged;
-  uint64_t commit_mode_checked_ns;
+  uint64_t commit_mode_checked_ns; /* 0: not yet */
   bool commit_stop;              /* under commit_mu */
   _Atomic bool commit_busy;
   uint64_t log_at_snapshot;      /* log covered by the newest snapshot started */
@@ -415,18 +414,18 @@ static void *commit_main(void *arg) {
  * back to the engine. Measured on the benchmark VM with ledgerd on one CPU (256 connections of
  * single transfers, 4 alternated rounds against the engine committing itself): 42.3 / 40.6 /
  * 37.1 / 51.1 k/s against 56.9 / 39.0 / 38.7 / 50.8 k/s, no gain. So with one CPU the engine
- * thread writes and answers its batches itself, as before the committer existed. The affinity is read again every ENGINE_TICK_MS (it can change at run time). */
+ * thread writes and answers its batches itself, as before the committer existed. The
+ * affinity is read again every ENGINE_TICK_MS (it can change at run time). */
 static void commit_mode_refresh(engine_t *e) {
   uint64_t now = time_mono_ns();
-  if (now - e->commit_mode_checked_ns < (uint64_t)ENGINE_TICK_MS * 1000000u && e->commit_mode_checked_ns != 0) return;
+  bool first = e->commit_mode_checked_ns == 0;
+  if (!first && now - e->commit_mode_checked_ns < (uint64_t)ENGINE_TICK_MS * 1000000u) return;
   e->commit_mode_checked_ns = now;
   cpu_set_t set;
   bool inline_commit = sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) < 2;
-  if (inline_commit != e->commit_inline || !e->commit_mode_logged) {
+  if (first || inline_commit != e->commit_inline)
     LOG_INFO("engine: batches are written %s", inline_commit ? "by the engine thread (one CPU)"
                                                              : "by the committer thread while the next one is applied");
-    e->commit_mode_logged = true;
-  }
   e->commit_inline = inline_commit;
 }
 
