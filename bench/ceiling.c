@@ -290,6 +290,117 @@ static void ceil_sync_pair(const char *parent, uint32_t n) {
   }
 }
 
+/* --host-pause SECONDS: does the host pause this VM when it does I/O? A thread on CPU 0 spins
+ * on the monotonic clock and records every gap over HOST_PAUSE_GAP_NS (a time it did not run),
+ * while a thread on CPU 1 does 2 KiB pwrite + fdatasync at a fixed rate: none, then 500, 1,000
+ * and 2,000 a second, then as fast as it can, SECONDS each. A guest's own scheduler cannot take
+ * CPU 0 from a thread alone on it for ms at a time; a host can. On the benchmark VM the gaps
+ * come only with the syncs, ~10 ms every 100 ms from ~2,000 syncs a second on (a CPU quota of
+ * the VM, with its I/O counted in: docs/performance.md, "The p99 and the host"). */
+#define HOST_PAUSE_GAP_NS 2000000ull
+#define HOST_PAUSE_GAPS_MAX 4096u
+typedef struct host_pause {
+  _Atomic int stop;
+  double seconds;
+  uint32_t rate; /* syncs a second; UINT32_MAX = no pacing */
+  int fd;
+  uint64_t syncs;
+  uint32_t gaps;
+  uint64_t gap_at[HOST_PAUSE_GAPS_MAX], gap_ns[HOST_PAUSE_GAPS_MAX];
+} host_pause_t;
+
+static void ceil_pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) ceil_die("sched_setaffinity");
+}
+
+static void *ceil_host_pause_spin(void *arg) {
+  host_pause_t *h = arg;
+  ceil_pin(0);
+  uint64_t t0 = time_mono_ns(), last = t0, end = t0 + (uint64_t)(h->seconds * 1e9);
+  while (last < end) {
+    uint64_t t = time_mono_ns();
+    if (t - last > HOST_PAUSE_GAP_NS && h->gaps < HOST_PAUSE_GAPS_MAX) {
+      h->gap_at[h->gaps] = last - t0;
+      h->gap_ns[h->gaps++] = t - last;
+    }
+    last = t;
+  }
+  atomic_store(&h->stop, 1);
+  return NULL;
+}
+
+static void *ceil_host_pause_sync(void *arg) {
+  host_pause_t *h = arg;
+  ceil_pin(1);
+  char buf[2048];
+  memset(buf, 'x', sizeof buf);
+  off_t pos = 0;
+  uint64_t next = time_mono_ns(), step = h->rate == UINT32_MAX ? 0 : 1000000000ull / h->rate;
+  while (!atomic_load(&h->stop)) {
+    if (pwrite(h->fd, buf, sizeof buf, pos) != (ssize_t)sizeof buf) ceil_die("pwrite");
+    if (fdatasync(h->fd) != 0) ceil_die("fdatasync");
+    h->syncs++;
+    pos = (pos + (off_t)sizeof buf) % SYNC_PAIR_FILE_BYTES;
+    if (step == 0) continue;
+    next += step;
+    uint64_t now = time_mono_ns();
+    if (next > now) {
+      struct timespec ts = {.tv_sec = (time_t)((next - now) / 1000000000u), .tv_nsec = (long)((next - now) % 1000000000u)};
+      nanosleep(&ts, NULL);
+    }
+  }
+  return NULL;
+}
+
+static void ceil_host_pause(const char *parent, double seconds) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+    printf("host_pause skipped: needs two CPUs\n");
+    return;
+  }
+  char dir[4096], path[4096 + 16];
+  snprintf(dir, sizeof dir, "%s/ledger-ceiling.XXXXXX", parent);
+  if (mkdtemp(dir) == NULL) ceil_die("mkdtemp");
+  snprintf(path, sizeof path, "%s/pause", dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) ceil_die("open host-pause file");
+  static const char zeros[1 << 16];
+  for (uint32_t off = 0; off < SYNC_PAIR_FILE_BYTES; off += sizeof zeros)
+    if (pwrite(fd, zeros, sizeof zeros, off) != (ssize_t)sizeof zeros) ceil_die("pwrite zeros");
+  if (fsync(fd) != 0) ceil_die("fsync");
+  static const uint32_t rates[] = {0, 500, 1000, 2000, UINT32_MAX};
+  static host_pause_t h; /* big: not on the stack */
+  for (size_t r = 0; r < sizeof rates / sizeof rates[0]; r++) {
+    memset(&h, 0, sizeof h);
+    h.seconds = seconds;
+    h.rate = rates[r];
+    h.fd = fd;
+    pthread_t spin, sync;
+    if (pthread_create(&spin, NULL, ceil_host_pause_spin, &h) != 0) ceil_die("pthread_create");
+    bool syncing = rates[r] != 0 && pthread_create(&sync, NULL, ceil_host_pause_sync, &h) == 0;
+    pthread_join(spin, NULL);
+    if (syncing) pthread_join(sync, NULL);
+    uint64_t total = 0, max = 0, near_100ms = 0;
+    for (uint32_t i = 0; i < h.gaps; i++) {
+      total += h.gap_ns[i];
+      if (h.gap_ns[i] > max) max = h.gap_ns[i];
+      /* periodic: the gap starts 90-110 ms after the one before */
+      if (i > 0 && h.gap_at[i] - h.gap_at[i - 1] >= 90000000u && h.gap_at[i] - h.gap_at[i - 1] <= 110000000u) near_100ms++;
+    }
+    char rate[24];
+    if (rates[r] == UINT32_MAX) snprintf(rate, sizeof rate, "max");
+    else snprintf(rate, sizeof rate, "%u", rates[r]);
+    printf("host_pause sync_rate=%s syncs_per_s=%.0f gaps_over_2ms=%u gap_ms_total=%.1f gap_ms_max=%.1f"
+           " gaps_100ms_after_the_last=%" PRIu64 " seconds=%.1f\n",
+           rate, (double)h.syncs / seconds, h.gaps, (double)total / 1e6, (double)max / 1e6, near_100ms, seconds);
+    fflush(stdout);
+  }
+  close(fd);
+  if (unlink(path) != 0 || rmdir(dir) != 0) ceil_die("unlink");
+}
+
 static void ceil_usage(FILE *f) {
   fprintf(f,
           "usage: ledger-ceiling [-n TRANSFERS] [-d SECONDS] [-a ACCOUNTS] [-b BATCH]\n"
@@ -297,6 +408,7 @@ static void ceil_usage(FILE *f) {
           "                      [--keep-records]  (each record also kept in memory)\n"
           "                      [--touch-mb MB]   (only: the cost of fresh memory)\n"
           "                      [--sync-pair N]   (only: are slow fdatasyncs per file or per device)\n"
+          "                      [--host-pause S]  (only: does the host pause this VM when it syncs)\n"
           "  default: -d 5 with the log in a new directory under $TMPDIR (or /tmp), then\n"
           "  the same loop without I/O for the same time.\n");
 }
@@ -310,8 +422,9 @@ int main(int argc, char **argv) {
   int io = 1;
   size_t touch_mb = 0;
   uint32_t sync_pair = 0;
+  double host_pause = 0;
   int keep = 0;
-  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH, OPT_PAIR, OPT_KEEP };
+  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH, OPT_PAIR, OPT_KEEP, OPT_PAUSE };
   static const struct option opts[] = {{"dir", required_argument, 0, OPT_DIR},
                                        {"cpu", required_argument, 0, OPT_CPU},
                                        {"no-io", no_argument, 0, OPT_NOIO},
@@ -319,6 +432,7 @@ int main(int argc, char **argv) {
                                        {"touch-mb", required_argument, 0, OPT_TOUCH},
                                        {"sync-pair", required_argument, 0, OPT_PAIR},
                                        {"keep-records", no_argument, 0, OPT_KEEP},
+                                       {"host-pause", required_argument, 0, OPT_PAUSE},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o;
@@ -335,6 +449,7 @@ int main(int argc, char **argv) {
     case OPT_TOUCH: touch_mb = strtoull(optarg, NULL, 10); break;
     case OPT_PAIR: sync_pair = (uint32_t)strtoul(optarg, NULL, 10); break;
     case OPT_KEEP: keep = 1; break;
+    case OPT_PAUSE: host_pause = strtod(optarg, NULL); break;
     case 'h': ceil_usage(stdout); return 0;
     default: ceil_usage(stderr); return 2;
     }
@@ -354,6 +469,14 @@ int main(int argc, char **argv) {
   if (seconds < 0) seconds = count ? 0 : 5;
   if (cpu_seconds < 0) cpu_seconds = seconds > 0 ? seconds : 0;
   if (parent == NULL || parent[0] == '\0') parent = "/tmp";
+  if (host_pause != 0) {
+    if (!(host_pause > 0 && host_pause <= 60)) {
+      ceil_usage(stderr);
+      return 2;
+    }
+    ceil_host_pause(parent, host_pause);
+    return 0;
+  }
   if (cpu >= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);

@@ -189,6 +189,7 @@ int main(int argc, char **argv) {
   uint64_t time_offset_s = 0;
   uint64_t prefault_mb = 256;
   uint64_t log_prealloc_mb = 16; /* store.h: STORE_PREALLOC_BYTES_DEFAULT */
+  uint64_t commit_interval_us = 0;
   uint64_t threads = 0, retention_s = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT / 1000, snapshot_mb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -213,6 +214,7 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--time-offset-s") == 0 && v) ok = parse_u64(v, 10ull * 366 * 86400, &time_offset_s);
     else if (strcmp(a, "--prefault-mb") == 0 && v) ok = parse_u64(v, 4096, &prefault_mb);
     else if (strcmp(a, "--log-prealloc-mb") == 0 && v) ok = parse_u64(v, 1024, &log_prealloc_mb);
+    else if (strcmp(a, "--commit-interval-us") == 0 && v) ok = parse_u64(v, 100000, &commit_interval_us);
     else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       usage();
       return 0;
@@ -288,7 +290,8 @@ int main(int argc, char **argv) {
                         .queue_commands_max = (uint32_t)queue_max,
                         .time_offset_ms = (int64_t)time_offset_s * 1000,
                         .prefault_bytes = prefault_mb * 1024 * 1024,
-                        .log_prealloc_bytes = log_prealloc_mb * 1024 * 1024};
+                        .log_prealloc_bytes = log_prealloc_mb * 1024 * 1024,
+                        .commit_interval_ns = commit_interval_us * 1000};
   engine_t *engine = NULL;
   int rc = engine_open(&ec, &engine);
   if (rc != 0) {
