@@ -26,7 +26,7 @@ static void usage(void) {
           "               [--session-ttl-s S] [--argon2-opslimit N --argon2-memlimit-kib N]\n"
           "               [--no-auth] [--list-routes] [--rate-limit NAME=RATE/BURST | --rate-limit off]\n"
           "               [--config FILE] [--time-offset-s S] [--prefault-mb MB]\n"
-          "               [--log-prealloc-mb MB]\n"
+          "               [--log-prealloc-mb MB] [--commit-interval-us US]\n"
           "               [--compat [--compat-open]]\n"
           "  rate-limit names: signin.addr signin.user write.addr write.cred read.addr read.cred\n"
           "  --listen 127.0.0.1:0 picks a free port; the line 'listening on http://ADDR:PORT'\n"
@@ -43,6 +43,8 @@ static void usage(void) {
           "  by an idle-priority thread, so the engine does not zero fresh pages itself.\n"
           "  --log-prealloc-mb MB (default 16, 0 = off): zeros kept written ahead of the log, so\n"
           "  each commit's fdatasync writes the data alone (docs/storage.md).\n"
+          "  --commit-interval-us US (default 1000, 0 = off, max 100000): while requests come\n"
+          "  concurrently, at most one log write + fdatasync per US (docs/storage.md).\n"
           "  --compat serves the seed systems' routes (docs/compat.md); --compat-open lets their\n"
           "  banking-API and Flask routes run without a credential, as the operator: UNSAFE,\n"
           "  loopback only. --compat --list-routes lists the compat routes too.\n");
@@ -189,7 +191,7 @@ int main(int argc, char **argv) {
   uint64_t time_offset_s = 0;
   uint64_t prefault_mb = 256;
   uint64_t log_prealloc_mb = 16; /* store.h: STORE_PREALLOC_BYTES_DEFAULT */
-  uint64_t commit_interval_us = 0;
+  uint64_t commit_interval_us = 1000;
   uint64_t threads = 0, retention_s = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT / 1000, snapshot_mb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;

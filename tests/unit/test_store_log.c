@@ -1028,6 +1028,73 @@ static void test_engine_pipeline(void) {
   sem_destroy(&done_sem);
 }
 
+/* --commit-interval-us (engine_config_t.commit_interval_ns): a batch is held until the interval
+ * has passed since the last one was closed, but only when commands come concurrently. A
+ * client sending one command at a time never waits: 5 transfers in a row take far less than
+ * one interval. 64 transfers submitted at once right after a write wait about one interval.
+ * Both bounds have a wide margin: only a broken hold (or a missing one) crosses them. */
+#define HOLD_NS 2000000000ull
+#define HOLD_CONCURRENT 64u
+static sem_t hold_sem;
+static void hold_done(engine_cmd_t *c) {
+  (void)c;
+  sem_post(&hold_sem);
+}
+
+static void test_engine_commit_interval(void) {
+  char dir[PATH_MAX];
+  make_dir(dir, "interval");
+  sem_init(&done_sem, 0, 0);
+  sem_init(&hold_sem, 0, 0);
+  log_set_level(LOG_WARN);
+  engine_config_t cfg = {.data_dir = dir, .fsync = true, .snapshot_log_bytes = 64, .commit_interval_ns = HOLD_NS};
+  engine_t *e = NULL;
+  CHECK_EQ(engine_open(&cfg, &e), LEDGER_OK);
+  if (!e) return;
+  uint64_t a = e_account(e);
+  uint64_t t0 = time_mono_ns();
+  for (int i = 0; i < 5; i++) CHECK_EQ(e_transfer(e, ENGINE_KIND_TRANSFER, 1, a, 1, false, NULL, NULL), ENGINE_OK);
+  uint64_t sequential_ns = time_mono_ns() - t0;
+  CHECK(sequential_ns < HOLD_NS * 9 / 10);
+  static engine_cmd_t cmds[HOLD_CONCURRENT];
+  for (unsigned k = 0; k < HOLD_CONCURRENT; k++) {
+    cmds[k] = cmd(ENGINE_CMD_TRANSFER);
+    cmds[k].u.transfer.kind = ENGINE_KIND_TRANSFER;
+    cmds[k].u.transfer.debit_account_id = 1;
+    cmds[k].u.transfer.credit_account_id = a;
+    cmds[k].u.transfer.amount_digits = 1;
+    cmds[k].u.transfer.amount_scale = 2;
+    cmds[k].done = hold_done;
+  }
+  CHECK_EQ(e_transfer(e, ENGINE_KIND_TRANSFER, 1, a, 1, false, NULL, NULL), ENGINE_OK); /* a write just now */
+  t0 = time_mono_ns();
+  for (unsigned k = 0; k < HOLD_CONCURRENT; k++) CHECK_EQ(engine_submit(e, &cmds[k]), LEDGER_OK);
+  for (unsigned k = 0; k < HOLD_CONCURRENT; k++)
+    while (sem_wait(&hold_sem) != 0 && errno == EINTR) {
+    }
+  uint64_t concurrent_ns = time_mono_ns() - t0;
+  CHECK(concurrent_ns > HOLD_NS * 8 / 10);
+  unsigned ok = 0;
+  for (unsigned k = 0; k < HOLD_CONCURRENT; k++) ok += cmds[k].result == ENGINE_OK;
+  CHECK_EQ(ok, HOLD_CONCURRENT);
+  CHECK_EQ(e_get(e, a).balance_minor, (int64_t)(6 + HOLD_CONCURRENT));
+  if (sequential_ns >= HOLD_NS * 9 / 10 || concurrent_ns <= HOLD_NS * 8 / 10)
+    fprintf(stderr, "test_engine_commit_interval: 5 in a row took %.3f s, %u at once %.3f s (interval %.1f s)\n",
+            (double)sequential_ns / 1e9, HOLD_CONCURRENT, (double)concurrent_ns / 1e9, (double)HOLD_NS / 1e9);
+  /* Stopping does not wait out an interval: a batch held now is written at once. */
+  for (unsigned k = 0; k < 2; k++) CHECK_EQ(engine_submit(e, &cmds[k]), LEDGER_OK);
+  t0 = time_mono_ns();
+  engine_close(e);
+  CHECK(time_mono_ns() - t0 < HOLD_NS * 9 / 10);
+  for (unsigned k = 0; k < 2; k++)
+    while (sem_wait(&hold_sem) != 0 && errno == EINTR) {
+    }
+  check_verify(dir, LEDGER_OK, NULL, __LINE__);
+  log_set_level(LOG_INFO);
+  sem_destroy(&hold_sem);
+  sem_destroy(&done_sem);
+}
+
 int main(void) {
   if (!mkdtemp(root)) {
     perror("mkdtemp");
@@ -1042,6 +1109,7 @@ int main(void) {
   test_snapshot_names();
   test_engine_recovery();
   test_engine_pipeline();
+  test_engine_commit_interval();
   int rc = check_report("test_store_log");
   if (getenv("LEDGER_TEST_KEEP")) fprintf(stderr, "test_store_log: files kept in %s\n", root);
   else remove_tree(root);
