@@ -15,13 +15,13 @@
  *     a string of printable ASCII without escapes, an integer of 1 to 15 digits without sign,
  *     fraction or exponent, true, or false;
  *   - whitespace is JSON's (space, tab, CR, LF).
- * Each item is laid out as cJSON nodes on the stack (the names point to the field-name
- * constants, string values to NUL-terminated copies, numbers carry the double strtod would
- * give: every integer of up to 15 digits is exact) and goes through the same
- * api_transfer_from_json as the cJSON path. Anything else (an escape, a null, metadata, a
- * fraction, an unknown or repeated member, an item the checks refuse, a malformed body) makes
- * it decline, and the caller parses the body with cJSON: errors and every unusual body take
- * the one path that has always served them. tests/unit/test_api_batch.c and
+ * Each item's values are laid out as cJSON nodes on the stack, one per field (string values
+ * as NUL-terminated copies, numbers with the double strtod would give: every integer of up to
+ * 15 digits is exact), and go through the same checks as the cJSON path's
+ * api_transfer_from_json (transfer_from_fields, without its member-name lookup). Anything
+ * else (an escape, a null, metadata, a fraction, an unknown or repeated member, an item the
+ * checks refuse, a malformed body) makes it decline, and the caller parses the body with
+ * cJSON: errors and every unusual body take the one path that has always served them. tests/unit/test_api_batch.c and
  * fuzz/fuzz_batch.c hold the two paths to the same results.
  * Threads: any (no shared state).
  */
@@ -80,33 +80,49 @@ static bool literal(cursor_t *c, const char *word) {
   return true;
 }
 
-/* Which of names the bytes are (-1: none). */
-static int name_index(const char *const *names, const char *s, size_t n) {
-  for (int i = 0; names[i]; i++)
-    if (strlen(names[i]) == n && memcmp(names[i], s, n) == 0) return i;
-  return -1;
+enum { F_DEBIT, F_CREDIT, F_AMOUNT, F_CURRENCY, F_PENDING, F_TIMEOUT, F_DESC, F_META, F_COUNT };
+const char *const api_transfer_fields[F_COUNT + 1] = {"debit_account_id", "credit_account_id", "amount",
+                                                      "currency", "pending", "timeout_s", "description",
+                                                      "metadata", NULL};
+
+/* Which transfer field the bytes name (-1: none): by length first, so most keys cost one
+ * memcmp (8,190 items of 3-8 members per batch body). */
+static int transfer_field_index(const char *s, size_t n) {
+  int i;
+  switch (n) {
+    case 16: i = F_DEBIT; break;
+    case 17: i = F_CREDIT; break;
+    case 6: i = F_AMOUNT; break;
+    case 8: i = s[0] == 'c' ? F_CURRENCY : F_META; break;
+    case 7: i = F_PENDING; break;
+    case 9: i = F_TIMEOUT; break;
+    case 11: i = F_DESC; break;
+    default: return -1;
+  }
+  return memcmp(api_transfer_fields[i], s, n) == 0 ? i : -1;
 }
 
-/* One item object into nodes (obj is the object node, its children in document order). */
-static bool flat_object(cursor_t *c, const char *const *names, cJSON *obj, cJSON *members, char *strings) {
+/* One transfer object into value nodes: slots[F_*] the member of each field, NULL where
+ * absent, as json_fields fills them from a cJSON object. */
+static bool flat_object(cursor_t *c, cJSON *members, char *strings, const cJSON **slots) {
   if (!eat(c, '{')) return false;
-  memset(obj, 0, sizeof *obj);
-  obj->type = cJSON_Object;
   size_t count = 0, used = 0;
   unsigned seen = 0;
+  for (unsigned i = 0; i < F_COUNT; i++) slots[i] = NULL;
   skip_ws(c);
   if (c->p < c->end && *c->p == '}') return false; /* {} : the cJSON path says what is missing */
   for (;;) {
     const char *key;
     size_t key_len;
     if (!plain_string(c, &key, &key_len)) return false;
-    int idx = name_index(names, key, key_len);
+    int idx = transfer_field_index(key, key_len);
     if (idx < 0 || (seen & (1u << idx)) || count == FAST_MEMBERS_MAX) return false;
     seen |= 1u << idx;
     if (!eat(c, ':')) return false;
     cJSON *m = &members[count];
     memset(m, 0, sizeof *m);
-    m->string = (char *)names[idx]; /* read only, as the checks only read */
+    m->string = (char *)api_transfer_fields[idx]; /* read only, as the checks only read */
+    slots[idx] = m;
     skip_ws(c);
     if (c->p >= c->end) return false;
     char ch = *c->p;
@@ -142,56 +158,29 @@ static bool flat_object(cursor_t *c, const char *const *names, cJSON *obj, cJSON
     } else {
       return false; /* null, a negative number, an object, an array, anything else */
     }
-    if (count > 0) {
-      members[count - 1].next = m;
-      m->prev = &members[count - 1];
-    }
     count++;
     if (eat(c, ',')) continue;
     if (eat(c, '}')) break;
     return false;
   }
-  obj->child = &members[0];
-  members[0].prev = &members[count - 1]; /* cJSON keeps the last child in the first's prev */
   return true;
 }
 
-/* Counts the '{' outside strings after the top-level one: at least the number of items when
- * the body has the shape the main pass accepts (which bails out on escapes). */
-static uint32_t count_objects(const char *p, const char *end) {
-  uint32_t n = 0;
-  bool in_string = false;
-  for (; p < end; p++) {
-    if (in_string) {
-      if (*p == '"') in_string = false;
-      else if (*p == '\\') return 0; /* the main pass would decline anyway */
-    } else if (*p == '"') {
-      in_string = true;
-    } else if (*p == '{') {
-      n++;
-    }
-  }
-  return n > 0 ? n - 1 : 0;
-}
+/* The shortest item this path can accept: the three required members with one-character
+ * values, {"debit_account_id":1,"credit_account_id":1,"amount":"1"}. A body of len bytes holds
+ * fewer than len / FAST_ITEM_BYTES_MIN + 1 of them, which sizes the arrays without a first pass
+ * over the body; a body with more items than that is not of this path's shape anyway. */
+#define FAST_ITEM_BYTES_MIN 57u
 
-enum { F_DEBIT, F_CREDIT, F_AMOUNT, F_CURRENCY, F_PENDING, F_TIMEOUT, F_DESC, F_META, F_COUNT };
-const char *const api_transfer_fields[F_COUNT + 1] = {"debit_account_id", "credit_account_id", "amount",
-                                                      "currency", "pending", "timeout_s", "description",
-                                                      "metadata", NULL};
+enum { M_ACCOUNT, M_AMOUNT, M_CURRENCY, M_DESC, M_META, M_COUNT };
 
-/* One transfer object (single or batch item) into `in`; kind fixed by the route. */
-bool api_transfer_from_json(const cJSON *o, unsigned kind, engine_transfer_in_t *in, char *extra,
-                            api_error_t *e) {
-  /* One pass over the members (the batch endpoint parses 8,190 of these per request). */
-  enum { M_ACCOUNT, M_AMOUNT, M_CURRENCY, M_DESC, M_META, M_COUNT };
-  const char *const *transfer_fields = api_transfer_fields;
-  static const char *const money_fields[M_COUNT + 1] = {"account_id", "amount", "currency", "description",
-                                                        "metadata", NULL};
-  const cJSON *f[F_COUNT];
+/* The members of one transfer object, by field (F_* for a transfer, M_* for a deposit or a
+ * withdrawal; NULL where absent), into `in`. */
+static bool transfer_from_fields(const cJSON *const *f, unsigned kind, engine_transfer_in_t *in, char *extra,
+                                 api_error_t *e) {
   memset(in, 0, sizeof *in);
   in->kind = (uint8_t)kind;
   bool transfer = kind == ENGINE_KIND_TRANSFER;
-  if (!json_fields(o, transfer ? transfer_fields : money_fields, f, e)) return false;
   const cJSON *amount = f[transfer ? F_AMOUNT : M_AMOUNT], *currency = f[transfer ? F_CURRENCY : M_CURRENCY];
   const cJSON *desc = f[transfer ? F_DESC : M_DESC], *meta = f[transfer ? F_META : M_META];
   if (transfer) {
@@ -225,6 +214,16 @@ bool api_transfer_from_json(const cJSON *o, unsigned kind, engine_transfer_in_t 
   if (extra && !json_extra_of(desc, meta, extra, &in->extra_len, e)) return false;
   in->extra = extra;
   return true;
+}
+
+/* One transfer object (single or batch item) into `in`; kind fixed by the route. */
+bool api_transfer_from_json(const cJSON *o, unsigned kind, engine_transfer_in_t *in, char *extra,
+                            api_error_t *e) {
+  static const char *const money_fields[M_COUNT + 1] = {"account_id", "amount", "currency", "description",
+                                                        "metadata", NULL};
+  const cJSON *f[F_COUNT];
+  if (!json_fields(o, kind == ENGINE_KIND_TRANSFER ? api_transfer_fields : money_fields, f, e)) return false;
+  return transfer_from_fields(f, kind, in, extra, e);
 }
 
 bool api_batch_parse_json(const cJSON *body, size_t body_len, api_batch_t *out, api_error_t *e) {
@@ -289,8 +288,8 @@ bool api_batch_parse_fast(const char *body, size_t len, api_batch_t *out) {
   memset(out, 0, sizeof *out);
   if (len > LEDGER_BODY_BYTES_MAX) return false;
   cursor_t c = {body, body + len};
-  uint32_t cap = count_objects(body, body + len);
-  if (cap == 0 || cap > API_BATCH_TRANSFERS_MAX) return false;
+  size_t most = len / FAST_ITEM_BYTES_MIN + 1;
+  uint32_t cap = most < API_BATCH_TRANSFERS_MAX ? (uint32_t)most : API_BATCH_TRANSFERS_MAX;
   out->items = calloc(cap, sizeof *out->items);
   out->results = calloc(cap, sizeof *out->results);
   /* The cJSON path's bound: stored extras are never longer than their JSON plus names. */
@@ -313,13 +312,14 @@ bool api_batch_parse_fast(const char *body, size_t len, api_batch_t *out) {
       if (!eat(&c, '[')) goto decline;
       for (;;) {
         if (out->count == cap) goto decline;
-        cJSON obj, members[FAST_MEMBERS_MAX];
+        cJSON members[FAST_MEMBERS_MAX];
+        const cJSON *slots[F_COUNT];
         char strings[FAST_STRING_BYTES];
         char extra[LEDGER_EXTRA_BYTES_MAX];
         api_error_t err;
         engine_transfer_in_t *in = &out->items[out->count];
-        if (!flat_object(&c, api_transfer_fields, &obj, members, strings) ||
-            !api_transfer_from_json(&obj, ENGINE_KIND_TRANSFER, in, extra, &err) ||
+        if (!flat_object(&c, members, strings, slots) ||
+            !transfer_from_fields(slots, ENGINE_KIND_TRANSFER, in, extra, &err) ||
             extra_used + in->extra_len > extra_cap)
           goto decline;
         memcpy(out->extra + extra_used, extra, in->extra_len);
@@ -348,12 +348,13 @@ decline:
 bool api_transfer_parse_fast(const char *body, size_t len, engine_transfer_in_t *in, char *extra) {
   if (len > API_BODY_BYTES_MAX) return false; /* the cJSON path answers 413 */
   cursor_t c = {body, body + len};
-  cJSON obj, members[FAST_MEMBERS_MAX];
+  cJSON members[FAST_MEMBERS_MAX];
+  const cJSON *slots[F_COUNT];
   char strings[FAST_STRING_BYTES];
   api_error_t err;
-  if (!flat_object(&c, api_transfer_fields, &obj, members, strings)) return false;
+  if (!flat_object(&c, members, strings, slots)) return false;
   skip_ws(&c);
-  return c.p == c.end && api_transfer_from_json(&obj, ENGINE_KIND_TRANSFER, in, extra, &err);
+  return c.p == c.end && transfer_from_fields(slots, ENGINE_KIND_TRANSFER, in, extra, &err);
 }
 
 bool api_batch_parse_body(const char *body, size_t len, api_batch_t *out) {
