@@ -46,6 +46,13 @@ void jw_raw(jw_t *w, const char *s, size_t n) {
 
 void jw_lit(jw_t *w, const char *s) { jw_raw(w, s, strlen(s)); }
 
+char *jw_reserve(jw_t *w, size_t n) { return jw_grow(w, n) ? w->buf + w->len : NULL; }
+
+void jw_wrote(jw_t *w, size_t n) {
+  w->len += n;
+  w->buf[w->len] = '\0';
+}
+
 void jw_str(jw_t *w, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
   if (!jw_grow(w, n * 6 + 2)) return;

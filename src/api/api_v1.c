@@ -359,6 +359,39 @@ static void render_account(api_t *api, jw_t *w, const engine_account_t *a) {
   jw_close(w, '}');
 }
 
+/* One accepted item of a batch answer, {"index":I,"status":"S","id":"UUID"} (after a comma
+ * unless first), written in one piece: 8,190 of them per answer, and the general writers cost
+ * a length, a room check and a copy per fragment. Ids and status names need no escaping. */
+static void batch_item_ok(jw_t *w, uint32_t i, const engine_item_result_t *it) {
+  const char *status = engine_status_name(it->status);
+  size_t status_len = strlen(status);
+  char *o = jw_reserve(w, 96 + status_len); /* 77 + the status at most */
+  if (!o) return;
+  char *start = o;
+  if (i) *o++ = ',';
+  memcpy(o, "{\"index\":", 9);
+  o += 9;
+  char digits[10];
+  size_t n = 0;
+  do {
+    digits[n++] = (char)('0' + i % 10);
+    i /= 10;
+  } while (i != 0);
+  while (n > 0) *o++ = digits[--n];
+  memcpy(o, ",\"status\":\"", 11);
+  o += 11;
+  memcpy(o, status, status_len);
+  o += status_len;
+  memcpy(o, "\",\"id\":\"", 8);
+  o += 8;
+  ledger_uuid_t id = uuid_from_transfer(it->created_ms, it->no);
+  uuid_format(&id, o); /* 36 characters and a NUL, which the next bytes overwrite */
+  o += UUID_TEXT_BYTES - 1;
+  memcpy(o, "\"}", 2);
+  o += 2;
+  jw_wrote(w, (size_t)(o - start));
+}
+
 static void jw_uuid(jw_t *w, uint64_t no, int64_t created_ms) {
   ledger_uuid_t id = uuid_from_transfer(created_ms, no);
   char text[UUID_TEXT_BYTES];
@@ -943,25 +976,21 @@ static void complete_ok(api_req_t *r) {
       jw_lit(w, "{\"results\":[");
       for (uint32_t i = 0; i < c->u.batch.item_count; i++) {
         const engine_item_result_t *it = &c->u.batch.results[i];
+        if (it->result == ENGINE_OK) {
+          batch_item_ok(w, i, it);
+          continue;
+        }
         if (i) jw_raw(w, ",", 1);
         jw_lit(w, "{\"index\":");
         jw_u64(w, i);
-        if (it->result == ENGINE_OK) {
-          jw_lit(w, ",\"status\":\"");
-          jw_lit(w, engine_status_name(it->status));
-          jw_lit(w, "\",\"id\":");
-          jw_uuid(w, it->no, it->created_ms);
-        } else {
-          jw_lit(w, ",\"status\":\"error\",\"error\":{\"code\":\"");
-          jw_lit(w, engine_result_code(it->result));
-          jw_lit(w, "\"");
-          if (it->rule && it->rule <= ENGINE_RULES_MAX && c->rule_ids[it->rule - 1][0]) {
-            jw_lit(w, ",\"rule\":");
-            jw_str(w, c->rule_ids[it->rule - 1], strlen(c->rule_ids[it->rule - 1]));
-          }
-          jw_lit(w, "}");
+        jw_lit(w, ",\"status\":\"error\",\"error\":{\"code\":\"");
+        jw_lit(w, engine_result_code(it->result));
+        jw_lit(w, "\"");
+        if (it->rule && it->rule <= ENGINE_RULES_MAX && c->rule_ids[it->rule - 1][0]) {
+          jw_lit(w, ",\"rule\":");
+          jw_str(w, c->rule_ids[it->rule - 1], strlen(c->rule_ids[it->rule - 1]));
         }
-        jw_lit(w, "}");
+        jw_lit(w, "}}");
       }
       jw_lit(w, "]}");
       break;
