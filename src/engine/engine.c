@@ -515,24 +515,34 @@ static bool prefault_step(const engine_t *e, prefault_table_t *t, uint64_t count
   return true;
 }
 
-/* The runway ahead of the used part of a table, against the target prefault_step fills. */
-static bool prefault_runway_under(const engine_t *e, const prefault_table_t *t, uint64_t count, unsigned divisor) {
+/* The populated runway ahead of a table's used part, and the most prefault_step will fill
+ * (its target rounded down to whole steps, as it populates whole steps only). */
+static void prefault_runway(const engine_t *e, const prefault_table_t *t, uint64_t count, size_t *have, size_t *most) {
   size_t used = (size_t)count * t->record;
   size_t ahead = used < e->cfg.prefault_bytes ? used : e->cfg.prefault_bytes;
-  if (used + ahead > t->size) ahead = t->size > used ? t->size - used : 0;
-  return t->done < used + ahead / divisor;
+  size_t want = used + ahead > t->size ? t->size : used + ahead;
+  want &= ~(size_t)(PREFAULT_STEP_BYTES - 1);
+  *most = want > used ? want - used : 0;
+  *have = t->done > used ? t->done - used : 0;
 }
 
-static void prefault_policy(bool urgent) {
+/* Leaving SCHED_IDLE needs CAP_SYS_NICE (or RLIMIT_NICE 20): without it the thread stays at
+ * SCHED_IDLE, as before session 7, and says so once. */
+static bool prefault_policy(bool urgent) {
   struct sched_param sp = {0};
-  (void)pthread_setschedparam(pthread_self(), urgent ? SCHED_OTHER : SCHED_IDLE, &sp);
+  int rc = pthread_setschedparam(pthread_self(), urgent ? SCHED_OTHER : SCHED_IDLE, &sp);
+  if (rc != 0 && urgent) {
+    LOG_INFO("prefault: cannot leave SCHED_IDLE (%s): it stays at idle priority when it falls behind", strerror(rc));
+    return false;
+  }
+  return true;
 }
 
 static void *prefault_main(void *arg) {
   engine_t *e = arg;
   thread_start_background("ledger-prefault");
-  bool urgent = false;
-  prefault_policy(urgent);
+  bool urgent = false, can_switch = true;
+  (void)prefault_policy(false);
   prefault_table_t tables[2] = {
       {(char *)e->st.transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t), sizeof(engine_transfer_t), 0, false},
       {(char *)e->st.next, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t), sizeof(engine_next_t), 0, false},
@@ -541,9 +551,11 @@ static void *prefault_main(void *arg) {
                             sizeof(engine_account_t), 0, true};
   while (!atomic_load(&e->stopping)) {
     uint64_t count = atomic_load_explicit(&e->transfer_count_pub, memory_order_relaxed);
-    if (urgent ? !prefault_runway_under(e, &tables[0], count, 1) : prefault_runway_under(e, &tables[0], count, 2)) {
+    size_t have, most;
+    prefault_runway(e, &tables[0], count, &have, &most);
+    if (can_switch && (urgent ? have >= most : have < most / 2)) {
       urgent = !urgent;
-      prefault_policy(urgent);
+      if (!prefault_policy(urgent)) can_switch = urgent = false;
     }
     bool busy = false;
     for (size_t i = 0; i < LEDGER_ARRAY_LEN(tables); i++) busy |= prefault_step(e, &tables[i], count);
@@ -572,7 +584,10 @@ static uint64_t commit_hold_ns(const engine_t *e, const engine_batch_t *b) {
 }
 
 /* Sleeps for ns while the open batch waits out the commit interval; only a heavy command
- * (SLEEP_HEAVY) wakes it early, the rest are applied together when it ends. */
+ * (SLEEP_HEAVY) wakes it early, the rest are applied together when it ends. A heavy command
+ * submitted just before `sleeping` is set is not woken for: it waits out the rest of the
+ * interval (at most ENGINE_COMMIT_INTERVAL_NS_MAX; the queue cannot tell a heavy command
+ * from the light ones the hold is for without taking them). */
 static void wait_hold(engine_t *e, uint64_t ns) {
   atomic_store(&e->sleeping, SLEEP_HEAVY);
   atomic_thread_fence(memory_order_seq_cst);
@@ -719,6 +734,7 @@ int engine_open(const engine_config_t *config, engine_t **out) {
   pthread_cond_init(&e->commit_done_cv, NULL);
   if (e->cfg.snapshot_log_bytes == 0) e->cfg.snapshot_log_bytes = ENGINE_SNAPSHOT_LOG_BYTES_DEFAULT;
   if (e->cfg.idempotency_retention_ms == 0) e->cfg.idempotency_retention_ms = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT;
+  if (e->cfg.commit_interval_ns > ENGINE_COMMIT_INTERVAL_NS_MAX) e->cfg.commit_interval_ns = ENGINE_COMMIT_INTERVAL_NS_MAX;
   int rc = store_open(config->data_dir, false, &e->store);
   if (rc != 0) goto fail;
   if ((rc = state_init(&e->st, e->cfg.idempotency_retention_ms)) != 0) goto fail;

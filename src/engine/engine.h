@@ -544,7 +544,8 @@ typedef struct engine_config {
   int64_t time_offset_ms;      /* tests only: the engine clock is the wall clock + this (>= 0) */
   uint64_t prefault_bytes;     /* transfer table populated ahead of use at idle priority; 0 = off */
   uint64_t log_prealloc_bytes; /* zeros kept written ahead of the log (store.h); 0 = off */
-  uint64_t commit_interval_ns; /* least time between two batch writes' starts (engine.c); 0 = none */
+  uint64_t commit_interval_ns; /* least time between two batch writes' starts (engine.c); 0 = none;
+                                * at most ENGINE_COMMIT_INTERVAL_NS_MAX (larger is clamped) */
 } engine_config_t;
 
 /* Opens (or creates) the data directory, takes its lock, recovers state from the newest
