@@ -483,8 +483,9 @@ static void wait_for_work(engine_t *e, const engine_batch_t *b, bool can_take) {
  * populated runway is at least half of that target, so that it never delays a request; the
  * normal policy once the runway has fallen under half (the engine is about to fault pages
  * itself, on the critical path: the same zeroing, done by the one serial thread), back to
- * SCHED_IDLE when the runway is whole again. Batch A/B, 2 CPUs, 1 M accounts, 8 alternated
- * 8 s rounds (session 7): median 2.05 M transfers/s against 1.85 M always at SCHED_IDLE. */
+ * SCHED_IDLE when the runway is whole again. Batch A/B, 2 CPUs, 1 M accounts, 4 alternated
+ * 8 s rounds (session 7): 1.97 / 2.04 / 1.84 / 1.95 M transfers/s against 1.83 / 1.62 /
+ * 1.86 / 1.65 M always at SCHED_IDLE (docs/performance.md). */
 #define PREFAULT_STEP_BYTES HUGE_PAGE_BYTES
 
 typedef struct prefault_table {
