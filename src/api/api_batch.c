@@ -21,8 +21,8 @@
  * api_transfer_from_json (transfer_from_fields, without its member-name lookup). Anything
  * else (an escape, a null, metadata, a fraction, an unknown or repeated member, an item the
  * checks refuse, a malformed body) makes it decline, and the caller parses the body with
- * cJSON: errors and every unusual body take the one path that has always served them. tests/unit/test_api_batch.c and
- * fuzz/fuzz_batch.c hold the two paths to the same results.
+ * cJSON: errors and every unusual body take the one path that has always served them.
+ * tests/unit/test_api_batch.c and fuzz/fuzz_batch.c hold the two paths to the same results.
  * Threads: any (no shared state).
  */
 #include <math.h>
@@ -120,8 +120,7 @@ static bool flat_object(cursor_t *c, cJSON *members, char *strings, const cJSON 
     seen |= 1u << idx;
     if (!eat(c, ':')) return false;
     cJSON *m = &members[count];
-    memset(m, 0, sizeof *m);
-    m->string = (char *)api_transfer_fields[idx]; /* read only, as the checks only read */
+    memset(m, 0, sizeof *m); /* no name: the checks take it from the field, not the node */
     slots[idx] = m;
     skip_ws(c);
     if (c->p >= c->end) return false;

@@ -95,13 +95,8 @@ void jw_key_str(jw_t *w, const char *key, const char *value) {
 }
 
 void jw_u64(jw_t *w, uint64_t v) {
-  char b[24];
-  size_t n = sizeof b;
-  do { /* digits from the right: no printf on the hot path */
-    b[--n] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  jw_raw(w, b + n, sizeof b - n);
+  char b[20];
+  jw_raw(w, b, u64_format(b, v));
 }
 
 void jw_money(jw_t *w, int64_t minor, uint8_t exponent) {

@@ -371,13 +371,7 @@ static void batch_item_ok(jw_t *w, uint32_t i, const engine_item_result_t *it) {
   if (i) *o++ = ',';
   memcpy(o, "{\"index\":", 9);
   o += 9;
-  char digits[10];
-  size_t n = 0;
-  do {
-    digits[n++] = (char)('0' + i % 10);
-    i /= 10;
-  } while (i != 0);
-  while (n > 0) *o++ = digits[--n];
+  o += u64_format(o, i);
   memcpy(o, ",\"status\":\"", 11);
   o += 11;
   memcpy(o, status, status_len);

@@ -90,6 +90,8 @@ uint64_t time_mono_ns(void); /* CLOCK_MONOTONIC */
 /* RFC 3339 UTC with milliseconds: "2026-11-22T10:00:00.123Z". buf >= TIME_TEXT_BYTES. */
 #define TIME_TEXT_BYTES 32u
 size_t time_format_ms(int64_t unix_ms, char *buf);
+/* v in decimal at dst (at most 20 digits, no NUL); returns the digits written. */
+size_t u64_format(char *dst, uint64_t v);
 /* Parses RFC 3339 ("2026-11-22T10:00:00Z", optional fraction, 'Z' or +hh:mm) or a plain
  * date "2026-11-22" (midnight UTC). */
 LEDGER_MUST_USE int time_parse_ms(const char *text, size_t len, int64_t *unix_ms_out);

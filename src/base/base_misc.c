@@ -64,6 +64,17 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
   return era * 146097 + (int64_t)doe - 719468;
 }
 
+size_t u64_format(char *dst, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do { /* digits from the right: no printf on the hot paths (responses, headers) */
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  for (size_t i = 0; i < n; i++) dst[i] = tmp[n - 1 - i];
+  return n;
+}
+
 size_t time_format_ms(int64_t unix_ms, char *buf) {
   int64_t secs = unix_ms >= 0 ? unix_ms / 1000 : (unix_ms - 999) / 1000;
   int ms = (int)(unix_ms - secs * 1000);

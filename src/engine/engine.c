@@ -442,6 +442,18 @@ static bool expiry_due(const engine_t *e) {
   return e->st.pending_count > 0 && e->st.pending[0].deadline_ms <= time_now_ms() + e->cfg.time_offset_ms;
 }
 
+/* Sleeps until the wake descriptor is written (engine_submit, the committer, engine_stop) or
+ * ns have passed, and consumes the wake. */
+static void wake_wait(engine_t *e, uint64_t ns) {
+  struct pollfd p = {.fd = e->wake_fd, .events = POLLIN};
+  struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+  if (ppoll(&p, 1, &ts, NULL) > 0) {
+    uint64_t v;
+    ssize_t r = read(e->wake_fd, &v, sizeof v);
+    (void)r;
+  }
+}
+
 /* Sleeps until there is something the engine can do: a command it can take (can_take: the
  * open batch has room), or the committer idle with a batch to hand over; at most a tick. */
 static void wait_for_work(engine_t *e, const engine_batch_t *b, bool can_take) {
@@ -459,14 +471,7 @@ static void wait_for_work(engine_t *e, const engine_batch_t *b, bool can_take) {
     e->carry = item;
     work = true;
   }
-  if (!work && !atomic_load(&e->stopping)) {
-    struct pollfd p = {.fd = e->wake_fd, .events = POLLIN};
-    if (poll(&p, 1, ENGINE_TICK_MS) > 0) {
-      uint64_t v;
-      ssize_t r = read(e->wake_fd, &v, sizeof v);
-      (void)r;
-    }
-  }
+  if (!work && !atomic_load(&e->stopping)) wake_wait(e, (uint64_t)ENGINE_TICK_MS * 1000000u);
   atomic_store(&e->sleeping, SLEEP_AWAKE);
 }
 
@@ -474,9 +479,8 @@ static void wait_for_work(engine_t *e, const engine_batch_t *b, bool can_take) {
  * new page inside the engine thread's page fault: 20% of its time in the batch benchmark
  * (docs/performance.md); and a fault on a huge page may first compact memory, which can hold
  * the engine for 100 ms or more. This thread keeps the pages ahead of both tables' ends
- * populated with
- * MADV_POPULATE_WRITE, which fills missing pages with zeros and never changes a page that is
- * present: it cannot race with the engine's writes. Ahead = as much as is already used, at
+ * populated with MADV_POPULATE_WRITE, which fills missing pages with zeros and never changes
+ * a page that is present: it cannot race with the engine's writes. Ahead = as much as is already used, at
  * most cfg.prefault_bytes, per table. The snapshot's account stage (snapshot_start) is
  * written all at once, so its pages are populated up to the accounts in use instead.
  * Priority: SCHED_IDLE (only when a CPU would otherwise idle) while the transfer table's
@@ -592,13 +596,7 @@ static uint64_t commit_hold_ns(const engine_t *e, const engine_batch_t *b) {
 static void wait_hold(engine_t *e, uint64_t ns) {
   atomic_store(&e->sleeping, SLEEP_HEAVY);
   atomic_thread_fence(memory_order_seq_cst);
-  struct pollfd p = {.fd = e->wake_fd, .events = POLLIN};
-  struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
-  if (ppoll(&p, 1, &ts, NULL) > 0) {
-    uint64_t v;
-    ssize_t r = read(e->wake_fd, &v, sizeof v);
-    (void)r;
-  }
+  wake_wait(e, ns);
   atomic_store(&e->sleeping, SLEEP_AWAKE);
 }
 

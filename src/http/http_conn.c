@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/base.h"
 #include "http_internal.h"
 
 #define HTTP_ERR_SILENT (-1) /* err_status: close without an answer (allocation failed) */
@@ -173,17 +174,6 @@ static void conn_peer_gone(http_conn_t *c) {
 
 /* ---------------------------------------------------------------- responses */
 
-static size_t fmt_u64(char *dst, uint64_t v) {
-  char tmp[20];
-  size_t n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  for (size_t i = 0; i < n; i++) dst[i] = tmp[n - 1 - i];
-  return n;
-}
-
 static char *put(char *p, const char *s, size_t len) {
   memcpy(p, s, len);
   return p + len;
@@ -208,7 +198,7 @@ static bool conn_append_response(http_conn_t *c, int status, const char *content
 
   char *p = c->out.data + c->out.len;
   p = PUT_LIT(p, "HTTP/1.1 ");
-  p += fmt_u64(p, (uint64_t)status);
+  p += u64_format(p, (uint64_t)status);
   *p++ = ' ';
   p = put(p, reason, reason_len);
   if (content_type) {
@@ -216,7 +206,7 @@ static bool conn_append_response(http_conn_t *c, int status, const char *content
     p = put(p, content_type, type_len);
   }
   p = PUT_LIT(p, "\r\nContent-Length: ");
-  p += fmt_u64(p, body_len);
+  p += u64_format(p, body_len);
   p = PUT_LIT(p, "\r\n");
   if (extra_len) p = put(p, headers_extra, extra_len);
   if (closing) p = PUT_LIT(p, "Connection: close\r\n");
