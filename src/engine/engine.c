@@ -146,8 +146,10 @@ static void table_tail_advise(void *base, size_t used, size_t size, int advice) 
 
 static void snapshot_tails_advise(engine_t *e, int advice) {
   const engine_state_t *st = &e->st;
-  table_tail_advise(st->transfers, st->transfer_count * sizeof(engine_transfer_t),
-                    (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t), advice);
+  table_tail_advise(st->transfers, st->transfer_count * sizeof(transfer_rec_t),
+                    (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t), advice);
+  table_tail_advise(st->side, st->side_count * sizeof(transfer_side_t),
+                    (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t), advice);
   table_tail_advise(st->next, st->transfer_count * sizeof(engine_next_t),
                     (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t), advice);
 }
@@ -549,7 +551,7 @@ static void *prefault_main(void *arg) {
   bool urgent = false, can_switch = true;
   (void)prefault_policy(false);
   prefault_table_t tables[2] = {
-      {(char *)e->st.transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t), sizeof(engine_transfer_t), 0, false},
+      {(char *)e->st.transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t), sizeof(transfer_rec_t), 0, false},
       {(char *)e->st.next, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t), sizeof(engine_next_t), 0, false},
   };
   prefault_table_t stage = {(char *)e->accounts_stage, e->accounts_stage ? accounts_table_bytes() : 0,

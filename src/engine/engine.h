@@ -81,6 +81,7 @@ const char *engine_status_name(unsigned status);
 #define ENGINE_TF_SUSPICIOUS 0x08u /* a risk rule fired: it has a suspicious-activity entry */
 #define ENGINE_TF_HELD 0x10u       /* a rule held it for review (created pending) */
 #define ENGINE_TF_PENDING_ASKED 0x20u /* held, and the client had asked for two-phase itself */
+#define ENGINE_TF_EXTRA 0x40u      /* has a description or metadata (its bytes are in the log) */
 
 /* Account */
 #define ENGINE_ACCOUNT_KIND_CUSTOMER 0u
@@ -111,13 +112,12 @@ typedef struct engine_account {
 } engine_account_t;
 static_assert(sizeof(engine_account_t) == 96, "account record size (memory per account)");
 
-/* A transfer as the ledger keeps it. `no` is its position (1, 2, ...) and, with created_ms,
- * its id (uuid_from_transfer). Transfer numbers and account ids fit 32 bits
- * (ENGINE_TRANSFERS_MAX, ENGINE_ACCOUNTS_MAX): the table grows by this record for every
- * transfer, and on the benchmark machine fresh memory costs ~2 ns a byte the first time it is
- * touched (docs/performance.md), so the record is kept small: 112 bytes. The history chains'
- * forward links live beside the table (engine_state.h, engine_next_t): a record is not
- * written again after its batch, except by the rare pending → posted/voided change. */
+/* A transfer as the engine answers with it: every field, whether the transfer uses it or not.
+ * `no` is its position (1, 2, ...) and, with created_ms, its id (uuid_from_transfer).
+ * Transfer numbers and account ids fit 32 bits (ENGINE_TRANSFERS_MAX, ENGINE_ACCOUNTS_MAX).
+ * The engine does not keep this struct: it keeps a 64-byte record per transfer, with the
+ * fields only some transfers need (two-phase, settlement entries, descriptions) in a side
+ * table (engine_state.h, transfer_rec_t), and builds this view when it answers. */
 typedef struct engine_transfer {
   uint64_t seq;                /* batch that created it */
   int64_t amount_minor;        /* requested (for pending: reserved) */
@@ -141,7 +141,6 @@ typedef struct engine_transfer {
   uint8_t currency;
   uint8_t flags;
 } engine_transfer_t;
-static_assert(sizeof(engine_transfer_t) == 112, "transfer record size (memory per transfer)");
 static_assert(ENGINE_TRANSFERS_MAX <= UINT32_MAX && ENGINE_ACCOUNTS_MAX <= UINT32_MAX,
               "transfer numbers and account ids are stored in 32 bits");
 

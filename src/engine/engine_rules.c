@@ -348,18 +348,18 @@ bool risk_settle_index_rebuild(engine_state_t *st) {
   return true;
 }
 
-uint16_t transfer_region(const engine_state_t *st, const engine_transfer_t *t) {
+uint16_t transfer_region(const engine_state_t *st, const transfer_rec_t *t) {
   uint64_t id = t->kind == ENGINE_KIND_DEPOSIT ? t->credit_account_id : t->debit_account_id;
   return st->accounts[id - 1].region;
 }
 
-bool settlement_has_room(const engine_state_t *st, const engine_transfer_t *proto) {
+bool settlement_has_room(const engine_state_t *st, const transfer_rec_t *proto) {
   uint64_t slot;
   return st->settle_count < ENGINE_SETTLEMENT_ROWS_MAX ||
          settle_find(st, day_of(proto->created_ms), transfer_region(st, proto), proto->currency, &slot) != NULL;
 }
 
-void settlement_add(engine_state_t *st, const engine_transfer_t *t, int sign) {
+void settlement_add(engine_state_t *st, const transfer_rec_t *t, int sign) {
   uint16_t region = transfer_region(st, t);
   int32_t day = day_of(t->created_ms);
   uint64_t slot;
@@ -395,7 +395,7 @@ static vel_slot_t *vel_at(const engine_state_t *st, uint64_t account_id, unsigne
 }
 
 /* Transfers out of the account that velocity counts: fresh debits (not post/void entries). */
-static bool vel_counts(const engine_transfer_t *t, uint64_t account_id) {
+static bool vel_counts(const transfer_rec_t *t, uint64_t account_id) {
   return t->debit_account_id == account_id && !(t->flags & ENGINE_TF_SETTLEMENT);
 }
 
@@ -414,7 +414,7 @@ static void vel_window(const engine_state_t *st, const engine_account_t *a, cons
     w->version = st->rules.version;
     uint64_t no = a->history_last_no, steps = 0;
     while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
-      const engine_transfer_t *t = &st->transfers[no - 1];
+      const transfer_rec_t *t = &st->transfers[no - 1];
       if (t->created_ms <= edge) break;
       if (vel_counts(t, a->id)) {
         w->count++;
@@ -426,7 +426,7 @@ static void vel_window(const engine_state_t *st, const engine_account_t *a, cons
     return;
   }
   while (w->start_no != 0) {
-    const engine_transfer_t *t = &st->transfers[w->start_no - 1];
+    const transfer_rec_t *t = &st->transfers[w->start_no - 1];
     if (t->created_ms > edge) break;
     if (vel_counts(t, a->id)) {
       w->count--;
@@ -482,8 +482,9 @@ bool risk_has_room(const engine_state_t *st, const risk_verdict_t *v) {
   return v->action == 0 || st->suspicious_count < ENGINE_SUSPICIOUS_MAX;
 }
 
-void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t *v) {
+void risk_record(engine_state_t *st, transfer_rec_t *t, const risk_verdict_t *v) {
   const engine_rules_t *rs = &st->rules;
+  uint64_t no = transfer_no_of(st, t);
   t->rules_version = rs->version;
   const engine_account_t *dr = &st->accounts[t->debit_account_id - 1];
   if (dr->kind == ENGINE_ACCOUNT_KIND_CUSTOMER) {
@@ -493,7 +494,7 @@ void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t 
       vel_slot_t w = v->windows[r->vel_slot]; /* judged just before t was appended */
       w.count++;
       w.amount += t->amount_minor;
-      if (w.start_no == 0) w.start_no = t->no;
+      if (w.start_no == 0) w.start_no = no;
       *vel_at(st, dr->id, r->vel_slot) = w;
       st->vel_used = true;
     }
@@ -503,7 +504,7 @@ void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t 
   engine_suspicious_t *s = &st->suspicious[st->suspicious_count++];
   memset(s, 0, sizeof *s);
   s->id = st->suspicious_count;
-  s->transfer_no = t->no;
+  s->transfer_no = no;
   s->transfer_created_ms = t->created_ms;
   s->debit_account_id = t->debit_account_id;
   s->credit_account_id = t->credit_account_id;
@@ -525,10 +526,10 @@ void risk_vel_restore(engine_state_t *st, uint64_t account_id, const vel_slot_t 
   memcpy(vel_at(st, account_id, 0), in, ENGINE_VELOCITY_RULES_MAX * sizeof(vel_slot_t));
 }
 
-void risk_unrecord(engine_state_t *st, const engine_transfer_t *t) {
+void risk_unrecord(engine_state_t *st, const transfer_rec_t *t) {
   /* Velocity windows are restored whole by the caller (risk_vel_restore, newest first). */
   if (t->flags & ENGINE_TF_SUSPICIOUS) {
-    LEDGER_ASSERT(st->suspicious_count > 0 && st->suspicious[st->suspicious_count - 1].transfer_no == t->no);
+    LEDGER_ASSERT(st->suspicious_count > 0 && st->suspicious[st->suspicious_count - 1].transfer_no == transfer_no_of(st, t));
     st->suspicious_count--;
   }
 }
@@ -590,9 +591,9 @@ int risk_apply_review(engine_state_t *st, engine_cmd_t *cmd) {
     return ENGINE_R_INVALID_OPERATION;
   if (id == 0 || id > st->suspicious_count) return ENGINE_R_SUSPICIOUS_NOT_FOUND;
   engine_suspicious_t *s = &st->suspicious[id - 1];
-  engine_transfer_t *t = &st->transfers[s->transfer_no - 1];
+  transfer_rec_t *t = &st->transfers[s->transfer_no - 1];
   cmd->suspicious = *s;
-  cmd->transfer = *t;
+  cmd->transfer = state_transfer(st, s->transfer_no);
   if (s->status != ENGINE_SUSPICIOUS_OPEN) return ENGINE_R_ALREADY_REVIEWED;
   /* A held transfer is decided by its review: confirm voids it; clear posts it, unless the
    * client had asked for a two-phase transfer, which then stays pending for the client. */
@@ -609,7 +610,7 @@ int risk_apply_review(engine_state_t *st, engine_cmd_t *cmd) {
   auth_audit(st, ENGINE_AUDIT_SUSPICIOUS_REVIEWED, cmd->principal_id, id, 0,
              decision == ENGINE_SUSPICIOUS_CLEARED ? "clear" : "confirm", NULL);
   cmd->suspicious = *s;
-  cmd->transfer = *t;
+  cmd->transfer = state_transfer(st, s->transfer_no);
   return ENGINE_OK;
 }
 
@@ -684,7 +685,7 @@ int risk_check(const engine_state_t *st, char *problem, size_t cap) {
     rc = LEDGER_ENOMEM;
   }
   for (uint64_t i = 0; rc == 0 && i < st->transfer_count; i++) {
-    const engine_transfer_t *t = &st->transfers[i];
+    const transfer_rec_t *t = &st->transfers[i];
     bool moved = (t->flags & ENGINE_TF_SETTLEMENT) ? t->status == ENGINE_STATUS_POSTED
                                                    : !(t->flags & ENGINE_TF_PENDING) && !(t->flags & ENGINE_TF_HELD);
     if (!moved) continue;

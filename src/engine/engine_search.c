@@ -152,7 +152,7 @@ static bool visible_to(const walk_t *w, uint64_t account_id) {
 }
 
 /* -1: stop here (text budget spent), 0: no, 1: yes */
-static int matches(walk_t *w, const engine_transfer_t *t) {
+static int matches(walk_t *w, uint64_t no, const transfer_rec_t *t) {
   const engine_search_t *f = w->f;
   if (t->flags & ENGINE_TF_SETTLEMENT) return 0;
   if (t->created_ms < f->from_ms || t->created_ms >= f->to_ms) return 0;
@@ -164,12 +164,13 @@ static int matches(walk_t *w, const engine_transfer_t *t) {
   if (f->has_region && transfer_region(w->st, t) != f->region) return 0;
   if (!visible_to(w, t->debit_account_id) && !visible_to(w, t->credit_account_id)) return 0;
   if (w->q[0]) {
-    if (t->extra_len == 0 || !w->st->read_extra) return 0;
+    const transfer_side_t *x = (t->flags & ENGINE_TF_EXTRA) ? state_side(w->st, no) : NULL;
+    if (!x || x->extra_len == 0 || !w->st->read_extra) return 0;
     if (w->text_reads++ >= SEARCH_TEXT_READS_MAX) return -1;
     char buf[LEDGER_EXTRA_BYTES_MAX];
-    if (t->extra_len > sizeof buf || w->st->read_extra(w->st->read_extra_ctx, t->extra_pos, t->extra_len, buf) != 0)
+    if (x->extra_len > sizeof buf || w->st->read_extra(w->st->read_extra_ctx, x->extra_pos, x->extra_len, buf) != 0)
       return 0;
-    if (!extra_matches(buf, t->extra_len, w->q)) return 0;
+    if (!extra_matches(buf, x->extra_len, w->q)) return 0;
   }
   return 1;
 }
@@ -201,7 +202,7 @@ static uint64_t next_no(const walk_t *w, uint64_t no, uint64_t *sidx) {
   const engine_state_t *st = w->st;
   bool asc = w->cmd->u.search.ascending;
   if (w->f->account_id) {
-    const engine_transfer_t *t = &st->transfers[no - 1];
+    const transfer_rec_t *t = &st->transfers[no - 1];
     return asc ? state_next_no(st, t, w->f->account_id) : state_prev_no(t, w->f->account_id);
   }
   if (w->f->flagged == 1) {
@@ -233,7 +234,7 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
     const engine_account_t *a = &st->accounts[w.f->account_id - 1];
     no = cursor ? cursor : (asc ? a->history_first_no : a->history_last_no);
     if (no) {
-      const engine_transfer_t *t = &st->transfers[no - 1];
+      const transfer_rec_t *t = &st->transfers[no - 1];
       if (t->debit_account_id != a->id && t->credit_account_id != a->id) return; /* another account's cursor */
     }
   } else if (w.f->flagged == 1) {
@@ -257,16 +258,16 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
   uint32_t n = 0;
   uint64_t steps = 0;
   while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
-    const engine_transfer_t *t = &st->transfers[no - 1];
+    const transfer_rec_t *t = &st->transfers[no - 1];
     if (asc ? t->created_ms >= w.f->to_ms : t->created_ms < w.f->from_ms) {
       no = 0; /* time order: nothing further can match */
       break;
     }
-    int m = matches(&w, t);
+    int m = matches(&w, no, t);
     if (m < 0) break;
     if (m > 0) {
       if (n == cmd->u.search.limit) break;
-      cmd->u.search.rows[n++] = *t;
+      cmd->u.search.rows[n++] = state_transfer(st, no);
     }
     no = next_no(&w, no, &sidx);
   }

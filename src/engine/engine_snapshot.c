@@ -7,6 +7,7 @@
  * fsynced: a crash leaves either the old snapshot or the complete new one.
  *
  * Layout: header (below) | regions | accounts | transfers | their forward history links |
+ * the transfers' side entries |
  * live idempotency entries |
  * pending heap | the used part of the batch-codes ring | users | API keys | live credentials |
  * the audit ring (oldest first) | the rule set | suspicious entries | settlement rows |
@@ -22,7 +23,7 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-#define SNAP_MAGIC 0x36504e534744474cull /* "LGDGSNP6" (4: 120-byte transfer records with their links; 5: no account side bit) */
+#define SNAP_MAGIC 0x37504e534744474cull /* "LGDGSNP7" (4: 120-byte transfer records with their links; 5: no account side bit; 6: 112-byte records) */
 /* The first 7 bytes, "LGDGSNP": a header with them and another last byte is another version. */
 #define SNAP_MAGIC_FAMILY_MASK 0x00ffffffffffffffull
 
@@ -45,7 +46,7 @@ typedef struct snap_header {
   uint64_t suspicious_count;
   uint64_t settle_count;
   uint64_t vel_accounts; /* accounts whose velocity windows follow (0: none saved) */
-  uint64_t reserved;
+  uint64_t side_count;   /* transfer side entries */
 } snap_header_t;
 
 typedef struct sink {
@@ -173,12 +174,13 @@ static int snapshot_write_once(const engine_state_t *st, const char *tmp_path, c
                      st->transfer_count, idem_count, st->pending_count, st->codes_total,
                      codes_saved(st), atomic_load(&st->region_count), st->user_count, st->key_count,
                      st->audit_count, cred_count, st->suspicious_count, st->settle_count,
-                     st->vel_used ? st->account_count : 0, 0};
+                     st->vel_used ? st->account_count : 0, st->side_count};
   sink_put(&s, &h, sizeof h);
   sink_put(&s, st->regions, h.region_count * sizeof st->regions[0]);
   sink_put(&s, st->accounts, h.account_count * sizeof(engine_account_t));
-  sink_put(&s, st->transfers, h.transfer_count * sizeof(engine_transfer_t));
+  sink_put(&s, st->transfers, h.transfer_count * sizeof(transfer_rec_t));
   sink_put(&s, st->next, h.transfer_count * sizeof(engine_next_t));
+  sink_put(&s, st->side, h.side_count * sizeof(transfer_side_t));
   idem_entry_t chunk[1024];
   size_t n = 0;
   for (uint64_t i = 0; i < st->idem_slots && idem_count; i++) {
@@ -343,13 +345,15 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
                     h.region_count < 2 || h.account_count < ledger_currency_count() ||
                     h.user_count > ENGINE_USERS_MAX || h.key_count > ENGINE_API_KEYS_MAX ||
                     h.cred_count > ENGINE_CREDENTIALS_MAX * 2u || h.suspicious_count > ENGINE_SUSPICIOUS_MAX ||
-                    h.settle_count > ENGINE_SETTLEMENT_ROWS_MAX || h.vel_accounts > h.account_count))
+                    h.settle_count > ENGINE_SETTLEMENT_ROWS_MAX || h.vel_accounts > h.account_count ||
+                    h.side_count > h.transfer_count))
     s.rc = LEDGER_ECORRUPT;
   if (s.rc == 0) {
     src_get(&s, st->regions, h.region_count * sizeof st->regions[0]);
     src_get(&s, st->accounts, h.account_count * sizeof(engine_account_t));
-    src_get(&s, st->transfers, h.transfer_count * sizeof(engine_transfer_t));
+    src_get(&s, st->transfers, h.transfer_count * sizeof(transfer_rec_t));
     src_get(&s, st->next, h.transfer_count * sizeof(engine_next_t));
+    src_get(&s, st->side, h.side_count * sizeof(transfer_side_t));
     /* The state is fresh from state_init: the table is empty and grows as entries return. */
     for (uint64_t i = 0; i < h.idem_count && s.rc == 0; i++) {
       idem_entry_t e;
@@ -390,6 +394,7 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
   if (rc != 0) return rc;
   st->account_count = h.account_count;
   st->transfer_count = h.transfer_count;
+  st->side_count = h.side_count;
   st->pending_count = h.pending_count;
   st->codes_total = h.codes_total;
   atomic_store(&st->region_count, (uint32_t)h.region_count);

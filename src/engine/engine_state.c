@@ -29,15 +29,16 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   memset(st, 0, sizeof *st);
   st->idem_retention_ms = idem_retention_ms;
   st->accounts = reserve((size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
-  st->transfers = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t));
+  st->transfers = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t));
   st->next = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t));
+  st->side = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t));
   st->idem_slots = ENGINE_IDEM_SLOTS_MIN;
   st->idem = reserve((size_t)st->idem_slots * sizeof(idem_entry_t));
   st->pending = reserve((size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
   st->saved_times = reserve(2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
   st->saved_vel = reserve(ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_vel);
-  if (!st->accounts || !st->transfers || !st->next || !st->idem || !st->pending || !st->codes || !st->saved_times ||
+  if (!st->accounts || !st->transfers || !st->next || !st->side || !st->idem || !st->pending || !st->codes || !st->saved_times ||
       !st->saved_vel ||
       auth_state_init(st) != 0 || risk_state_init(st) != 0) {
     state_free(st);
@@ -61,8 +62,9 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
 
 void state_free(engine_state_t *st) {
   if (st->accounts) munmap(st->accounts, (size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
-  if (st->transfers) munmap(st->transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_transfer_t));
+  if (st->transfers) munmap(st->transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t));
   if (st->next) munmap(st->next, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t));
+  if (st->side) munmap(st->side, (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t));
   if (st->idem) munmap(st->idem, (size_t)st->idem_slots * sizeof(idem_entry_t));
   if (st->pending) munmap(st->pending, (size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
@@ -100,10 +102,63 @@ static engine_account_t *account_at(const engine_state_t *st, uint64_t id) {
   return &st->accounts[id - 1];
 }
 
-static engine_transfer_t *transfer_at(const engine_state_t *st, uint64_t no, int64_t created_ms) {
+static transfer_rec_t *transfer_at(const engine_state_t *st, uint64_t no, int64_t created_ms) {
   if (no == 0 || no > st->transfer_count) return NULL;
-  engine_transfer_t *t = &st->transfers[no - 1];
+  transfer_rec_t *t = &st->transfers[no - 1];
   return t->created_ms == created_ms ? t : NULL;
+}
+
+transfer_side_t *state_side(const engine_state_t *st, uint64_t no) {
+  if (!(st->transfers[no - 1].flags & TRANSFER_SIDE_FLAGS)) return NULL;
+  uint64_t lo = 0, hi = st->side_count;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (st->side[mid].no < no) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < st->side_count && st->side[lo].no == no ? &st->side[lo] : NULL;
+}
+
+engine_transfer_t state_transfer(const engine_state_t *st, uint64_t no) {
+  const transfer_rec_t *t = &st->transfers[no - 1];
+  engine_transfer_t v = {.seq = t->seq,
+                         .amount_minor = t->amount_minor,
+                         .created_ms = t->created_ms,
+                         .updated_ms = t->created_ms,
+                         .debit_balance_after = t->debit_balance_after,
+                         .credit_balance_after = t->credit_balance_after,
+                         .no = (uint32_t)no,
+                         .debit_account_id = t->debit_account_id,
+                         .credit_account_id = t->credit_account_id,
+                         .prev_debit_no = t->prev_debit_no,
+                         .prev_credit_no = t->prev_credit_no,
+                         .rules_version = t->rules_version,
+                         .kind = t->kind,
+                         .status = t->status,
+                         .currency = t->currency,
+                         .flags = t->flags};
+  const transfer_side_t *x = state_side(st, no);
+  if (x) {
+    v.posted_minor = x->posted_minor;
+    v.updated_ms = x->updated_ms;
+    v.pending_created_ms = x->pending_created_ms;
+    v.extra_pos = x->extra_pos;
+    v.pending_no = x->pending_no;
+    v.extra_len = x->extra_len;
+    v.timeout_s = x->timeout_s;
+  }
+  return v;
+}
+
+/* A side entry for the newest transfer (zeroed but for no and updated_ms); the caller sets
+ * the flag of TRANSFER_SIDE_FLAGS that says why it has one. */
+static transfer_side_t *side_add(engine_state_t *st, uint64_t no) {
+  LEDGER_ASSERT(no == st->transfer_count && st->side_count < st->transfer_count);
+  transfer_side_t *x = &st->side[st->side_count++];
+  memset(x, 0, sizeof *x);
+  x->no = (uint32_t)no;
+  x->updated_ms = st->transfers[no - 1].created_ms;
+  return x;
 }
 
 static bool floored(const engine_account_t *a) { return (a->flags & ENGINE_AF_OVERDRAFT) == 0; }
@@ -149,15 +204,14 @@ static void heap_pop(engine_state_t *st) {
 /* ---------------------------------------------------------------- history */
 
 /* Appends a new transfer record touching both accounts, linking it into their histories. */
-static engine_transfer_t *transfer_append(engine_state_t *st, engine_account_t *dr,
-                                          engine_account_t *cr) {
+static transfer_rec_t *transfer_append(engine_state_t *st, engine_account_t *dr, engine_account_t *cr) {
   LEDGER_ASSERT(st->transfer_count < ENGINE_TRANSFERS_MAX);
-  engine_transfer_t *t = &st->transfers[st->transfer_count++];
+  transfer_rec_t *t = &st->transfers[st->transfer_count++];
   memset(t, 0, sizeof *t);
   st->next[st->transfer_count - 1] = (engine_next_t){0, 0};
-  t->no = (uint32_t)st->transfer_count; /* < ENGINE_TRANSFERS_MAX: fits (engine.h) */
+  uint32_t no = (uint32_t)st->transfer_count; /* < ENGINE_TRANSFERS_MAX: fits (engine.h) */
   t->seq = st->batch_seq;
-  t->created_ms = t->updated_ms = st->batch_time_ms;
+  t->created_ms = st->batch_time_ms;
   t->debit_account_id = (uint32_t)dr->id;
   t->credit_account_id = (uint32_t)cr->id;
   t->currency = dr->currency;
@@ -170,12 +224,12 @@ static engine_transfer_t *transfer_append(engine_state_t *st, engine_account_t *
      * the store then waits on no load of a random old record. */
     if (a->history_last_no) {
       engine_next_t *link = &st->next[a->history_last_no - 1];
-      if (a->history_last_debit) link->debit_no = t->no;
-      else link->credit_no = t->no;
+      if (a->history_last_debit) link->debit_no = no;
+      else link->credit_no = no;
     } else {
-      a->history_first_no = t->no;
+      a->history_first_no = no;
     }
-    a->history_last_no = t->no;
+    a->history_last_no = no;
     a->history_last_debit = k == 0;
     a->updated_ms = st->batch_time_ms;
   }
@@ -185,18 +239,19 @@ static engine_transfer_t *transfer_append(engine_state_t *st, engine_account_t *
 /* Unlinks the newest record (atomic batch rollback). */
 static void transfer_pop(engine_state_t *st) {
   LEDGER_ASSERT(st->transfer_count > 0);
-  engine_transfer_t *t = &st->transfers[st->transfer_count - 1];
+  transfer_rec_t *t = &st->transfers[st->transfer_count - 1];
+  uint64_t no = st->transfer_count;
   engine_account_t *dr = account_at(st, t->debit_account_id);
   engine_account_t *cr = account_at(st, t->credit_account_id);
   uint64_t prevs[2] = {t->prev_debit_no, t->prev_credit_no};
   engine_account_t *sides[2] = {dr, cr};
   for (int k = 0; k < 2; k++) {
     engine_account_t *a = sides[k];
-    LEDGER_ASSERT(a->history_last_no == t->no);
+    LEDGER_ASSERT(a->history_last_no == no);
     a->history_last_no = prevs[k];
     a->history_last_debit = 0;
     if (prevs[k]) {
-      const engine_transfer_t *prev = &st->transfers[prevs[k] - 1];
+      const transfer_rec_t *prev = &st->transfers[prevs[k] - 1];
       engine_next_t *link = &st->next[prevs[k] - 1];
       a->history_last_debit = prev->debit_account_id == a->id;
       if (a->history_last_debit) link->debit_no = 0;
@@ -204,6 +259,10 @@ static void transfer_pop(engine_state_t *st) {
     } else {
       a->history_first_no = 0;
     }
+  }
+  if (t->flags & TRANSFER_SIDE_FLAGS) {
+    LEDGER_ASSERT(st->side_count > 0 && st->side[st->side_count - 1].no == no);
+    st->side_count--;
   }
   st->transfer_count--;
 }
@@ -250,7 +309,7 @@ static int resolve(engine_state_t *st, const engine_transfer_in_t *in, uint8_t r
 
 /* Checks and applies one transfer; on rejection nothing changed. */
 static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const engine_transfer_in_t *in,
-                          uint64_t extra_pos, engine_transfer_t **out, uint8_t *rule_out) {
+                          uint64_t extra_pos, transfer_rec_t **out, uint8_t *rule_out) {
   resolved_t r;
   int res = resolve(st, in, cmd->role, cmd->principal_id, &r);
   if (res != ENGINE_OK) return res;
@@ -273,8 +332,8 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
   }
   bool held = verdict.action == ENGINE_ACTION_HOLD;
   bool pending = in->pending || held;
-  engine_transfer_t proto = {.debit_account_id = (uint32_t)r.dr->id, .credit_account_id = (uint32_t)r.cr->id, .kind = in->kind,
-                             .currency = r.dr->currency, .created_ms = st->batch_time_ms};
+  transfer_rec_t proto = {.debit_account_id = (uint32_t)r.dr->id, .credit_account_id = (uint32_t)r.cr->id, .kind = in->kind,
+                          .currency = r.dr->currency, .created_ms = st->batch_time_ms};
   if (!risk_has_room(st, &verdict) || (!pending && !settlement_has_room(st, &proto)))
     return ENGINE_R_CAPACITY_EXHAUSTED;
   if (pending) {
@@ -291,19 +350,24 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
     r.dr->balance_minor = new_dr;
     r.cr->balance_minor = new_cr;
   }
-  engine_transfer_t *t = transfer_append(st, r.dr, r.cr);
+  transfer_rec_t *t = transfer_append(st, r.dr, r.cr);
+  uint64_t no = st->transfer_count;
   t->amount_minor = amount;
   t->kind = in->kind;
   t->status = pending ? ENGINE_STATUS_PENDING : ENGINE_STATUS_POSTED;
   t->flags = pending ? ENGINE_TF_PENDING : 0;
   if (held) t->flags |= ENGINE_TF_HELD | (in->pending ? ENGINE_TF_PENDING_ASKED : 0);
-  t->timeout_s = in->pending ? in->timeout_s : 0;
-  t->extra_pos = in->extra_len ? extra_pos : 0;
-  t->extra_len = in->extra_len;
+  if (in->extra_len) t->flags |= ENGINE_TF_EXTRA;
+  if (pending || in->extra_len) {
+    transfer_side_t *x = side_add(st, no);
+    x->timeout_s = in->pending ? in->timeout_s : 0;
+    x->extra_pos = in->extra_len ? extra_pos : 0;
+    x->extra_len = in->extra_len;
+  }
   t->debit_balance_after = r.dr->balance_minor;
   t->credit_balance_after = r.cr->balance_minor;
   if (in->pending && in->timeout_s)
-    heap_push(st, st->batch_time_ms + (int64_t)in->timeout_s * 1000, t->no);
+    heap_push(st, st->batch_time_ms + (int64_t)in->timeout_s * 1000, no);
   risk_record(st, t, &verdict);
   if (!pending) settlement_add(st, t, 1);
   *out = t;
@@ -312,7 +376,8 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
 
 /* Undo of transfer_apply for the newest transfer (atomic batches). */
 static void transfer_undo(engine_state_t *st) {
-  engine_transfer_t *t = &st->transfers[st->transfer_count - 1];
+  transfer_rec_t *t = &st->transfers[st->transfer_count - 1];
+  uint64_t no = st->transfer_count;
   engine_account_t *dr = account_at(st, t->debit_account_id);
   engine_account_t *cr = account_at(st, t->credit_account_id);
   risk_unrecord(st, t);
@@ -320,10 +385,11 @@ static void transfer_undo(engine_state_t *st) {
   if (t->status == ENGINE_STATUS_PENDING) {
     dr->pending_debits_minor -= t->amount_minor;
     cr->pending_credits_minor -= t->amount_minor;
-    if (t->timeout_s) {
+    const transfer_side_t *x = state_side(st, no);
+    if (x && x->timeout_s) {
       /* It was the newest push; remove it wherever the heap moved it. */
       for (uint64_t i = 0; i < st->pending_count; i++) {
-        if (st->pending[i].no == t->no) {
+        if (st->pending[i].no == no) {
           /* Replace with a past deadline and pop: sifts correctly. */
           st->pending[i].deadline_ms = INT64_MIN;
           uint64_t j = i;
@@ -344,8 +410,8 @@ static void transfer_undo(engine_state_t *st) {
 }
 
 /* Settles a pending transfer: post `amount` (0 = all) or void. Appends a settlement entry. */
-int state_settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t amount, bool expired,
-                 engine_transfer_t **entry_out) {
+int state_settle(engine_state_t *st, transfer_rec_t *p, bool post, int64_t amount, bool expired,
+                 transfer_rec_t **entry_out) {
   if (p->status != ENGINE_STATUS_PENDING) return ENGINE_R_TRANSFER_NOT_PENDING;
   engine_account_t *dr = account_at(st, p->debit_account_id);
   engine_account_t *cr = account_at(st, p->credit_account_id);
@@ -361,28 +427,31 @@ int state_settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t am
       return ENGINE_R_LIMIT_EXCEEDED;
   }
   if (st->transfer_count >= ENGINE_TRANSFERS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
-  engine_transfer_t proto = {.debit_account_id = (uint32_t)dr->id, .credit_account_id = (uint32_t)cr->id, .kind = p->kind,
-                             .currency = p->currency, .created_ms = st->batch_time_ms};
+  transfer_rec_t proto = {.debit_account_id = (uint32_t)dr->id, .credit_account_id = (uint32_t)cr->id, .kind = p->kind,
+                          .currency = p->currency, .created_ms = st->batch_time_ms};
   if (post && !settlement_has_room(st, &proto)) return ENGINE_R_CAPACITY_EXHAUSTED;
   dr->pending_debits_minor -= p->amount_minor;
   cr->pending_credits_minor -= p->amount_minor;
   dr->balance_minor = new_dr;
   cr->balance_minor = new_cr;
   LEDGER_ASSERT(dr->pending_debits_minor >= 0 && cr->pending_credits_minor >= 0);
+  uint64_t p_no = transfer_no_of(st, p);
+  transfer_side_t *px = state_side(st, p_no);
+  LEDGER_ASSERT(px != NULL); /* ENGINE_TF_PENDING: it has one */
   p->status = post ? ENGINE_STATUS_POSTED : ENGINE_STATUS_VOIDED;
-  p->posted_minor = post ? amount : 0;
+  px->posted_minor = post ? amount : 0;
   /* An expiry is stamped with the deadline, not the batch time, so the entry is the same
    * whichever batch happened to run it. */
-  int64_t when = expired ? p->created_ms + (int64_t)p->timeout_s * 1000 : st->batch_time_ms;
-  p->updated_ms = when;
+  px->updated_ms = expired ? p->created_ms + (int64_t)px->timeout_s * 1000 : st->batch_time_ms;
   if (expired) p->flags |= ENGINE_TF_EXPIRED;
-  engine_transfer_t *e = transfer_append(st, dr, cr);
+  transfer_rec_t *e = transfer_append(st, dr, cr);
   e->kind = p->kind;
   e->status = p->status;
   e->flags = ENGINE_TF_SETTLEMENT | (expired ? ENGINE_TF_EXPIRED : 0);
   e->amount_minor = post ? amount : p->amount_minor;
-  e->pending_no = p->no;
-  e->pending_created_ms = p->created_ms;
+  transfer_side_t *ex = side_add(st, st->transfer_count);
+  ex->pending_no = (uint32_t)p_no;
+  ex->pending_created_ms = p->created_ms;
   e->debit_balance_after = dr->balance_minor;
   e->credit_balance_after = cr->balance_minor;
   e->rules_version = p->rules_version;
@@ -400,7 +469,7 @@ bool state_begin_batch(engine_state_t *st, uint64_t seq, int64_t time_ms) {
   while (st->pending_count > 0 && st->pending[0].deadline_ms <= time_ms) {
     uint64_t no = st->pending[0].no;
     heap_pop(st);
-    engine_transfer_t *p = &st->transfers[no - 1];
+    transfer_rec_t *p = &st->transfers[no - 1];
     if (p->status != ENGINE_STATUS_PENDING) continue; /* posted or voided before */
     if (state_settle(st, p, false, 0, true, NULL) == ENGINE_OK) changed = true;
   }
@@ -510,8 +579,8 @@ static void attach_risk(const engine_state_t *st, engine_cmd_t *cmd) {
 }
 
 /* The transfer as its creating response showed it (idempotent replays answer this). */
-static engine_transfer_t creation_view(const engine_transfer_t *t) {
-  engine_transfer_t v = *t;
+static engine_transfer_t creation_view(const engine_state_t *st, uint64_t no) {
+  engine_transfer_t v = state_transfer(st, no);
   if (v.flags & ENGINE_TF_PENDING) {
     v.status = ENGINE_STATUS_PENDING;
     v.posted_minor = 0;
@@ -572,7 +641,7 @@ static int apply_freeze(engine_state_t *st, engine_cmd_t *cmd, bool freeze) {
 }
 
 static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
-  engine_transfer_t *p = transfer_at(st, cmd->u.settle.no, cmd->u.settle.created_ms);
+  transfer_rec_t *p = transfer_at(st, cmd->u.settle.no, cmd->u.settle.created_ms);
   if (!p || (p->flags & ENGINE_TF_SETTLEMENT) ||
       !visible(account_at(st, p->debit_account_id), cmd->role, cmd->principal_id))
     return ENGINE_R_TRANSFER_NOT_FOUND;
@@ -583,14 +652,14 @@ static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
                       ledger_currency_get(p->currency)->exponent, &amount) != 0))
     return ENGINE_R_INVALID_AMOUNT;
   if (p->flags & ENGINE_TF_HELD) {
-    const engine_suspicious_t *s = risk_entry_of(st, p->no);
+    const engine_suspicious_t *s = risk_entry_of(st, cmd->u.settle.no);
     if (s && s->status == ENGINE_SUSPICIOUS_OPEN) {
-      cmd->transfer = *p;
+      cmd->transfer = state_transfer(st, cmd->u.settle.no);
       return ENGINE_R_UNDER_REVIEW;
     }
   }
   int res = state_settle(st, p, post, amount, false, NULL);
-  cmd->transfer = *p;
+  cmd->transfer = state_transfer(st, cmd->u.settle.no);
   attach_risk(st, cmd);
   return res;
 }
@@ -638,7 +707,7 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
       prefetch_history(st, ahead->debit_account_id);
       prefetch_history(st, ahead->credit_account_id);
     }
-    engine_transfer_t *t = NULL;
+    transfer_rec_t *t = NULL;
     resolved_t acc;
     if (cmd->u.batch.atomic && resolve(st, in, cmd->role, cmd->principal_id, &acc) == ENGINE_OK) {
       st->saved_times[saved++] = (struct saved_time){acc.dr->id, acc.dr->updated_ms};
@@ -655,7 +724,7 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
     r->rule = rule;
     if (rule) rules_names(st, cmd, st->rules.version);
     if (res == ENGINE_OK) {
-      r->no = t->no;
+      r->no = transfer_no_of(st, t);
       r->created_ms = t->created_ms;
       r->status = t->status;
     } else {
@@ -688,10 +757,10 @@ static int apply_fresh(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
   switch (cmd->kind) {
     case ENGINE_CMD_ACCOUNT_CREATE: return apply_account_create(st, cmd, extra_pos);
     case ENGINE_CMD_TRANSFER: {
-      engine_transfer_t *t = NULL;
+      transfer_rec_t *t = NULL;
       uint8_t rule = 0;
       int res = transfer_apply(st, cmd, &cmd->u.transfer, extra_pos, &t, &rule);
-      if (res == ENGINE_OK) cmd->transfer = *t;
+      if (res == ENGINE_OK) cmd->transfer = state_transfer(st, transfer_no_of(st, t));
       attach_risk(st, cmd);
       cmd->reject_rule = rule;
       if (rule) rules_names(st, cmd, st->rules.version);
@@ -725,7 +794,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
       if (e->result == ENGINE_OK) cmd->account = account_creation_view(account_at(st, e->object));
       break;
     case ENGINE_CMD_TRANSFER:
-      if (e->result == ENGINE_OK) cmd->transfer = creation_view(&st->transfers[e->object - 1]);
+      if (e->result == ENGINE_OK) cmd->transfer = creation_view(st, e->object);
       if (e->result == ENGINE_OK) attach_risk(st, cmd);
       if (e->result == ENGINE_R_RULE_REJECTED) { /* the rule's id, while that rule set is in force */
         cmd->reject_rule = (uint8_t)e->object;
@@ -734,7 +803,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
       break;
     case ENGINE_CMD_TRANSFER_POST:
     case ENGINE_CMD_TRANSFER_VOID:
-      if (e->object) cmd->transfer = st->transfers[e->object - 1];
+      if (e->object) cmd->transfer = state_transfer(st, e->object);
       if (e->object) attach_risk(st, cmd);
       break;
     case ENGINE_CMD_ACCOUNT_FREEZE:
@@ -744,7 +813,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
     case ENGINE_CMD_SUSPICIOUS_REVIEW:
       if (e->object) {
         cmd->suspicious = st->suspicious[e->object - 1];
-        cmd->transfer = st->transfers[cmd->suspicious.transfer_no - 1];
+        cmd->transfer = state_transfer(st, cmd->suspicious.transfer_no);
       }
       break;
     case ENGINE_CMD_TRANSFER_BATCH: {
@@ -769,7 +838,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
           named = true;
         }
         if (r->result == ENGINE_OK) {
-          engine_transfer_t v = creation_view(&st->transfers[no - 1]);
+          engine_transfer_t v = creation_view(st, no);
           r->no = no++;
           r->created_ms = v.created_ms;
           r->status = v.status;
@@ -899,7 +968,7 @@ static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
    * short page and a cursor come back rather than the engine stalling on a long history. */
   uint64_t steps = 0;
   while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
-    const engine_transfer_t *t = &st->transfers[no - 1];
+    const transfer_rec_t *t = &st->transfers[no - 1];
     bool is_debit = t->debit_account_id == a->id;
     if (!is_debit && t->credit_account_id != a->id) { /* a cursor of another account */
       no = 0;
@@ -913,7 +982,7 @@ static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
     bool inside = t->created_ms >= cmd->u.history.from_ms && t->created_ms < cmd->u.history.to_ms;
     if (inside) {
       if (n == cmd->u.history.limit) break;
-      cmd->u.history.rows[n].transfer = *t;
+      cmd->u.history.rows[n].transfer = state_transfer(st, no);
       cmd->u.history.rows[n].balance_after_minor =
           is_debit ? t->debit_balance_after : t->credit_balance_after;
       n++;
@@ -970,12 +1039,12 @@ void state_read(const engine_state_t *st, engine_cmd_t *cmd) {
     case ENGINE_CMD_USER_LOOKUP:
     case ENGINE_CMD_AUDIT_LIST: auth_read(st, cmd); break;
     case ENGINE_CMD_TRANSFER_GET: {
-      const engine_transfer_t *t = transfer_at(st, cmd->u.transfer_get.no, cmd->u.transfer_get.created_ms);
+      const transfer_rec_t *t = transfer_at(st, cmd->u.transfer_get.no, cmd->u.transfer_get.created_ms);
       if (t && !visible(account_at(st, t->debit_account_id), cmd->role, cmd->principal_id) &&
           !visible(account_at(st, t->credit_account_id), cmd->role, cmd->principal_id))
         t = NULL;
       cmd->result = t ? ENGINE_OK : ENGINE_R_TRANSFER_NOT_FOUND;
-      if (t) cmd->transfer = *t;
+      if (t) cmd->transfer = state_transfer(st, cmd->u.transfer_get.no);
       if (t) attach_risk(st, cmd);
       break;
     }
@@ -1015,7 +1084,7 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
     }
     /* The newest history entry must show the current balance. */
     if (a->history_last_no) {
-      const engine_transfer_t *t = &st->transfers[a->history_last_no - 1];
+      const transfer_rec_t *t = &st->transfers[a->history_last_no - 1];
       int64_t after = t->debit_account_id == a->id ? t->debit_balance_after : t->credit_balance_after;
       if (after != a->balance_minor) {
         snprintf(problem, cap, "account %llu: balance %lld but history ends at %lld",
@@ -1041,12 +1110,20 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
   }
   /* Every posted movement changes the two balances by its amount: walk each transfer and
    * check that balance_after equals the previous entry's balance_after +/- the amount. */
-  for (uint64_t i = 0; i < st->transfer_count; i++) {
-    const engine_transfer_t *t = &st->transfers[i];
-    if (t->no != i + 1) {
-      snprintf(problem, cap, "transfer %llu: bad record", (unsigned long long)(i + 1));
+  /* Side entries: in transfer order, exactly one for each transfer whose flags say so. */
+  for (uint64_t k = 0, no = 0; k < st->side_count; k++) {
+    if (st->side[k].no <= no || st->side[k].no > st->transfer_count ||
+        !(st->transfers[st->side[k].no - 1].flags & TRANSFER_SIDE_FLAGS)) {
+      snprintf(problem, cap, "transfer side entry %llu: bad record", (unsigned long long)(k + 1));
       return LEDGER_ECORRUPT;
     }
+    no = st->side[k].no;
+  }
+  uint64_t with_side = 0;
+  for (uint64_t i = 0; i < st->transfer_count; i++) {
+    const transfer_rec_t *t = &st->transfers[i];
+    uint64_t t_no = i + 1;
+    with_side += (t->flags & TRANSFER_SIDE_FLAGS) != 0;
     int64_t moved = 0;
     if (t->flags & ENGINE_TF_SETTLEMENT) moved = t->status == ENGINE_STATUS_POSTED ? t->amount_minor : 0;
     else if (!(t->flags & ENGINE_TF_PENDING)) moved = t->amount_minor;
@@ -1056,28 +1133,34 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
     for (int k = 0; k < 2; k++) {
       int64_t before = 0;
       if (prevs[k]) {
-        const engine_transfer_t *p = prevs[k] < t->no ? &st->transfers[prevs[k] - 1] : NULL;
+        const transfer_rec_t *p = prevs[k] < t_no ? &st->transfers[prevs[k] - 1] : NULL;
         if (p) before = p->debit_account_id == ids[k] ? p->debit_balance_after : p->credit_balance_after;
         if (!p || (p->debit_account_id != ids[k] && p->credit_account_id != ids[k]) ||
-            state_next_no(st, p, ids[k]) != t->no) {
+            state_next_no(st, p, ids[k]) != t_no) {
           snprintf(problem, cap, "transfer %llu: account %llu's history entry %llu before it does not link to it",
-                   (unsigned long long)t->no, (unsigned long long)ids[k], (unsigned long long)prevs[k]);
+                   (unsigned long long)t_no, (unsigned long long)ids[k], (unsigned long long)prevs[k]);
           return LEDGER_ECORRUPT;
         }
       }
       int64_t expect = k == 0 ? before - moved : before + moved;
       if (expect != afters[k]) {
         snprintf(problem, cap, "transfer %llu: account %llu balance after %lld, expected %lld",
-                 (unsigned long long)t->no, (unsigned long long)ids[k], (long long)afters[k], (long long)expect);
+                 (unsigned long long)t_no, (unsigned long long)ids[k], (long long)afters[k], (long long)expect);
         return LEDGER_ECORRUPT;
       }
     }
+  }
+  if (with_side != st->side_count) {
+    snprintf(problem, cap, "transfers: %llu have side fields, %llu side entries",
+             (unsigned long long)with_side, (unsigned long long)st->side_count);
+    return LEDGER_ECORRUPT;
   }
   return risk_check(st, problem, cap);
 }
 
 bool state_transfers_equal(const engine_state_t *a, const engine_state_t *b) {
-  return a->transfer_count == b->transfer_count &&
-         memcmp(a->transfers, b->transfers, a->transfer_count * sizeof(engine_transfer_t)) == 0 &&
-         memcmp(a->next, b->next, a->transfer_count * sizeof(engine_next_t)) == 0;
+  return a->transfer_count == b->transfer_count && a->side_count == b->side_count &&
+         memcmp(a->transfers, b->transfers, a->transfer_count * sizeof(transfer_rec_t)) == 0 &&
+         memcmp(a->next, b->next, a->transfer_count * sizeof(engine_next_t)) == 0 &&
+         memcmp(a->side, b->side, a->side_count * sizeof(transfer_side_t)) == 0;
 }

@@ -49,10 +49,52 @@ typedef struct pending_slot {
 /* Per-item result codes of batch requests that carried an Idempotency-Key, in a ring. */
 #define ENGINE_CODES_RING_BYTES (64u * 1024u * 1024u)
 
+/* A transfer as the engine keeps it: 64 bytes, one cache line. The table grows by one record
+ * per transfer, and on the benchmark machine fresh memory costs ~2-4 ns a byte the first time
+ * it is touched (docs/performance.md), so the record holds only what every transfer has. Its
+ * number is its position (no = index + 1). The fields that only two-phase transfers, their
+ * settlement entries and transfers with a description use are in the side table
+ * (transfer_side_t), found by the flags in TRANSFER_SIDE_FLAGS. The API gets the whole
+ * transfer as an engine_transfer_t built by state_transfer(). */
+typedef struct transfer_rec {
+  uint64_t seq; /* batch that created it */
+  int64_t amount_minor; /* requested (for pending: reserved) */
+  int64_t created_ms;
+  int64_t debit_balance_after; /* the accounts' balances right after this entry */
+  int64_t credit_balance_after;
+  uint32_t debit_account_id;
+  uint32_t credit_account_id;
+  uint32_t prev_debit_no, prev_credit_no; /* history chains of both accounts (backward) */
+  uint32_t rules_version; /* the rule set that judged it (0: none) */
+  uint8_t kind;
+  uint8_t status;
+  uint8_t currency;
+  uint8_t flags; /* ENGINE_TF_* */
+} transfer_rec_t;
+static_assert(sizeof(transfer_rec_t) == 64, "transfer record size (memory per transfer)");
+
+/* A transfer with any of these flags has a side entry. */
+#define TRANSFER_SIDE_FLAGS (ENGINE_TF_PENDING | ENGINE_TF_SETTLEMENT | ENGINE_TF_EXTRA)
+
+/* The rarely used fields of a transfer. Entries are appended in transfer order (the table is
+ * sorted by no) and found by binary search; a pending transfer's entry changes when it is
+ * posted or voided. */
+typedef struct transfer_side {
+  int64_t posted_minor;       /* pending that was posted: the posted amount */
+  int64_t updated_ms;         /* pending: when posted/voided, else created_ms */
+  int64_t pending_created_ms; /* settlement entry: the pending transfer's creation (its id) */
+  uint64_t extra_pos;         /* log offset of description/metadata JSON, 0 = none */
+  uint32_t no;                /* the transfer */
+  uint32_t pending_no;        /* settlement entry: the pending transfer it settles */
+  uint32_t extra_len;
+  uint32_t timeout_s;
+} transfer_side_t;
+static_assert(sizeof(transfer_side_t) == 48, "transfer side entry size");
+
 /* The forward links of a transfer's two history chains: the next entry of its debit account's
  * chain and of its credit account's (0: none yet). Kept apart from the transfer records
  * because an append writes the previous entry of both accounts, random old entries: in a
- * dense 8-byte table those writes touch 14x fewer pages than in the 112-byte records, and
+ * dense 8-byte table those writes touch 8x fewer pages than in the 64-byte records, and
  * after a snapshot's fork every page the engine writes is copied first (docs/storage.md). */
 typedef struct engine_next {
   uint32_t debit_no, credit_no;
@@ -61,9 +103,11 @@ typedef struct engine_next {
 typedef struct engine_state {
   engine_account_t *accounts; /* [id - 1] */
   uint64_t account_count;
-  engine_transfer_t *transfers; /* [no - 1] */
-  engine_next_t *next;          /* [no - 1] */
+  transfer_rec_t *transfers; /* [no - 1] */
+  engine_next_t *next;       /* [no - 1] */
   uint64_t transfer_count;
+  transfer_side_t *side; /* in transfer order */
+  uint64_t side_count;
   idem_entry_t *idem; /* idem_slots slots (a power of two), linear probing */
   uint64_t idem_slots;
   uint64_t idem_used; /* occupied slots (live or expired) */
@@ -115,14 +159,21 @@ typedef struct engine_state {
   void *read_extra_ctx;
 } engine_state_t;
 
+static inline uint64_t transfer_no_of(const engine_state_t *st, const transfer_rec_t *t) {
+  return (uint64_t)(t - st->transfers) + 1;
+}
 /* The entry after t in account_id's history chain (0: t is the newest); t touches account_id. */
-static inline uint64_t state_next_no(const engine_state_t *st, const engine_transfer_t *t, uint64_t account_id) {
-  const engine_next_t *n = &st->next[t->no - 1];
+static inline uint64_t state_next_no(const engine_state_t *st, const transfer_rec_t *t, uint64_t account_id) {
+  const engine_next_t *n = &st->next[t - st->transfers];
   return t->debit_account_id == account_id ? n->debit_no : n->credit_no;
 }
-static inline uint64_t state_prev_no(const engine_transfer_t *t, uint64_t account_id) {
+static inline uint64_t state_prev_no(const transfer_rec_t *t, uint64_t account_id) {
   return t->debit_account_id == account_id ? t->prev_debit_no : t->prev_credit_no;
 }
+/* Transfer no's side entry (NULL if it has none); 1 <= no <= transfer_count. */
+transfer_side_t *state_side(const engine_state_t *st, uint64_t no);
+/* Transfer no as the API shows it: the record and its side entry; 1 <= no <= transfer_count. */
+engine_transfer_t state_transfer(const engine_state_t *st, uint64_t no);
 /* The same transfers, with the same links (verify, tests and the fuzz target compare states). */
 bool state_transfers_equal(const engine_state_t *a, const engine_state_t *b);
 
@@ -202,20 +253,20 @@ void risk_judge(engine_state_t *st, const engine_account_t *dr, const engine_acc
                 risk_verdict_t *v);
 /* Room for what risk_record and settlement_add will need (false: capacity exhausted). */
 bool risk_has_room(const engine_state_t *st, const risk_verdict_t *v);
-bool settlement_has_room(const engine_state_t *st, const engine_transfer_t *proto);
+bool settlement_has_room(const engine_state_t *st, const transfer_rec_t *proto);
 /* After the transfer was appended: velocity sums and, when a rule fired, its suspicious entry. */
-void risk_record(engine_state_t *st, engine_transfer_t *t, const risk_verdict_t *v);
+void risk_record(engine_state_t *st, transfer_rec_t *t, const risk_verdict_t *v);
 /* Undoes risk_record's suspicious entry for the newest transfer (atomic batch rollback). */
-void risk_unrecord(engine_state_t *st, const engine_transfer_t *t);
+void risk_unrecord(engine_state_t *st, const transfer_rec_t *t);
 /* An account's velocity windows, saved before an atomic batch item and restored (newest
  * first) when the batch aborts: judging and recording move them. */
 struct vel_slot;
 void risk_vel_save(const engine_state_t *st, uint64_t account_id, struct vel_slot *out);
 void risk_vel_restore(engine_state_t *st, uint64_t account_id, const struct vel_slot *in);
 /* Adds (sign +1) or removes (-1) a posted movement to its day/region/currency row. */
-void settlement_add(engine_state_t *st, const engine_transfer_t *t, int sign);
+void settlement_add(engine_state_t *st, const transfer_rec_t *t, int sign);
 /* The region a transfer belongs to: the debit account's, a deposit's credit account's. */
-uint16_t transfer_region(const engine_state_t *st, const engine_transfer_t *t);
+uint16_t transfer_region(const engine_state_t *st, const transfer_rec_t *t);
 /* The entry of a transfer with ENGINE_TF_SUSPICIOUS (NULL if none). */
 engine_suspicious_t *risk_entry_of(const engine_state_t *st, uint64_t transfer_no);
 int risk_apply_rules_set(engine_state_t *st, engine_cmd_t *cmd);
@@ -223,8 +274,8 @@ int risk_apply_review(engine_state_t *st, engine_cmd_t *cmd);
 void risk_read(const engine_state_t *st, engine_cmd_t *cmd); /* RULES_GET, SUSPICIOUS_LIST, SETTLEMENTS */
 void search_read(const engine_state_t *st, engine_cmd_t *cmd);
 /* Settles a pending transfer (engine_state.c): post `amount` (0 = all) or void. */
-int state_settle(engine_state_t *st, engine_transfer_t *p, bool post, int64_t amount, bool expired,
-                 engine_transfer_t **entry_out);
+int state_settle(engine_state_t *st, transfer_rec_t *p, bool post, int64_t amount, bool expired,
+                 transfer_rec_t **entry_out);
 /* Settlement rows equal a recomputation from the transfers; suspicious entries match. */
 LEDGER_MUST_USE int risk_check(const engine_state_t *st, char *problem, size_t cap);
 

@@ -344,7 +344,7 @@ static void check_replay_identical(harness_t *h, int line) {
             (unsigned long long)h->st.settle_count, (unsigned long long)zero, (unsigned long long)r.settle_count);
   }
   for (uint64_t i = 0; i < r.transfer_count && i < h->st.transfer_count; i++) {
-    const engine_transfer_t *x = &h->st.transfers[i], *y = &r.transfers[i];
+    const engine_transfer_t xv = state_transfer(&h->st, i + 1), yv = state_transfer(&r, i + 1), *x = &xv, *y = &yv;
     const engine_next_t *xn = &h->st.next[i], *yn = &r.next[i];
     if (memcmp(x, y, sizeof *x) == 0 && memcmp(xn, yn, sizeof *xn) == 0) continue;
     fprintf(stderr,
@@ -361,7 +361,7 @@ static void check_replay_identical(harness_t *h, int line) {
   }
   /* The first transfer whose own outcome differs (not only its links to later ones). */
   for (uint64_t i = 0; check_failures != before && i < r.transfer_count && i < h->st.transfer_count; i++) {
-    engine_transfer_t x = h->st.transfers[i], y = r.transfers[i];
+    engine_transfer_t x = state_transfer(&h->st, i + 1), y = state_transfer(&r, i + 1);
     if (memcmp(&x, &y, sizeof x) == 0) continue;
     fprintf(stderr, "  first outcome difference: transfer %llu (%llu -> %llu, created %lld): live flags 0x%x status %u,"
                     " replayed flags 0x%x status %u\n",
@@ -575,7 +575,7 @@ static void test_two_phase(void) {
   CHECK_EQ(account_of(&h, a).pending_debits_minor, 0); /* the rest of the reservation is released */
   CHECK_EQ(account_of(&h, b).pending_credits_minor, 0);
   /* The settlement entry is the newest transfer and points back at the pending one. */
-  const engine_transfer_t *e = &h.st.transfers[h.st.transfer_count - 1];
+  const engine_transfer_t e_v = state_transfer(&h.st, h.st.transfer_count), *e = &e_v;
   CHECK(e->flags & ENGINE_TF_SETTLEMENT);
   CHECK_EQ(e->pending_no, p.no);
   CHECK_EQ(e->pending_created_ms, p.created_ms);
@@ -919,7 +919,7 @@ static void test_history(void) {
   /* The entries touching a, from the transfer table. */
   uint64_t want[200], nwant = 0;
   for (uint64_t i = 0; i < h.st.transfer_count; i++) {
-    const engine_transfer_t *t = &h.st.transfers[i];
+    const engine_transfer_t t_v = state_transfer(&h.st, (i) + 1), *t = &t_v;
     if (t->debit_account_id == a || t->credit_account_id == a) want[nwant++] = t->no;
   }
   CHECK_EQ(nwant, 1 + 12 * 4);
@@ -996,7 +996,7 @@ static void test_history(void) {
   /* The forward links (beside the table) must mirror the backward ones: state_check refuses
    * a link that was lost, one that skips an entry, and one past an account's newest entry. */
   char problem[256];
-  const engine_transfer_t *second = &h.st.transfers[want[1] - 1];
+  const engine_transfer_t second_v = state_transfer(&h.st, want[1]), *second = &second_v;
   uint64_t first = want[0];
   engine_next_t saved = h.st.next[first - 1];
   CHECK_EQ(state_next_no(&h.st, &h.st.transfers[first - 1], a), second->no);
@@ -1178,7 +1178,7 @@ static void wl_batch(workload_t *w) {
   }
   for (uint32_t i = 0; i < n; i++) {
     if (w->results[i].result != ENGINE_OK || !w->items[i].pending) continue;
-    engine_transfer_t t = w->h->st.transfers[w->results[i].no - 1];
+    engine_transfer_t t = state_transfer(&w->h->st, w->results[i].no);
     wl_track_pending(w, &t);
   }
 }
@@ -1273,6 +1273,9 @@ static void check_snapshot_round_trip_in(harness_t *h, const char *base, bool di
   CHECK_EQ(s.pending_count, h->st.pending_count);
   if (s.account_count == h->st.account_count)
     CHECK(memcmp(s.accounts, h->st.accounts, s.account_count * sizeof(engine_account_t)) == 0);
+  /* The side table (pending, settlement and described transfers) comes back too. */
+  CHECK(h->st.side_count > 0 && h->st.side_count < h->st.transfer_count);
+  CHECK_EQ(s.side_count, h->st.side_count);
   if (s.transfer_count == h->st.transfer_count) CHECK(state_transfers_equal(&s, &h->st));
   char problem[256];
   CHECK_EQ(state_check(&s, problem, sizeof problem), LEDGER_OK);
@@ -1304,7 +1307,7 @@ static void check_snapshot_round_trip_in(harness_t *h, const char *base, bool di
   const struct {
     long at;
     int byte, want;
-  } magic_cases[] = {{7, '5', LEDGER_EVERSION}, {0, 'X', LEDGER_ECORRUPT}};
+  } magic_cases[] = {{7, '6', LEDGER_EVERSION}, {0, 'X', LEDGER_ECORRUPT}};
   for (size_t k = 0; k < sizeof magic_cases / sizeof magic_cases[0]; k++) {
     CHECK_EQ(snapshot_write(&h->st, tmp_path, final_path, h->log_len, direct), LEDGER_OK);
     f = fopen(final_path, "r+b");
@@ -1336,6 +1339,22 @@ static void test_workload_determinism(void) {
   CHECK_INVARIANTS(&h);
   CHECK_REPLAY(&h);
   check_snapshot_round_trip(&h);
+  /* state_check catches a side table out of step with the records: an entry out of order,
+   * a record whose flags claim an entry it does not have. */
+  char problem[256];
+  CHECK(h.st.side_count >= 2);
+  uint32_t saved_no = h.st.side[1].no;
+  h.st.side[1].no = h.st.side[0].no;
+  CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
+  h.st.side[1].no = saved_no;
+  uint64_t plain = 0;
+  for (uint64_t i = 0; i < h.st.transfer_count && !plain; i++)
+    if (!(h.st.transfers[i].flags & TRANSFER_SIDE_FLAGS)) plain = i + 1;
+  CHECK(plain != 0);
+  h.st.transfers[plain - 1].flags |= ENGINE_TF_EXTRA;
+  CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
+  h.st.transfers[plain - 1].flags &= (uint8_t)~ENGINE_TF_EXTRA;
+  CHECK_INVARIANTS(&h);
   h_free(&h);
 }
 
@@ -1837,7 +1856,7 @@ static void test_rules_amount(void) {
     CHECK_EQ(h.st.suspicious_count, sus + 1);
     CHECK_ENTRY(&h, &c.transfer, "big", ENGINE_ACTION_FLAG);
     CHECK_EQ(h.st.suspicious[sus].fired_mask, 1);
-    CHECK(flagged(h.st.transfers[c.transfer.no - 1]));
+    CHECK(flagged(state_transfer(&h.st, c.transfer.no)));
   }
   /* The same amount written with another scale: "100" USD. */
   c = tx(&h, u1, u2, 100, 0);
@@ -2142,8 +2161,8 @@ static void test_rules_actions(void) {
   CHECK_STR(bc.rule_ids[2], "r");
   CHECK_EQ(res[2].result, ENGINE_OK);
   CHECK_EQ(h.st.transfer_count, transfers + 2);
-  CHECK(flagged(h.st.transfers[res[2].no - 1]));
-  CHECK(!flagged(h.st.transfers[res[0].no - 1]));
+  CHECK(flagged(state_transfer(&h.st, res[2].no)));
+  CHECK(!flagged(state_transfer(&h.st, res[0].no)));
   CHECK_INVARIANTS(&h);
   /* Keyed: a batch with a rule rejection, and a single one, repeated after the rule set changed
    * (below) still name the rule of the set that judged them. */
@@ -2552,7 +2571,8 @@ static void test_rules_review(void) {
   c = review(&h, h.st.suspicious_count, ENGINE_SUSPICIOUS_CONFIRMED);
   CHECK_EQ(c.result, ENGINE_OK);
   CHECK_EQ(c.suspicious.status, ENGINE_SUSPICIOUS_CONFIRMED);
-  CHECK(memcmp(&c.transfer, &h.st.transfers[fl.no - 1], sizeof c.transfer) == 0);
+  engine_transfer_t fl_now = state_transfer(&h.st, fl.no);
+  CHECK(memcmp(&c.transfer, &fl_now, sizeof c.transfer) == 0);
   CHECK_EQ(c.transfer.status, ENGINE_STATUS_POSTED);
   CHECK_EQ(bal(&h, a), ba);
   CHECK_EQ(h.st.transfer_count, transfers);
@@ -2757,7 +2777,8 @@ static void rl_batch(rl_t *w) {
       any_failed = true;
       continue;
     }
-    rl_track(w, &w->h->st.transfers[w->results[i].no - 1]);
+    engine_transfer_t t = state_transfer(&w->h->st, w->results[i].no);
+    rl_track(w, &t);
   }
   if (any_failed) w->nonatomic_partial++;
 }
@@ -2869,7 +2890,7 @@ typedef struct my_row {
 static uint32_t rl_recompute(const engine_state_t *st, my_row_t *rows, uint32_t cap) {
   uint32_t n = 0;
   for (uint64_t i = 0; i < st->transfer_count; i++) {
-    const engine_transfer_t *t = &st->transfers[i];
+    const engine_transfer_t t_v = state_transfer(st, (i) + 1), *t = &t_v;
     if (t->flags & ENGINE_TF_SETTLEMENT) continue;
     int64_t amount, when;
     if (!(t->flags & ENGINE_TF_PENDING)) {
@@ -3072,7 +3093,7 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
     }
     if (rng_below(4) == 0) {
       /* Bounds at a transfer's own amount: exactly, or one unit of a finer scale off. */
-      const engine_transfer_t *t = &st->transfers[rng_below(st->transfer_count)];
+      const engine_transfer_t t_v = state_transfer(st, (rng_below(st->transfer_count)) + 1), *t = &t_v;
       uint8_t k = (uint8_t)rng_below(3);
       int64_t d = t->amount_minor;
       for (uint8_t i = 0; i < k; i++) d *= 10;
@@ -3099,7 +3120,7 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
     uint32_t limit = limits[rng_below(LEDGER_ARRAY_LEN(limits))];
     uint64_t nwant = 0, ngot = 0;
     for (uint64_t i = 0; i < st->transfer_count; i++) {
-      const engine_transfer_t *t = &st->transfers[asc ? i : st->transfer_count - 1 - i];
+      const engine_transfer_t t_v = state_transfer(st, (asc ? i : st->transfer_count - 1 - i) + 1), *t = &t_v;
       if (brute_match(h, &f, qmask, t)) want[nwant++] = t->no;
     }
     uint64_t cursor = 0, pages = 0;
@@ -3117,7 +3138,7 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
       for (uint32_t i = 0; i < c.row_count && ngot < st->transfer_count; i++) {
         got[ngot++] = rows[i].no;
         if (rows[i].no == 0 || rows[i].no > st->transfer_count ||
-            memcmp(&rows[i], &st->transfers[rows[i].no - 1], sizeof rows[i]) != 0)
+            memcmp(&rows[i], (engine_transfer_t[1]){state_transfer(st, rows[i].no)}, sizeof rows[i]) != 0)
           bad_row = true;
       }
       cursor = c.next_cursor;
@@ -3168,7 +3189,7 @@ static void test_rules_workload(void) {
   const engine_state_t *st = &h.st;
   uint64_t held = 0, flagged_n = 0, expired = 0, settled_pending = 0, open = 0;
   for (uint64_t i = 0; i < st->transfer_count; i++) {
-    const engine_transfer_t *t = &st->transfers[i];
+    const engine_transfer_t t_v = state_transfer(st, (i) + 1), *t = &t_v;
     if (t->flags & ENGINE_TF_SETTLEMENT) continue;
     held += (t->flags & ENGINE_TF_HELD) != 0;
     flagged_n += (t->flags & ENGINE_TF_SUSPICIOUS) != 0;
@@ -3179,7 +3200,7 @@ static void test_rules_workload(void) {
   for (uint64_t k = 0; k < st->suspicious_count; k++) {
     const engine_suspicious_t *e = &st->suspicious[k];
     open += e->status == ENGINE_SUSPICIOUS_OPEN;
-    const engine_transfer_t *t = &st->transfers[e->transfer_no - 1];
+    const engine_transfer_t t_v = state_transfer(st, e->transfer_no), *t = &t_v;
     if (!(t->flags & ENGINE_TF_HELD) || (t->flags & ENGINE_TF_PENDING_ASKED)) continue;
     held_cleared += e->status == ENGINE_SUSPICIOUS_CLEARED && t->status == ENGINE_STATUS_POSTED;
     held_confirmed += e->status == ENGINE_SUSPICIOUS_CONFIRMED && t->status == ENGINE_STATUS_VOIDED;
