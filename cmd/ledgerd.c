@@ -21,7 +21,8 @@
 static void usage(void) {
   fprintf(stderr,
           "usage: ledgerd --listen HOST:PORT --data-dir DIR [--threads N]\n"
-          "               [--idempotency-retention-s S] [--snapshot-log-mb MB] [--engine-queue N]\n"
+          "               [--idempotency-retention-s S] [--snapshot-log-mb MB] [--snapshot-growth-pct P]\n"
+          "               [--engine-queue N]\n"
           "               [--tls-listen HOST:PORT --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
           "               [--session-ttl-s S] [--argon2-opslimit N --argon2-memlimit-kib N]\n"
           "               [--no-auth] [--list-routes] [--rate-limit NAME=RATE/BURST | --rate-limit off]\n"
@@ -44,6 +45,9 @@ static void usage(void) {
           "  fresh pages itself.\n"
           "  --log-prealloc-mb MB (default 16, 0 = off): zeros kept written ahead of the log, so\n"
           "  each commit's fdatasync writes the data alone (docs/storage.md).\n"
+          "  --snapshot-log-mb MB (default 256) and --snapshot-growth-pct P (default 100, 0 = off,\n"
+          "  max 1000): a snapshot is taken after MB of log, or after P %% of the newest snapshot's\n"
+          "  size in log if that is more (docs/storage.md).\n"
           "  --commit-interval-us US (default 1000, 0 = off, max 100000): while requests come\n"
           "  concurrently, at most one log write + fdatasync per US (docs/storage.md).\n"
           "  --compat serves the seed systems' routes (docs/compat.md); --compat-open lets their\n"
@@ -193,6 +197,7 @@ int main(int argc, char **argv) {
   uint64_t prefault_mb = 256;
   uint64_t log_prealloc_mb = 16; /* store.h: STORE_PREALLOC_BYTES_DEFAULT */
   uint64_t commit_interval_us = 1000;
+  uint64_t snapshot_growth_pct = 100;
   uint64_t threads = 0, retention_s = ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT / 1000, snapshot_mb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -202,6 +207,8 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--threads") == 0 && v) ok = parse_u64(v, HTTP_THREADS_MAX, &threads) && threads > 0;
     else if (strcmp(a, "--idempotency-retention-s") == 0 && v) ok = parse_u64(v, 90ull * 86400, &retention_s) && retention_s > 0;
     else if (strcmp(a, "--snapshot-log-mb") == 0 && v) ok = parse_u64(v, 1u << 20, &snapshot_mb);
+    else if (strcmp(a, "--snapshot-growth-pct") == 0 && v)
+      ok = parse_u64(v, ENGINE_SNAPSHOT_GROWTH_PCT_MAX, &snapshot_growth_pct);
     else if (strcmp(a, "--engine-queue") == 0 && v)
       ok = parse_u64(v, ENGINE_QUEUE_COMMANDS_MAX, &queue_max) && queue_max >= 2 && (queue_max & (queue_max - 1)) == 0;
     else if (tls_opt_take(&tls, a, v)) {}
@@ -289,6 +296,7 @@ int main(int argc, char **argv) {
   engine_config_t ec = {.data_dir = data_dir,
                         .idempotency_retention_ms = retention_s * 1000,
                         .snapshot_log_bytes = snapshot_mb * 1024 * 1024,
+                        .snapshot_growth_pct = (uint32_t)snapshot_growth_pct,
                         .fsync = true,
                         .queue_commands_max = (uint32_t)queue_max,
                         .time_offset_ms = (int64_t)time_offset_s * 1000,

@@ -70,6 +70,7 @@
 #define ENGINE_SCAN_STEPS_MAX 100000u
 /* The engine wakes at least this often to expire pending transfers. */
 #define ENGINE_TICK_MS 100u
+#define ENGINE_SNAPSHOT_GROWTH_PCT_MAX 1000u /* engine_config_t.snapshot_growth_pct, ledgerd --snapshot-growth-pct */
 #define ENGINE_COMMIT_INTERVAL_NS_MAX 10000000000ull /* engine_config_t.commit_interval_ns (ledgerd: 100 ms) */
 /* A checkpoint (snapshot) is taken after this many log bytes since the last one. */
 #define ENGINE_SNAPSHOT_LOG_BYTES_DEFAULT (256ull * 1024u * 1024u)

@@ -538,6 +538,8 @@ typedef struct engine_config {
   const char *data_dir;
   uint64_t idempotency_retention_ms;
   uint64_t snapshot_log_bytes; /* checkpoint after this many log bytes; 0 = default */
+  uint32_t snapshot_growth_pct; /* ... and after this % of the newest snapshot's size in log
+                                 * bytes, whichever is more (engine.c); 0 = the fixed interval */
   bool fsync;                  /* false only for tests that measure CPU */
   uint32_t queue_commands_max; /* power of two, 2..ENGINE_QUEUE_COMMANDS_MAX; 0 = that */
   int64_t time_offset_ms;      /* tests only: the engine clock is the wall clock + this (>= 0) */

@@ -1100,6 +1100,59 @@ static void test_engine_commit_interval(void) {
   sem_destroy(&done_sem);
 }
 
+/* The newest snapshot's seq in dir (0: none). */
+static uint64_t newest_snapshot_seq(const char *dir) {
+  DIR *d = opendir(dir);
+  uint64_t best = 0;
+  struct dirent *x;
+  while (d && (x = readdir(d)) != NULL) {
+    unsigned long long seq;
+    if (sscanf(x->d_name, "snapshot-%20llu.snap", &seq) == 1 && seq > best) best = seq;
+  }
+  if (d) closedir(d);
+  return best;
+}
+
+/* Snapshot spacing: at a fixed interval (64 log bytes) one follows nearly every batch; with
+ * --snapshot-growth-pct 1000 the next one waits for 10x the newest snapshot's size in log
+ * bytes (the first snapshot is several KB: the currencies' system accounts, the rules), which
+ * 60 single transfers (~100 log bytes each) do not reach. */
+static void snapshot_spacing(uint32_t growth_pct, uint64_t *newest_out, uint64_t *last_seq_out) {
+  char dir[PATH_MAX];
+  make_dir(dir, growth_pct ? "growth" : "fixed");
+  engine_config_t cfg = {.data_dir = dir, .fsync = true, .snapshot_log_bytes = 64, .snapshot_growth_pct = growth_pct};
+  engine_t *e = NULL;
+  CHECK_EQ(engine_open(&cfg, &e), LEDGER_OK);
+  if (!e) return;
+  uint64_t a = e_account(e);
+  for (int i = 0; i < 60; i++) {
+    CHECK_EQ(e_transfer(e, ENGINE_KIND_TRANSFER, 1, a, 1, false, NULL, NULL), ENGINE_OK);
+    usleep(2000); /* time for a snapshot child to finish and be reaped */
+  }
+  engine_stats_t st;
+  engine_get_stats(e, &st);
+  *last_seq_out = st.last_seq;
+  *newest_out = newest_snapshot_seq(dir); /* before close, which writes one more */
+  engine_close(e);
+}
+
+static void test_engine_snapshot_growth(void) {
+  sem_init(&done_sem, 0, 0);
+  log_set_level(LOG_WARN);
+  uint64_t fixed_newest = 0, fixed_last = 0, grown_newest = 0, grown_last = 0;
+  snapshot_spacing(0, &fixed_newest, &fixed_last);
+  snapshot_spacing(1000, &grown_newest, &grown_last);
+  CHECK(fixed_last >= 60 && grown_last >= 60);
+  CHECK(fixed_newest + 20 >= fixed_last); /* snapshots kept coming */
+  CHECK(grown_newest >= 1 && grown_newest < 10); /* the first one only */
+  if (!(fixed_newest + 20 >= fixed_last) || !(grown_newest >= 1 && grown_newest < 10))
+    fprintf(stderr, "test_engine_snapshot_growth: fixed: newest snapshot seq %llu of %llu; growth 1000%%: %llu of %llu\n",
+            (unsigned long long)fixed_newest, (unsigned long long)fixed_last, (unsigned long long)grown_newest,
+            (unsigned long long)grown_last);
+  log_set_level(LOG_INFO);
+  sem_destroy(&done_sem);
+}
+
 int main(void) {
   if (!mkdtemp(root)) {
     perror("mkdtemp");
@@ -1115,6 +1168,7 @@ int main(void) {
   test_engine_recovery();
   test_engine_pipeline();
   test_engine_commit_interval();
+  test_engine_snapshot_growth();
   int rc = check_report("test_store_log");
   if (getenv("LEDGER_TEST_KEEP")) fprintf(stderr, "test_store_log: files kept in %s\n", root);
   else remove_tree(root);
