@@ -1938,6 +1938,9 @@ static void handle_metrics(api_req_t *r) {
   obs_single(&b, "ledger_log_bytes", "gauge", "Size of the log.", es.log_bytes);
   obs_single(&b, "ledger_log_prealloc_chunks_total", "counter", "Chunks of zeros written ahead of the log (--log-prealloc-mb).", es.log_prealloc_chunks);
   obs_single(&b, "ledger_log_prealloc_slow_appends_total", "counter", "Log appends that outran the zeros and extended the file.", es.log_prealloc_slow_appends);
+  obs_single(&b, "ledger_snapshots_started_total", "counter", "Background snapshots started (docs/storage.md).", es.snapshots_started);
+  obs_single(&b, "ledger_snapshots_written_total", "counter", "Background snapshots completed.", es.snapshots_written);
+  obs_single(&b, "ledger_snapshot_bytes", "gauge", "Size of the newest snapshot written or loaded.", es.snapshot_bytes);
   obs_single(&b, "ledger_accounts", "gauge", "Accounts, system accounts included.", es.accounts);
   obs_single(&b, "ledger_rules_version", "gauge", "Version of the risk rule set in force (docs/rules.md).", es.rules_version);
   obs_single(&b, "ledger_suspicious_total", "counter", "Transfers a risk rule flagged or held.", es.suspicious_total);

@@ -72,7 +72,8 @@
 #define ENGINE_TICK_MS 100u
 #define ENGINE_SNAPSHOT_GROWTH_PCT_MAX 1000u /* engine_config_t.snapshot_growth_pct, ledgerd --snapshot-growth-pct */
 #define ENGINE_COMMIT_INTERVAL_NS_MAX 10000000000ull /* engine_config_t.commit_interval_ns (ledgerd: 100 ms) */
-/* A checkpoint (snapshot) is taken after this many log bytes since the last one. */
+/* A checkpoint (snapshot) is taken after this many log bytes since the last one, or more with
+ * engine_config_t.snapshot_growth_pct (ledgerd --snapshot-growth-pct). */
 #define ENGINE_SNAPSHOT_LOG_BYTES_DEFAULT (256ull * 1024u * 1024u)
 
 static_assert(API_BATCH_TRANSFERS_MAX <= ENGINE_BATCH_TRANSFERS_MAX,

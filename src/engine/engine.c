@@ -78,7 +78,8 @@ struct engine {
   _Atomic bool commit_busy;
   uint64_t log_at_snapshot;      /* log covered by the newest snapshot started */
   uint64_t log_at_snapshot_done; /* ... and by the newest one completed */
-  uint64_t snapshot_bytes;       /* size of the newest snapshot completed (or loaded); 0 = none */
+  _Atomic uint64_t snapshot_bytes; /* size of the newest snapshot completed (or loaded); 0 = none */
+  _Atomic uint64_t snapshots_started, snapshots_written; /* background snapshots (not at close) */
   pid_t snapshot_pid;
   uint64_t snapshot_seq;
   /* The snapshot child's copy of the account table (snapshot_start); NULL: the child shares
@@ -128,7 +129,7 @@ static uint64_t file_bytes(const char *path) {
  * keeps the snapshot bytes written per log byte at most 100 / pct. The price is a longer log
  * tail to replay after a crash: up to pct % of the snapshot's size (docs/storage.md). */
 static uint64_t snapshot_interval(const engine_t *e) {
-  uint64_t grown = e->snapshot_bytes / 100u * e->cfg.snapshot_growth_pct;
+  uint64_t grown = atomic_load_explicit(&e->snapshot_bytes, memory_order_relaxed) / 100u * e->cfg.snapshot_growth_pct;
   return grown > e->cfg.snapshot_log_bytes ? grown : e->cfg.snapshot_log_bytes;
 }
 
@@ -141,7 +142,8 @@ static void snapshot_reap(engine_t *e, bool wait) {
     e->log_at_snapshot_done = e->log_at_snapshot;
     char final_path[PATH_MAX], tmp_path[PATH_MAX];
     store_snapshot_paths(e->store, e->snapshot_seq, final_path, tmp_path, sizeof final_path);
-    e->snapshot_bytes = file_bytes(final_path);
+    atomic_store_explicit(&e->snapshot_bytes, file_bytes(final_path), memory_order_relaxed);
+    atomic_fetch_add_explicit(&e->snapshots_written, 1, memory_order_relaxed);
     if (store_sync_dir(e->store) == 0) store_snapshot_prune(e->store, e->snapshot_seq);
     LOG_INFO("snapshot at seq %llu written", (unsigned long long)e->snapshot_seq);
   } else {
@@ -154,7 +156,7 @@ static void snapshot_reap(engine_t *e, bool wait) {
 /* After fork, every page of the parent is write-protected and the engine's first write to
  * each costs a fault, and a copy while the child lives: ~17 us a page on the benchmark VM
  * (docs/storage.md). The child reads the transfer table and its links only up to
- * transfer_count, so the part beyond (populated ahead by the prefault thread, and where new
+ * transfer_count (and the side table up to side_count), so the part beyond (populated ahead by the prefault thread, and where new
  * transfers go) is left out of the child: MADV_DONTFORK from the first 2 MiB boundary past
  * the used part (a huge page is not split), MADV_DOFORK again after the fork. */
 #define HUGE_PAGE_BYTES (2u * 1024u * 1024u) /* x86-64's transparent huge page */
@@ -228,6 +230,7 @@ static void snapshot_start(engine_t *e) {
            (unsigned long long)e->st.last_seq, (double)(t1 - t0) / 1e6, (double)(time_mono_ns() - t1) / 1e6,
            (unsigned long long)e->st.transfer_count);
   e->snapshot_pid = pid;
+  atomic_fetch_add_explicit(&e->snapshots_started, 1, memory_order_relaxed);
   e->snapshot_seq = e->st.last_seq;
   e->log_at_snapshot = log_pos;
 }
@@ -253,7 +256,7 @@ static int snapshot_now(engine_t *e) {
   int rc = snapshot_write(&e->st, tmp_path, final_path, store_log_end(e->store), true);
   if (rc == 0 && store_sync_dir(e->store) == 0) store_snapshot_prune(e->store, e->st.last_seq);
   if (rc == 0) e->log_at_snapshot = e->log_at_snapshot_done = store_log_end(e->store);
-  if (rc == 0) e->snapshot_bytes = file_bytes(final_path);
+  if (rc == 0) atomic_store_explicit(&e->snapshot_bytes, file_bytes(final_path), memory_order_relaxed);
   return rc;
 }
 
@@ -674,7 +677,7 @@ static int recover(engine_t *e) {
   int rc = store_snapshot_newest(e->store, path, sizeof path, &snap_seq);
   if (rc == 0) {
     rc = snapshot_load(&e->st, path, &log_pos);
-    if (rc == 0) e->snapshot_bytes = file_bytes(path);
+    if (rc == 0) atomic_store_explicit(&e->snapshot_bytes, file_bytes(path), memory_order_relaxed);
     if (rc != 0) {
       LOG_WARN("snapshot %s unreadable (%s): replaying the whole log", path, ledger_strerror(rc));
       state_free(&e->st);
@@ -926,6 +929,9 @@ void engine_get_stats(const engine_t *e, engine_stats_t *o) {
   o->suspicious_total = atomic_load_explicit(&e->suspicious_total, memory_order_relaxed);
   o->settlement_rows = atomic_load_explicit(&e->settlement_rows, memory_order_relaxed);
   o->ready = atomic_load(&e->ready);
+  o->snapshots_started = atomic_load_explicit(&e->snapshots_started, memory_order_relaxed);
+  o->snapshots_written = atomic_load_explicit(&e->snapshots_written, memory_order_relaxed);
+  o->snapshot_bytes = atomic_load_explicit(&e->snapshot_bytes, memory_order_relaxed);
   store_prealloc_stats_t ps;
   store_log_prealloc_stats(e->store, &ps);
   o->log_prealloc_chunks = ps.chunks;

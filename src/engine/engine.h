@@ -141,6 +141,7 @@ typedef struct engine_transfer {
   uint8_t currency;
   uint8_t flags;
 } engine_transfer_t;
+static_assert(sizeof(engine_transfer_t) == 112, "no padding: views are compared with memcmp (tests)");
 static_assert(ENGINE_TRANSFERS_MAX <= UINT32_MAX && ENGINE_ACCOUNTS_MAX <= UINT32_MAX,
               "transfer numbers and account ids are stored in 32 bits");
 
@@ -599,6 +600,9 @@ typedef struct engine_stats {
   uint64_t suspicious_total; /* suspicious-activity entries ever made (flagged or held) */
   uint64_t settlement_rows;
   bool ready;
+  uint64_t snapshots_started;  /* background snapshots forked since start */
+  uint64_t snapshots_written;  /* ... and completed */
+  uint64_t snapshot_bytes;     /* size of the newest snapshot written or loaded (0: none) */
   uint64_t log_prealloc_chunks;        /* chunks of zeros written ahead of the log */
   uint64_t log_prealloc_slow_appends;  /* appends that outran them and extended the file */
   const ledger_hist_t *batch_commands; /* commands per batch */

@@ -23,7 +23,9 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-#define SNAP_MAGIC 0x37504e534744474cull /* "LGDGSNP7" (4: 120-byte transfer records with their links; 5: no account side bit; 6: 112-byte records) */
+/* "LGDGSNP7": 64-byte transfer records and a side table (4: 120-byte records with their links;
+ * 5: 112-byte records and a links table; 6: 5 + each account's side of its newest entry). */
+#define SNAP_MAGIC 0x37504e534744474cull
 /* The first 7 bytes, "LGDGSNP": a header with them and another last byte is another version. */
 #define SNAP_MAGIC_FAMILY_MASK 0x00ffffffffffffffull
 
@@ -395,6 +397,8 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
   st->account_count = h.account_count;
   st->transfer_count = h.transfer_count;
   st->side_count = h.side_count;
+  char problem[160];
+  if (state_side_check(st, problem, sizeof problem) != LEDGER_OK) return LEDGER_ECORRUPT; /* CRC-valid, yet wrong */
   st->pending_count = h.pending_count;
   st->codes_total = h.codes_total;
   atomic_store(&st->region_count, (uint32_t)h.region_count);

@@ -1108,22 +1108,13 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
       return LEDGER_ECORRUPT;
     }
   }
+  int rc = state_side_check(st, problem, cap);
+  if (rc != LEDGER_OK) return rc;
   /* Every posted movement changes the two balances by its amount: walk each transfer and
    * check that balance_after equals the previous entry's balance_after +/- the amount. */
-  /* Side entries: in transfer order, exactly one for each transfer whose flags say so. */
-  for (uint64_t k = 0, no = 0; k < st->side_count; k++) {
-    if (st->side[k].no <= no || st->side[k].no > st->transfer_count ||
-        !(st->transfers[st->side[k].no - 1].flags & TRANSFER_SIDE_FLAGS)) {
-      snprintf(problem, cap, "transfer side entry %llu: bad record", (unsigned long long)(k + 1));
-      return LEDGER_ECORRUPT;
-    }
-    no = st->side[k].no;
-  }
-  uint64_t with_side = 0;
   for (uint64_t i = 0; i < st->transfer_count; i++) {
     const transfer_rec_t *t = &st->transfers[i];
     uint64_t t_no = i + 1;
-    with_side += (t->flags & TRANSFER_SIDE_FLAGS) != 0;
     int64_t moved = 0;
     if (t->flags & ENGINE_TF_SETTLEMENT) moved = t->status == ENGINE_STATUS_POSTED ? t->amount_minor : 0;
     else if (!(t->flags & ENGINE_TF_PENDING)) moved = t->amount_minor;
@@ -1150,12 +1141,33 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
       }
     }
   }
+  return risk_check(st, problem, cap);
+}
+
+int state_side_check(const engine_state_t *st, char *problem, size_t cap) {
+  /* In transfer order, each for a transfer whose flags say it has one, with sane contents. */
+  for (uint64_t k = 0, no = 0; k < st->side_count; k++) {
+    const transfer_side_t *x = &st->side[k];
+    const transfer_rec_t *t = x->no > no && x->no <= st->transfer_count ? &st->transfers[x->no - 1] : NULL;
+    bool settles = t && (t->flags & ENGINE_TF_SETTLEMENT);
+    if (!t || !(t->flags & TRANSFER_SIDE_FLAGS) || (x->extra_len != 0) != ((t->flags & ENGINE_TF_EXTRA) != 0) ||
+        (settles ? x->pending_no == 0 || x->pending_no >= x->no ||
+                       !(st->transfers[x->pending_no - 1].flags & ENGINE_TF_PENDING)
+                 : x->pending_no != 0)) {
+      snprintf(problem, cap, "transfer side entry %llu: bad record", (unsigned long long)(k + 1));
+      return LEDGER_ECORRUPT;
+    }
+    no = x->no;
+  }
+  /* ... and exactly one for each such transfer. */
+  uint64_t with_side = 0;
+  for (uint64_t i = 0; i < st->transfer_count; i++) with_side += (st->transfers[i].flags & TRANSFER_SIDE_FLAGS) != 0;
   if (with_side != st->side_count) {
     snprintf(problem, cap, "transfers: %llu have side fields, %llu side entries",
              (unsigned long long)with_side, (unsigned long long)st->side_count);
     return LEDGER_ECORRUPT;
   }
-  return risk_check(st, problem, cap);
+  return LEDGER_OK;
 }
 
 bool state_transfers_equal(const engine_state_t *a, const engine_state_t *b) {

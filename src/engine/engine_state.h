@@ -172,6 +172,9 @@ static inline uint64_t state_prev_no(const transfer_rec_t *t, uint64_t account_i
 }
 /* Transfer no's side entry (NULL if it has none); 1 <= no <= transfer_count. */
 transfer_side_t *state_side(const engine_state_t *st, uint64_t no);
+/* The side table against the records (state_check; snapshot_load, so that a snapshot whose
+ * side table is inconsistent is refused rather than trusted). */
+int state_side_check(const engine_state_t *st, char *problem, size_t cap);
 /* Transfer no as the API shows it: the record and its side entry; 1 <= no <= transfer_count. */
 engine_transfer_t state_transfer(const engine_state_t *st, uint64_t no);
 /* The same transfers, with the same links (verify, tests and the fuzz target compare states). */

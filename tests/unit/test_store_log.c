@@ -1100,55 +1100,111 @@ static void test_engine_commit_interval(void) {
   sem_destroy(&done_sem);
 }
 
-/* The newest snapshot's seq in dir (0: none). */
-static uint64_t newest_snapshot_seq(const char *dir) {
+/* Waits (up to 10 s) until no background snapshot is in progress; the engine reaps a
+ * finished child at its next batch or idle tick (100 ms). */
+static void snapshots_idle(engine_t *e, engine_stats_t *st) {
+  for (int i = 0; i < 10000; i++) {
+    engine_get_stats(e, st);
+    if (st->snapshots_started == st->snapshots_written) return;
+    usleep(1000);
+  }
+}
+
+static int64_t newest_snapshot_bytes(const char *dir) {
   DIR *d = opendir(dir);
-  uint64_t best = 0;
+  unsigned long long best = 0;
+  char name[300] = "";
   struct dirent *x;
   while (d && (x = readdir(d)) != NULL) {
     unsigned long long seq;
-    if (sscanf(x->d_name, "snapshot-%20llu.snap", &seq) == 1 && seq > best) best = seq;
+    if (sscanf(x->d_name, "snapshot-%20llu.snap", &seq) == 1 && seq >= best) {
+      best = seq;
+      snprintf(name, sizeof name, "%s", x->d_name);
+    }
   }
   if (d) closedir(d);
-  return best;
+  return name[0] ? file_size(dir, name) : -1;
 }
 
-/* Snapshot spacing: at a fixed interval (64 log bytes) one follows nearly every batch; with
- * --snapshot-growth-pct 1000 the next one waits for 10x the newest snapshot's size in log
- * bytes (the first snapshot is several KB: the currencies' system accounts, the rules), which
- * 60 single transfers (~100 log bytes each) do not reach. */
-static void snapshot_spacing(uint32_t growth_pct, uint64_t *newest_out, uint64_t *last_seq_out) {
+typedef struct spacing {
+  uint64_t started;      /* background snapshots started */
+  uint64_t first_bytes;  /* the first one's size */
+  uint64_t log_first;    /* the log's end when the first one started */
+  uint64_t log_second;   /* ... when the second one started (0: none did) */
+  uint64_t log_before;   /* ... after the transfer before that */
+  uint64_t reopened_bytes; /* engine_stats_t.snapshot_bytes after a reopen */
+  int64_t file_bytes;      /* the newest snapshot file's size then */
+} spacing_t;
+
+/* `transfers` single transfers one batch each, every one waited for and followed by the end
+ * of any snapshot it started, so that the spacing is exact: a snapshot starts at the first
+ * batch after which max(64 bytes, pct % of the newest snapshot's size) of log is not covered. */
+static void snapshot_spacing(uint32_t growth_pct, int transfers, spacing_t *out) {
   char dir[PATH_MAX];
-  make_dir(dir, growth_pct ? "growth" : "fixed");
+  char name[32];
+  snprintf(name, sizeof name, "spacing-%u", growth_pct);
+  make_dir(dir, name);
+  memset(out, 0, sizeof *out);
   engine_config_t cfg = {.data_dir = dir, .fsync = true, .snapshot_log_bytes = 64, .snapshot_growth_pct = growth_pct};
   engine_t *e = NULL;
   CHECK_EQ(engine_open(&cfg, &e), LEDGER_OK);
   if (!e) return;
-  uint64_t a = e_account(e);
-  for (int i = 0; i < 60; i++) {
-    CHECK_EQ(e_transfer(e, ENGINE_KIND_TRANSFER, 1, a, 1, false, NULL, NULL), ENGINE_OK);
-    usleep(2000); /* time for a snapshot child to finish and be reaped */
-  }
+  uint64_t a = e_account(e), prev_log = 0;
   engine_stats_t st;
+  for (int i = 0; i <= transfers; i++) {
+    if (i > 0) CHECK_EQ(e_transfer(e, ENGINE_KIND_TRANSFER, 1, a, 1, false, NULL, NULL), ENGINE_OK);
+    snapshots_idle(e, &st);
+    if (st.snapshots_started >= 1 && out->first_bytes == 0) {
+      out->first_bytes = st.snapshot_bytes;
+      out->log_first = st.log_bytes;
+    }
+    if (st.snapshots_started >= 2 && out->log_second == 0) {
+      out->log_second = st.log_bytes;
+      out->log_before = prev_log;
+    }
+    prev_log = st.log_bytes;
+  }
+  out->started = st.snapshots_started;
+  CHECK_EQ(st.snapshots_written, st.snapshots_started);
+  engine_close(e); /* writes a final snapshot */
+  /* Reopened, the interval counts from the loaded snapshot's size. */
+  e = NULL;
+  CHECK_EQ(engine_open(&cfg, &e), LEDGER_OK);
+  if (!e) return;
   engine_get_stats(e, &st);
-  *last_seq_out = st.last_seq;
-  *newest_out = newest_snapshot_seq(dir); /* before close, which writes one more */
+  out->reopened_bytes = st.snapshot_bytes;
+  out->file_bytes = newest_snapshot_bytes(dir);
   engine_close(e);
 }
 
 static void test_engine_snapshot_growth(void) {
   sem_init(&done_sem, 0, 0);
   log_set_level(LOG_WARN);
-  uint64_t fixed_newest = 0, fixed_last = 0, grown_newest = 0, grown_last = 0;
-  snapshot_spacing(0, &fixed_newest, &fixed_last);
-  snapshot_spacing(1000, &grown_newest, &grown_last);
-  CHECK(fixed_last >= 60 && grown_last >= 60);
-  CHECK(fixed_newest + 20 >= fixed_last); /* snapshots kept coming */
-  CHECK(grown_newest >= 1 && grown_newest < 10); /* the first one only */
-  if (!(fixed_newest + 20 >= fixed_last) || !(grown_newest >= 1 && grown_newest < 10))
-    fprintf(stderr, "test_engine_snapshot_growth: fixed: newest snapshot seq %llu of %llu; growth 1000%%: %llu of %llu\n",
-            (unsigned long long)fixed_newest, (unsigned long long)fixed_last, (unsigned long long)grown_newest,
-            (unsigned long long)grown_last);
+  spacing_t fixed, grown, huge;
+  /* A fixed 64-byte interval: a snapshot after every batch or two (a transfer's record is
+   * ~40-60 bytes). */
+  snapshot_spacing(0, 20, &fixed);
+  CHECK(fixed.started >= 10);
+  /* 100 %: the second waits until the log has grown by the first one's size (~15 KB: the
+   * currencies' system accounts, the rules), and starts at the batch that gets there. */
+  snapshot_spacing(100, 600, &grown);
+  CHECK(grown.first_bytes > 1000);
+  CHECK(grown.started >= 2);
+  CHECK(grown.log_second != 0 && grown.log_second - grown.log_first >= grown.first_bytes);
+  CHECK(grown.log_before - grown.log_first < grown.first_bytes);
+  CHECK(grown.started < 6); /* not after every batch */
+  CHECK(grown.reopened_bytes > 0 && (int64_t)grown.reopened_bytes == grown.file_bytes);
+  /* 1000 %: 150 transfers (~6 KB of log) are far from 10x the first snapshot. */
+  snapshot_spacing(1000, 150, &huge);
+  CHECK_EQ(huge.started, 1);
+  if (check_failures)
+    fprintf(stderr,
+            "test_engine_snapshot_growth: started %llu / %llu / %llu; 100%%: first %llu bytes at log %llu, second at "
+            "log %llu (before: %llu); reopened %llu, file %lld\n",
+            (unsigned long long)fixed.started, (unsigned long long)grown.started, (unsigned long long)huge.started,
+            (unsigned long long)grown.first_bytes, (unsigned long long)grown.log_first,
+            (unsigned long long)grown.log_second, (unsigned long long)grown.log_before,
+            (unsigned long long)grown.reopened_bytes, (long long)grown.file_bytes);
   log_set_level(LOG_INFO);
   sem_destroy(&done_sem);
 }
