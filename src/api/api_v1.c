@@ -2196,7 +2196,10 @@ void api_handle(http_request_t *h, void *ctx) {
   seg_t segs[PATH_SEGMENTS_MAX];
   size_t nseg;
   r->route = route_of(h, segs, &nseg);
-  snprintf(r->cmd.client_addr, sizeof r->cmd.client_addr, "%s", h->remote_addr ? h->remote_addr : "");
+  if (h->remote_addr) { /* a bounded copy (r is zeroed): no snprintf on every request */
+    size_t n = strnlen(h->remote_addr, sizeof r->cmd.client_addr - 1);
+    memcpy(r->cmd.client_addr, h->remote_addr, n);
+  }
   if (r->route == R_NOT_FOUND && api->compat) { /* --compat: the seed systems' routes */
     r->route = R_COMPAT;
     if (compat_handle(r)) return;

@@ -75,16 +75,53 @@ size_t u64_format(char *dst, uint64_t v) {
   return n;
 }
 
+static char *digits_fixed(char *o, unsigned v, int width) {
+  for (int i = width - 1; i >= 0; i--) {
+    o[i] = (char)('0' + v % 10);
+    v /= 10;
+  }
+  return o + width;
+}
+
+/* Every transfer answer carries a time: written digit by digit from the day number (the
+ * proleptic Gregorian calendar, civil_from_days in H. Hinnant's "chrono-compatible low-level
+ * date algorithms"), not with gmtime_r (which takes glibc's time zone lock) and snprintf. */
 size_t time_format_ms(int64_t unix_ms, char *buf) {
   int64_t secs = unix_ms >= 0 ? unix_ms / 1000 : (unix_ms - 999) / 1000;
-  int ms = (int)(unix_ms - secs * 1000);
-  time_t t = (time_t)secs;
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  int n = snprintf(buf, TIME_TEXT_BYTES, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
-  LEDGER_ASSERT(n > 0 && (size_t)n < TIME_TEXT_BYTES);
-  return (size_t)n;
+  unsigned ms = (unsigned)(unix_ms - secs * 1000);
+  int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
+  unsigned sod = (unsigned)(secs - days * 86400);
+  int64_t z = days + 719468; /* days since 0000-03-01 */
+  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  unsigned doe = (unsigned)(z - era * 146097);                             /* [0, 146096] */
+  unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;    /* [0, 399] */
+  unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);                  /* [0, 365] */
+  unsigned mp = (5 * doy + 2) / 153;                                       /* [0, 11], from March */
+  unsigned day = doy - (153 * mp + 2) / 5 + 1;
+  unsigned month = mp < 10 ? mp + 3 : mp - 9;
+  int64_t year = (int64_t)yoe + era * 400 + (month <= 2);
+  if (year < 0 || year > 9999) { /* four digits or more, or a sign: the general path */
+    int n = snprintf(buf, TIME_TEXT_BYTES, "%04lld-%02u-%02uT%02u:%02u:%02u.%03uZ", (long long)year, month, day,
+                     sod / 3600, sod / 60 % 60, sod % 60, ms);
+    LEDGER_ASSERT(n > 0 && (size_t)n < TIME_TEXT_BYTES);
+    return (size_t)n;
+  }
+  char *o = digits_fixed(buf, (unsigned)year, 4);
+  *o++ = '-';
+  o = digits_fixed(o, month, 2);
+  *o++ = '-';
+  o = digits_fixed(o, day, 2);
+  *o++ = 'T';
+  o = digits_fixed(o, sod / 3600, 2);
+  *o++ = ':';
+  o = digits_fixed(o, sod / 60 % 60, 2);
+  *o++ = ':';
+  o = digits_fixed(o, sod % 60, 2);
+  *o++ = '.';
+  o = digits_fixed(o, ms, 3);
+  *o++ = 'Z';
+  *o = '\0';
+  return (size_t)(o - buf);
 }
 
 static bool read_num(const char *s, size_t len, size_t *pos, size_t ndigits, unsigned *out) {

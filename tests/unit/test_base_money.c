@@ -442,6 +442,23 @@ static void test_time(void) {
   TIME_ERR("2026-04-31");
   TIME_ERR("2100-02-29");
 
+  /* The same text as gmtime_r + snprintf (the formatter's first version), years 0000-9999. */
+  for (int i = 0; i < 20000; i++) {
+    int64_t t = (int64_t)(rng_next() % 253402300800000ull) - (i % 2 ? 62167219200000ll : 0);
+    int64_t secs = t >= 0 ? t / 1000 : (t - 999) / 1000;
+    time_t tt = (time_t)secs;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    char want[64];
+    snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(t - secs * 1000));
+    size_t n = time_format_ms(t, buf);
+    CHECK_EQ(n, strlen(want));
+    CHECK_STR(buf, want);
+    if (strcmp(buf, want) != 0) break;
+  }
+  time_format_ms(-62167219200001ll, buf); /* one ms before year 0: the general path */
+  CHECK_STR(buf, "-001-12-31T23:59:59.999Z");
   /* Round trip over years 0000-9999. */
   for (int i = 0; i < 50000; i++) {
     int64_t t = (int64_t)(rng_next() % 253402300800000ull);
