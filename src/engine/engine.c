@@ -116,6 +116,8 @@ static uint32_t transfer_weight(const engine_cmd_t *c) {
 
 /* ------------------------------------------------------------ snapshots */
 
+static void commit_drain(engine_t *e); /* the committer (below) */
+
 static uint64_t file_bytes(const char *path) {
   struct stat sb;
   return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
@@ -156,8 +158,8 @@ static void snapshot_reap(engine_t *e, bool wait) {
 /* After fork, every page of the parent is write-protected and the engine's first write to
  * each costs a fault, and a copy while the child lives: ~17 us a page on the benchmark VM
  * (docs/storage.md). The child reads the transfer table and its links only up to
- * transfer_count (and the side table up to side_count), so the part beyond (populated ahead by the prefault thread, and where new
- * transfers go) is left out of the child: MADV_DONTFORK from the first 2 MiB boundary past
+ * transfer_count (and the side table up to side_count), so the part beyond (populated ahead
+ * by the prefault thread, and where new transfers go) is left out of the child: MADV_DONTFORK from the first 2 MiB boundary past
  * the used part (a huge page is not split), MADV_DOFORK again after the fork. */
 #define HUGE_PAGE_BYTES (2u * 1024u * 1024u) /* x86-64's transparent huge page */
 
@@ -198,7 +200,10 @@ static bool accounts_stage_fill(engine_t *e) {
   return true;
 }
 
-static void snapshot_start(engine_t *e, uint64_t drain_ns) {
+static void snapshot_start(engine_t *e) {
+  uint64_t d0 = time_mono_ns();
+  commit_drain(e); /* the snapshot is the state of the log's end: nothing in flight */
+  uint64_t drain_ns = time_mono_ns() - d0;
   char final_path[PATH_MAX], tmp_path[PATH_MAX];
   store_snapshot_paths(e->store, e->st.last_seq, final_path, tmp_path, sizeof final_path);
   uint64_t log_pos = store_log_end(e->store);
@@ -653,9 +658,7 @@ static void *engine_main(void *arg) {
       e->cur ^= 1u;
       snapshot_reap(e, false);
       if (e->snapshot_pid == 0 && e->log_reserved - e->log_at_snapshot >= snapshot_interval(e)) {
-        uint64_t d0 = time_mono_ns();
-        commit_drain(e); /* the snapshot is the state of the log's end: nothing in flight */
-        snapshot_start(e, time_mono_ns() - d0);
+        snapshot_start(e);
       }
       continue;
     }
@@ -679,13 +682,13 @@ static int recover(engine_t *e) {
   int rc = store_snapshot_newest(e->store, path, sizeof path, &snap_seq);
   if (rc == 0) {
     rc = snapshot_load(&e->st, path, &log_pos);
-    if (rc == 0) atomic_store_explicit(&e->snapshot_bytes, file_bytes(path), memory_order_relaxed);
     if (rc != 0) {
       LOG_WARN("snapshot %s unreadable (%s): replaying the whole log", path, ledger_strerror(rc));
       state_free(&e->st);
       if ((rc = state_init(&e->st, e->cfg.idempotency_retention_ms)) != 0) return rc;
       log_pos = 0;
     } else {
+      atomic_store_explicit(&e->snapshot_bytes, file_bytes(path), memory_order_relaxed);
       LOG_INFO("recovery: snapshot seq %llu, log tail from offset %llu", (unsigned long long)snap_seq,
                (unsigned long long)log_pos);
     }
