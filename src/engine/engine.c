@@ -158,7 +158,7 @@ static void snapshot_reap(engine_t *e, bool wait) {
 /* After fork, every page of the parent is write-protected and the engine's first write to
  * each costs a fault, and a copy while the child lives: ~17 us a page on the benchmark VM
  * (docs/storage.md). The child reads the transfer table and its links only up to
- * transfer_count (and the side table up to side_count), so the part beyond (populated ahead
+ * transfer_count (the side and stamp tables up to their counts), so the part beyond (populated ahead
  * by the prefault thread, and where new transfers go) is left out of the child: MADV_DONTFORK from the first 2 MiB boundary past
  * the used part (a huge page is not split), MADV_DOFORK again after the fork. */
 #define HUGE_PAGE_BYTES (2u * 1024u * 1024u) /* x86-64's transparent huge page */
@@ -176,6 +176,8 @@ static void snapshot_tails_advise(engine_t *e, int advice) {
                     (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t), advice);
   table_tail_advise(st->side, st->side_count * sizeof(transfer_side_t),
                     (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t), advice);
+  table_tail_advise(st->stamps, st->stamp_count * sizeof(transfer_stamp_t),
+                    (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_stamp_t), advice);
   table_tail_advise(st->next, st->transfer_count * sizeof(engine_next_t),
                     (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t), advice);
 }

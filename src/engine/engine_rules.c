@@ -353,15 +353,15 @@ uint16_t transfer_region(const engine_state_t *st, const transfer_rec_t *t) {
   return st->accounts[id - 1].region;
 }
 
-bool settlement_has_room(const engine_state_t *st, const transfer_rec_t *proto) {
+bool settlement_has_room(const engine_state_t *st, const transfer_rec_t *proto, int64_t created_ms) {
   uint64_t slot;
   return st->settle_count < ENGINE_SETTLEMENT_ROWS_MAX ||
-         settle_find(st, day_of(proto->created_ms), transfer_region(st, proto), proto->currency, &slot) != NULL;
+         settle_find(st, day_of(created_ms), transfer_region(st, proto), proto->currency, &slot) != NULL;
 }
 
-void settlement_add(engine_state_t *st, const transfer_rec_t *t, int sign) {
+void settlement_add(engine_state_t *st, const transfer_rec_t *t, int64_t created_ms, int sign) {
   uint16_t region = transfer_region(st, t);
-  int32_t day = day_of(t->created_ms);
+  int32_t day = day_of(created_ms);
   uint64_t slot;
   engine_settlement_t *r = settle_find(st, day, region, t->currency, &slot);
   if (!r) {
@@ -415,7 +415,7 @@ static void vel_window(const engine_state_t *st, const engine_account_t *a, cons
     uint64_t no = a->history_last_no, steps = 0;
     while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
       const transfer_rec_t *t = &st->transfers[no - 1];
-      if (t->created_ms <= edge) break;
+      if (transfer_created_ms(st, t) <= edge) break;
       if (vel_counts(t, a->id)) {
         w->count++;
         w->amount += t->amount_minor;
@@ -427,7 +427,7 @@ static void vel_window(const engine_state_t *st, const engine_account_t *a, cons
   }
   while (w->start_no != 0) {
     const transfer_rec_t *t = &st->transfers[w->start_no - 1];
-    if (t->created_ms > edge) break;
+    if (transfer_created_ms(st, t) > edge) break;
     if (vel_counts(t, a->id)) {
       w->count--;
       w->amount -= t->amount_minor;
@@ -485,7 +485,6 @@ bool risk_has_room(const engine_state_t *st, const risk_verdict_t *v) {
 void risk_record(engine_state_t *st, transfer_rec_t *t, const risk_verdict_t *v) {
   const engine_rules_t *rs = &st->rules;
   uint64_t no = transfer_no_of(st, t);
-  t->rules_version = rs->version;
   const engine_account_t *dr = &st->accounts[t->debit_account_id - 1];
   if (dr->kind == ENGINE_ACCOUNT_KIND_CUSTOMER) {
     for (unsigned i = 0; i < rs->count; i++) {
@@ -505,7 +504,7 @@ void risk_record(engine_state_t *st, transfer_rec_t *t, const risk_verdict_t *v)
   memset(s, 0, sizeof *s);
   s->id = st->suspicious_count;
   s->transfer_no = no;
-  s->transfer_created_ms = t->created_ms;
+  s->transfer_created_ms = transfer_created_ms(st, t);
   s->debit_account_id = t->debit_account_id;
   s->credit_account_id = t->credit_account_id;
   s->amount_minor = t->amount_minor;
@@ -689,12 +688,13 @@ int risk_check(const engine_state_t *st, char *problem, size_t cap) {
     bool moved = (t->flags & ENGINE_TF_SETTLEMENT) ? t->status == ENGINE_STATUS_POSTED
                                                    : !(t->flags & ENGINE_TF_PENDING) && !(t->flags & ENGINE_TF_HELD);
     if (!moved) continue;
-    if (!settlement_has_room(&scratch, t)) {
+    int64_t created_ms = transfer_created_ms(st, t);
+    if (!settlement_has_room(&scratch, t, created_ms)) {
       snprintf(problem, cap, "settlements: more rows than the limit");
       rc = LEDGER_ECORRUPT;
       break;
     }
-    settlement_add(&scratch, t, 1);
+    settlement_add(&scratch, t, created_ms, 1);
   }
   for (int pass = 0; rc == 0 && pass < 2; pass++) {
     const engine_state_t *a = pass == 0 ? st : &scratch, *b = pass == 0 ? &scratch : st;

@@ -155,7 +155,8 @@ static bool visible_to(const walk_t *w, uint64_t account_id) {
 static int matches(walk_t *w, uint64_t no, const transfer_rec_t *t) {
   const engine_search_t *f = w->f;
   if (t->flags & ENGINE_TF_SETTLEMENT) return 0;
-  if (t->created_ms < f->from_ms || t->created_ms >= f->to_ms) return 0;
+  int64_t created_ms = transfer_created_ms(w->st, t);
+  if (created_ms < f->from_ms || created_ms >= f->to_ms) return 0;
   if (f->kind >= 0 && t->kind != f->kind) return 0;
   if (f->status >= 0 && t->status != f->status) return 0;
   if (f->flagged >= 0 && ((t->flags & ENGINE_TF_SUSPICIOUS) != 0) != (f->flagged == 1)) return 0;
@@ -175,15 +176,16 @@ static int matches(walk_t *w, uint64_t no, const transfer_rec_t *t) {
   return 1;
 }
 
-/* First transfer number whose created_ms >= ms (transfer_count + 1 if none). */
+/* First transfer number whose created_ms >= ms (transfer_count + 1 if none): the first of
+ * the first stamp at or after ms (stamps are in time order). */
 static uint64_t first_at_or_after(const engine_state_t *st, int64_t ms) {
-  uint64_t lo = 0, hi = st->transfer_count;
+  uint64_t lo = 0, hi = st->stamp_count;
   while (lo < hi) {
     uint64_t mid = lo + (hi - lo) / 2;
-    if (st->transfers[mid].created_ms < ms) lo = mid + 1;
+    if (st->stamps[mid].created_ms < ms) lo = mid + 1;
     else hi = mid;
   }
-  return lo + 1;
+  return lo < st->stamp_count ? st->stamps[lo].first_no : st->transfer_count + 1;
 }
 
 /* Index of the first suspicious entry with transfer_no >= no. */
@@ -259,7 +261,8 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
   uint64_t steps = 0;
   while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
     const transfer_rec_t *t = &st->transfers[no - 1];
-    if (asc ? t->created_ms >= w.f->to_ms : t->created_ms < w.f->from_ms) {
+    int64_t created_ms = transfer_created_ms(st, t);
+    if (asc ? created_ms >= w.f->to_ms : created_ms < w.f->from_ms) {
       no = 0; /* time order: nothing further can match */
       break;
     }

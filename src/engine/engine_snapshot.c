@@ -7,7 +7,7 @@
  * fsynced: a crash leaves either the old snapshot or the complete new one.
  *
  * Layout: header (below) | regions | accounts | transfers | their forward history links |
- * the transfers' side entries |
+ * the transfers' side entries | their stamps |
  * live idempotency entries |
  * pending heap | the used part of the batch-codes ring | users | API keys | live credentials |
  * the audit ring (oldest first) | the rule set | suspicious entries | settlement rows |
@@ -23,9 +23,10 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-/* "LGDGSNP7": 64-byte transfer records and a side table (4: 120-byte records with their links;
- * 5: 112-byte records and a links table; 6: 5 + each account's side of its newest entry). */
-#define SNAP_MAGIC 0x37504e534744474cull
+/* "LGDGSNP8": 48-byte transfer records, a side table and a stamp table (4: 120-byte records
+ * with their links; 5: 112-byte records and a links table; 6: 5 + each account's side of its
+ * newest entry; 7: 64-byte records and a side table). */
+#define SNAP_MAGIC 0x38504e534744474cull
 /* The first 7 bytes, "LGDGSNP": a header with them and another last byte is another version. */
 #define SNAP_MAGIC_FAMILY_MASK 0x00ffffffffffffffull
 
@@ -49,6 +50,7 @@ typedef struct snap_header {
   uint64_t settle_count;
   uint64_t vel_accounts; /* accounts whose velocity windows follow (0: none saved) */
   uint64_t side_count;   /* transfer side entries */
+  uint64_t stamp_count;  /* transfer stamps */
 } snap_header_t;
 
 typedef struct sink {
@@ -176,13 +178,14 @@ static int snapshot_write_once(const engine_state_t *st, const char *tmp_path, c
                      st->transfer_count, idem_count, st->pending_count, st->codes_total,
                      codes_saved(st), atomic_load(&st->region_count), st->user_count, st->key_count,
                      st->audit_count, cred_count, st->suspicious_count, st->settle_count,
-                     st->vel_used ? st->account_count : 0, st->side_count};
+                     st->vel_used ? st->account_count : 0, st->side_count, st->stamp_count};
   sink_put(&s, &h, sizeof h);
   sink_put(&s, st->regions, h.region_count * sizeof st->regions[0]);
   sink_put(&s, st->accounts, h.account_count * sizeof(engine_account_t));
   sink_put(&s, st->transfers, h.transfer_count * sizeof(transfer_rec_t));
   sink_put(&s, st->next, h.transfer_count * sizeof(engine_next_t));
   sink_put(&s, st->side, h.side_count * sizeof(transfer_side_t));
+  sink_put(&s, st->stamps, h.stamp_count * sizeof(transfer_stamp_t));
   idem_entry_t chunk[1024];
   size_t n = 0;
   for (uint64_t i = 0; i < st->idem_slots && idem_count; i++) {
@@ -348,7 +351,7 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
                     h.user_count > ENGINE_USERS_MAX || h.key_count > ENGINE_API_KEYS_MAX ||
                     h.cred_count > ENGINE_CREDENTIALS_MAX * 2u || h.suspicious_count > ENGINE_SUSPICIOUS_MAX ||
                     h.settle_count > ENGINE_SETTLEMENT_ROWS_MAX || h.vel_accounts > h.account_count ||
-                    h.side_count > h.transfer_count))
+                    h.side_count > h.transfer_count || h.stamp_count > h.transfer_count))
     s.rc = LEDGER_ECORRUPT;
   if (s.rc == 0) {
     src_get(&s, st->regions, h.region_count * sizeof st->regions[0]);
@@ -356,6 +359,7 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
     src_get(&s, st->transfers, h.transfer_count * sizeof(transfer_rec_t));
     src_get(&s, st->next, h.transfer_count * sizeof(engine_next_t));
     src_get(&s, st->side, h.side_count * sizeof(transfer_side_t));
+    src_get(&s, st->stamps, h.stamp_count * sizeof(transfer_stamp_t));
     /* The state is fresh from state_init: the table is empty and grows as entries return. */
     for (uint64_t i = 0; i < h.idem_count && s.rc == 0; i++) {
       idem_entry_t e;
@@ -397,8 +401,11 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
   st->account_count = h.account_count;
   st->transfer_count = h.transfer_count;
   st->side_count = h.side_count;
+  st->stamp_count = h.stamp_count;
   char problem[160];
-  if (state_side_check(st, problem, sizeof problem) != LEDGER_OK) return LEDGER_ECORRUPT; /* CRC-valid, yet wrong */
+  if (state_side_check(st, problem, sizeof problem) != LEDGER_OK ||
+      state_stamp_check(st, problem, sizeof problem) != LEDGER_OK)
+    return LEDGER_ECORRUPT; /* CRC-valid, yet wrong */
   st->pending_count = h.pending_count;
   st->codes_total = h.codes_total;
   atomic_store(&st->region_count, (uint32_t)h.region_count);

@@ -32,13 +32,14 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   st->transfers = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t));
   st->next = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t));
   st->side = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t));
+  st->stamps = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_stamp_t));
   st->idem_slots = ENGINE_IDEM_SLOTS_MIN;
   st->idem = reserve((size_t)st->idem_slots * sizeof(idem_entry_t));
   st->pending = reserve((size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
   st->saved_times = reserve(2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
   st->saved_vel = reserve(ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_vel);
-  if (!st->accounts || !st->transfers || !st->next || !st->side || !st->idem || !st->pending || !st->codes || !st->saved_times ||
+  if (!st->accounts || !st->transfers || !st->next || !st->side || !st->stamps || !st->idem || !st->pending || !st->codes || !st->saved_times ||
       !st->saved_vel ||
       auth_state_init(st) != 0 || risk_state_init(st) != 0) {
     state_free(st);
@@ -65,6 +66,7 @@ void state_free(engine_state_t *st) {
   if (st->transfers) munmap(st->transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t));
   if (st->next) munmap(st->next, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t));
   if (st->side) munmap(st->side, (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t));
+  if (st->stamps) munmap(st->stamps, (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_stamp_t));
   if (st->idem) munmap(st->idem, (size_t)st->idem_slots * sizeof(idem_entry_t));
   if (st->pending) munmap(st->pending, (size_t)ENGINE_PENDING_MAX * sizeof(pending_slot_t));
   if (st->codes) munmap(st->codes, ENGINE_CODES_RING_BYTES);
@@ -105,7 +107,7 @@ static engine_account_t *account_at(const engine_state_t *st, uint64_t id) {
 static transfer_rec_t *transfer_at(const engine_state_t *st, uint64_t no, int64_t created_ms) {
   if (no == 0 || no > st->transfer_count) return NULL;
   transfer_rec_t *t = &st->transfers[no - 1];
-  return t->created_ms == created_ms ? t : NULL;
+  return transfer_created_ms(st, t) == created_ms ? t : NULL;
 }
 
 transfer_side_t *state_side(const engine_state_t *st, uint64_t no) {
@@ -121,10 +123,11 @@ transfer_side_t *state_side(const engine_state_t *st, uint64_t no) {
 
 engine_transfer_t state_transfer(const engine_state_t *st, uint64_t no) {
   const transfer_rec_t *t = &st->transfers[no - 1];
-  engine_transfer_t v = {.seq = t->seq,
+  const transfer_stamp_t *m = transfer_stamp(st, t);
+  engine_transfer_t v = {.seq = m->seq,
                          .amount_minor = t->amount_minor,
-                         .created_ms = t->created_ms,
-                         .updated_ms = t->created_ms,
+                         .created_ms = m->created_ms,
+                         .updated_ms = m->created_ms,
                          .debit_balance_after = t->debit_balance_after,
                          .credit_balance_after = t->credit_balance_after,
                          .no = (uint32_t)no,
@@ -132,7 +135,7 @@ engine_transfer_t state_transfer(const engine_state_t *st, uint64_t no) {
                          .credit_account_id = t->credit_account_id,
                          .prev_debit_no = t->prev_debit_no,
                          .prev_credit_no = t->prev_credit_no,
-                         .rules_version = t->rules_version,
+                         .rules_version = m->rules_version,
                          .kind = t->kind,
                          .status = t->status,
                          .currency = t->currency,
@@ -144,6 +147,9 @@ engine_transfer_t state_transfer(const engine_state_t *st, uint64_t no) {
     v.pending_created_ms = x->pending_created_ms;
     v.extra_pos = x->extra_pos;
     v.pending_no = x->pending_no;
+    /* A settlement entry is not judged: it shows the rule set that judged its pending transfer. */
+    if ((t->flags & ENGINE_TF_SETTLEMENT) && x->pending_no != 0)
+      v.rules_version = transfer_stamp(st, &st->transfers[x->pending_no - 1])->rules_version;
     v.extra_len = x->extra_len;
     v.timeout_s = x->timeout_s;
   }
@@ -157,7 +163,7 @@ static transfer_side_t *side_add(engine_state_t *st, uint64_t no) {
   transfer_side_t *x = &st->side[st->side_count++];
   memset(x, 0, sizeof *x);
   x->no = (uint32_t)no;
-  x->updated_ms = st->transfers[no - 1].created_ms;
+  x->updated_ms = transfer_created_ms(st, &st->transfers[no - 1]);
   return x;
 }
 
@@ -210,8 +216,13 @@ static transfer_rec_t *transfer_append(engine_state_t *st, engine_account_t *dr,
   memset(t, 0, sizeof *t);
   st->next[st->transfer_count - 1] = (engine_next_t){0, 0};
   uint32_t no = (uint32_t)st->transfer_count; /* < ENGINE_TRANSFERS_MAX: fits (engine.h) */
-  t->seq = st->batch_seq;
-  t->created_ms = st->batch_time_ms;
+  const transfer_stamp_t *last = st->stamp_count ? &st->stamps[st->stamp_count - 1] : NULL;
+  if (!last || last->seq != st->batch_seq || last->created_ms != st->batch_time_ms ||
+      last->rules_version != st->rules.version) {
+    st->stamps[st->stamp_count++] = (transfer_stamp_t){.seq = st->batch_seq, .created_ms = st->batch_time_ms,
+                                                       .first_no = no, .rules_version = st->rules.version};
+  }
+  t->stamp = (uint32_t)(st->stamp_count - 1);
   t->debit_account_id = (uint32_t)dr->id;
   t->credit_account_id = (uint32_t)cr->id;
   t->currency = dr->currency;
@@ -264,6 +275,8 @@ static void transfer_pop(engine_state_t *st) {
     LEDGER_ASSERT(st->side_count > 0 && st->side[st->side_count - 1].no == no);
     st->side_count--;
   }
+  LEDGER_ASSERT(t->stamp == st->stamp_count - 1);
+  if (st->stamps[t->stamp].first_no == no) st->stamp_count--;
   st->transfer_count--;
 }
 
@@ -333,8 +346,8 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
   bool held = verdict.action == ENGINE_ACTION_HOLD;
   bool pending = in->pending || held;
   transfer_rec_t proto = {.debit_account_id = (uint32_t)r.dr->id, .credit_account_id = (uint32_t)r.cr->id, .kind = in->kind,
-                          .currency = r.dr->currency, .created_ms = st->batch_time_ms};
-  if (!risk_has_room(st, &verdict) || (!pending && !settlement_has_room(st, &proto)))
+                          .currency = r.dr->currency};
+  if (!risk_has_room(st, &verdict) || (!pending && !settlement_has_room(st, &proto, st->batch_time_ms)))
     return ENGINE_R_CAPACITY_EXHAUSTED;
   if (pending) {
     if (!money_add(r.dr->pending_debits_minor, amount, &new_dr) ||
@@ -369,7 +382,7 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
   if (in->pending && in->timeout_s)
     heap_push(st, st->batch_time_ms + (int64_t)in->timeout_s * 1000, no);
   risk_record(st, t, &verdict);
-  if (!pending) settlement_add(st, t, 1);
+  if (!pending) settlement_add(st, t, st->batch_time_ms, 1);
   *out = t;
   return ENGINE_OK;
 }
@@ -381,7 +394,7 @@ static void transfer_undo(engine_state_t *st) {
   engine_account_t *dr = account_at(st, t->debit_account_id);
   engine_account_t *cr = account_at(st, t->credit_account_id);
   risk_unrecord(st, t);
-  if (t->status == ENGINE_STATUS_POSTED) settlement_add(st, t, -1);
+  if (t->status == ENGINE_STATUS_POSTED) settlement_add(st, t, transfer_created_ms(st, t), -1);
   if (t->status == ENGINE_STATUS_PENDING) {
     dr->pending_debits_minor -= t->amount_minor;
     cr->pending_credits_minor -= t->amount_minor;
@@ -428,8 +441,8 @@ int state_settle(engine_state_t *st, transfer_rec_t *p, bool post, int64_t amoun
   }
   if (st->transfer_count >= ENGINE_TRANSFERS_MAX) return ENGINE_R_CAPACITY_EXHAUSTED;
   transfer_rec_t proto = {.debit_account_id = (uint32_t)dr->id, .credit_account_id = (uint32_t)cr->id, .kind = p->kind,
-                          .currency = p->currency, .created_ms = st->batch_time_ms};
-  if (post && !settlement_has_room(st, &proto)) return ENGINE_R_CAPACITY_EXHAUSTED;
+                          .currency = p->currency};
+  if (post && !settlement_has_room(st, &proto, st->batch_time_ms)) return ENGINE_R_CAPACITY_EXHAUSTED;
   dr->pending_debits_minor -= p->amount_minor;
   cr->pending_credits_minor -= p->amount_minor;
   dr->balance_minor = new_dr;
@@ -442,7 +455,8 @@ int state_settle(engine_state_t *st, transfer_rec_t *p, bool post, int64_t amoun
   px->posted_minor = post ? amount : 0;
   /* An expiry is stamped with the deadline, not the batch time, so the entry is the same
    * whichever batch happened to run it. */
-  px->updated_ms = expired ? p->created_ms + (int64_t)px->timeout_s * 1000 : st->batch_time_ms;
+  int64_t p_created_ms = transfer_created_ms(st, p);
+  px->updated_ms = expired ? p_created_ms + (int64_t)px->timeout_s * 1000 : st->batch_time_ms;
   if (expired) p->flags |= ENGINE_TF_EXPIRED;
   transfer_rec_t *e = transfer_append(st, dr, cr);
   e->kind = p->kind;
@@ -451,11 +465,10 @@ int state_settle(engine_state_t *st, transfer_rec_t *p, bool post, int64_t amoun
   e->amount_minor = post ? amount : p->amount_minor;
   transfer_side_t *ex = side_add(st, st->transfer_count);
   ex->pending_no = (uint32_t)p_no;
-  ex->pending_created_ms = p->created_ms;
+  ex->pending_created_ms = p_created_ms;
   e->debit_balance_after = dr->balance_minor;
   e->credit_balance_after = cr->balance_minor;
-  e->rules_version = p->rules_version;
-  if (post) settlement_add(st, e, 1);
+  if (post) settlement_add(st, e, st->batch_time_ms, 1);
   if (entry_out) *entry_out = e;
   return ENGINE_OK;
 }
@@ -725,7 +738,7 @@ static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos
     if (rule) rules_names(st, cmd, st->rules.version);
     if (res == ENGINE_OK) {
       r->no = transfer_no_of(st, t);
-      r->created_ms = t->created_ms;
+      r->created_ms = transfer_created_ms(st, t);
       r->status = t->status;
     } else {
       failed++;
@@ -975,11 +988,12 @@ static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
       break;
     }
     uint64_t next = asc ? state_next_no(st, t, a->id) : state_prev_no(t, a->id);
-    if (asc ? t->created_ms >= cmd->u.history.to_ms : t->created_ms < cmd->u.history.from_ms) {
+    int64_t created_ms = transfer_created_ms(st, t);
+    if (asc ? created_ms >= cmd->u.history.to_ms : created_ms < cmd->u.history.from_ms) {
       no = 0;
       break;
     }
-    bool inside = t->created_ms >= cmd->u.history.from_ms && t->created_ms < cmd->u.history.to_ms;
+    bool inside = created_ms >= cmd->u.history.from_ms && created_ms < cmd->u.history.to_ms;
     if (inside) {
       if (n == cmd->u.history.limit) break;
       cmd->u.history.rows[n].transfer = state_transfer(st, no);
@@ -1109,6 +1123,7 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
     }
   }
   int rc = state_side_check(st, problem, cap);
+  if (rc == LEDGER_OK) rc = state_stamp_check(st, problem, cap);
   if (rc != LEDGER_OK) return rc;
   /* Every posted movement changes the two balances by its amount: walk each transfer and
    * check that balance_after equals the previous entry's balance_after +/- the amount. */
@@ -1170,8 +1185,39 @@ int state_side_check(const engine_state_t *st, char *problem, size_t cap) {
   return LEDGER_OK;
 }
 
+int state_stamp_check(const engine_state_t *st, char *problem, size_t cap) {
+  /* Runs in order, each starting where the one before ended, and each a change of batch,
+   * time or rule set. (Batch times never go back in a log the engine wrote; a fuzzed replay
+   * that goes on past a malformed record can make them, so that is not required here.) */
+  if ((st->stamp_count == 0) != (st->transfer_count == 0) || (st->stamp_count && st->stamps[0].first_no != 1)) {
+    snprintf(problem, cap, "transfer stamps: %llu for %llu transfers", (unsigned long long)st->stamp_count,
+             (unsigned long long)st->transfer_count);
+    return LEDGER_ECORRUPT;
+  }
+  for (uint64_t k = 1; k < st->stamp_count; k++) {
+    const transfer_stamp_t *m = &st->stamps[k], *before = &st->stamps[k - 1];
+    if (m->first_no <= before->first_no || m->first_no > st->transfer_count ||
+        (m->seq == before->seq && m->created_ms == before->created_ms && m->rules_version == before->rules_version)) {
+      snprintf(problem, cap, "transfer stamp %llu: bad run", (unsigned long long)(k + 1));
+      return LEDGER_ECORRUPT;
+    }
+  }
+  /* ... and each transfer points at the run it is in. */
+  for (uint64_t i = 0, k = 0; i < st->transfer_count; i++) {
+    if (k + 1 < st->stamp_count && st->stamps[k + 1].first_no == i + 1) k++;
+    if (st->transfers[i].stamp != k) {
+      snprintf(problem, cap, "transfer %llu: stamp %u, in run %llu", (unsigned long long)(i + 1),
+               st->transfers[i].stamp, (unsigned long long)(k + 1));
+      return LEDGER_ECORRUPT;
+    }
+  }
+  return LEDGER_OK;
+}
+
 bool state_transfers_equal(const engine_state_t *a, const engine_state_t *b) {
   return a->transfer_count == b->transfer_count && a->side_count == b->side_count &&
+         a->stamp_count == b->stamp_count &&
+         memcmp(a->stamps, b->stamps, a->stamp_count * sizeof(transfer_stamp_t)) == 0 &&
          memcmp(a->transfers, b->transfers, a->transfer_count * sizeof(transfer_rec_t)) == 0 &&
          memcmp(a->next, b->next, a->transfer_count * sizeof(engine_next_t)) == 0 &&
          memcmp(a->side, b->side, a->side_count * sizeof(transfer_side_t)) == 0;

@@ -49,29 +49,43 @@ typedef struct pending_slot {
 /* Per-item result codes of batch requests that carried an Idempotency-Key, in a ring. */
 #define ENGINE_CODES_RING_BYTES (64u * 1024u * 1024u)
 
-/* A transfer as the engine keeps it: 64 bytes, one cache line. The table grows by one record
- * per transfer, and on the benchmark machine fresh memory costs ~2-4 ns a byte the first time
- * it is touched (docs/performance.md), so the record holds only what every transfer has. Its
- * number is its position (no = index + 1). The fields that only two-phase transfers, their
- * settlement entries and transfers with a description use are in the side table
- * (transfer_side_t), found by the flags in TRANSFER_SIDE_FLAGS. The API gets the whole
- * transfer as an engine_transfer_t built by state_transfer(). */
+/* A transfer as the engine keeps it: 48 bytes. The table grows by one record per transfer,
+ * and on the benchmark machine fresh memory costs ~2-4 ns a byte the first time it is touched
+ * (docs/performance.md), so the record holds only what differs from transfer to transfer. Its
+ * number is its position (no = index + 1). Its batch, time and rule set are shared by a run
+ * of transfers and kept once per run in the stamp table (transfer_stamp_t), found by index.
+ * The fields that only two-phase transfers, their settlement entries and transfers with a
+ * description use are in the side table (transfer_side_t), found by the flags in
+ * TRANSFER_SIDE_FLAGS. The API gets the whole transfer as an engine_transfer_t built by
+ * state_transfer(). */
 typedef struct transfer_rec {
-  uint64_t seq; /* batch that created it */
   int64_t amount_minor; /* requested (for pending: reserved) */
-  int64_t created_ms;
   int64_t debit_balance_after; /* the accounts' balances right after this entry */
   int64_t credit_balance_after;
   uint32_t debit_account_id;
   uint32_t credit_account_id;
   uint32_t prev_debit_no, prev_credit_no; /* history chains of both accounts (backward) */
-  uint32_t rules_version; /* the rule set that judged it (0: none) */
+  uint32_t stamp; /* index in the stamp table: its batch, time and rule set */
   uint8_t kind;
   uint8_t status;
   uint8_t currency;
   uint8_t flags; /* ENGINE_TF_* */
 } transfer_rec_t;
-static_assert(sizeof(transfer_rec_t) == 64, "transfer record size (memory per transfer)");
+static_assert(sizeof(transfer_rec_t) == 48, "transfer record size (memory per transfer)");
+
+/* What a run of consecutive transfers shares: the batch that created them, its time, and the
+ * rule set in force (a settlement entry is not judged: it shows its pending transfer's).
+ * A new stamp starts with the first transfer of each batch, and within a batch when the rule
+ * set changes. Under load a batch holds thousands of transfers, so the table stays small; one
+ * transfer a batch (a light load) costs 24 bytes more each. Sorted by first_no, by seq and by
+ * created_ms (batch times never go back). */
+typedef struct transfer_stamp {
+  uint64_t seq;
+  int64_t created_ms;
+  uint32_t first_no;
+  uint32_t rules_version;
+} transfer_stamp_t;
+static_assert(sizeof(transfer_stamp_t) == 24, "transfer stamp size");
 
 /* A transfer with any of these flags has a side entry. */
 #define TRANSFER_SIDE_FLAGS (ENGINE_TF_PENDING | ENGINE_TF_SETTLEMENT | ENGINE_TF_EXTRA)
@@ -106,6 +120,8 @@ typedef struct engine_state {
   transfer_rec_t *transfers; /* [no - 1] */
   engine_next_t *next;       /* [no - 1] */
   uint64_t transfer_count;
+  transfer_stamp_t *stamps; /* runs of transfers in order (transfer_stamp_t) */
+  uint64_t stamp_count;
   transfer_side_t *side; /* in transfer order */
   uint64_t side_count;
   idem_entry_t *idem; /* idem_slots slots (a power of two), linear probing */
@@ -170,11 +186,19 @@ static inline uint64_t state_next_no(const engine_state_t *st, const transfer_re
 static inline uint64_t state_prev_no(const transfer_rec_t *t, uint64_t account_id) {
   return t->debit_account_id == account_id ? t->prev_debit_no : t->prev_credit_no;
 }
+static inline const transfer_stamp_t *transfer_stamp(const engine_state_t *st, const transfer_rec_t *t) {
+  return &st->stamps[t->stamp];
+}
+static inline int64_t transfer_created_ms(const engine_state_t *st, const transfer_rec_t *t) {
+  return st->stamps[t->stamp].created_ms;
+}
 /* Transfer no's side entry (NULL if it has none); 1 <= no <= transfer_count. */
 transfer_side_t *state_side(const engine_state_t *st, uint64_t no);
 /* The side table against the records (state_check; snapshot_load, so that a snapshot whose
  * side table is inconsistent is refused rather than trusted). */
 int state_side_check(const engine_state_t *st, char *problem, size_t cap);
+/* The stamp table against the records (state_check; snapshot_load, for the same reason). */
+int state_stamp_check(const engine_state_t *st, char *problem, size_t cap);
 /* Transfer no as the API shows it: the record and its side entry; 1 <= no <= transfer_count. */
 engine_transfer_t state_transfer(const engine_state_t *st, uint64_t no);
 /* The same transfers, with the same links (verify, tests and the fuzz target compare states). */
@@ -256,7 +280,7 @@ void risk_judge(engine_state_t *st, const engine_account_t *dr, const engine_acc
                 risk_verdict_t *v);
 /* Room for what risk_record and settlement_add will need (false: capacity exhausted). */
 bool risk_has_room(const engine_state_t *st, const risk_verdict_t *v);
-bool settlement_has_room(const engine_state_t *st, const transfer_rec_t *proto);
+bool settlement_has_room(const engine_state_t *st, const transfer_rec_t *proto, int64_t created_ms);
 /* After the transfer was appended: velocity sums and, when a rule fired, its suspicious entry. */
 void risk_record(engine_state_t *st, transfer_rec_t *t, const risk_verdict_t *v);
 /* Undoes risk_record's suspicious entry for the newest transfer (atomic batch rollback). */
@@ -266,8 +290,9 @@ void risk_unrecord(engine_state_t *st, const transfer_rec_t *t);
 struct vel_slot;
 void risk_vel_save(const engine_state_t *st, uint64_t account_id, struct vel_slot *out);
 void risk_vel_restore(engine_state_t *st, uint64_t account_id, const struct vel_slot *in);
-/* Adds (sign +1) or removes (-1) a posted movement to its day/region/currency row. */
-void settlement_add(engine_state_t *st, const transfer_rec_t *t, int sign);
+/* Adds (sign +1) or removes (-1) a posted movement, made at created_ms, to its
+ * day/region/currency row. */
+void settlement_add(engine_state_t *st, const transfer_rec_t *t, int64_t created_ms, int sign);
 /* The region a transfer belongs to: the debit account's, a deposit's credit account's. */
 uint16_t transfer_region(const engine_state_t *st, const transfer_rec_t *t);
 /* The entry of a transfer with ENGINE_TF_SUSPICIOUS (NULL if none). */
