@@ -512,6 +512,32 @@ static void test_crc32c(void) {
     }
   }
   CHECK_EQ(crc32c(0x12345678u, buf, 100), crc32c_reference(0x12345678u, buf, 100));
+  /* Long buffers go as three interleaved streams of 4 KiB blocks joined by a shift: lengths
+   * around whole 12 KiB rounds, odd offsets, and a non-zero starting CRC. */
+  enum { BIG = 64 * 1024 + 64 };
+  uint8_t *big = malloc(BIG);
+  CHECK(big != NULL);
+  if (!big) return;
+  for (size_t i = 0; i < BIG; i++) big[i] = (uint8_t)rng_next();
+  const size_t lens[] = {12287, 12288, 12289, 12295, 24576, 24583, 36864 + 5, 65536};
+  for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+    for (size_t off = 0; off < 3; off++) {
+      uint32_t want = crc32c_reference(0x9e3779b9u, big + off * 7, lens[k]);
+      uint32_t got = crc32c(0x9e3779b9u, big + off * 7, lens[k]);
+      if (got != want) {
+        CHECK_EQ(got, want);
+        fprintf(stderr, "  crc32c long: off %zu len %zu\n", off * 7, lens[k]);
+        free(big);
+        return;
+      }
+    }
+  }
+  /* All zeros and all ones too (the shift alone, and the shift of a full register). */
+  memset(big, 0, BIG);
+  CHECK_EQ(crc32c(0, big, 40000), crc32c_reference(0, big, 40000));
+  memset(big, 0xff, BIG);
+  CHECK_EQ(crc32c(0, big, 40000), crc32c_reference(0, big, 40000));
+  free(big);
 }
 
 /* ------------------------------------------------------------ mpmc queue */
