@@ -1276,6 +1276,9 @@ static void check_snapshot_round_trip_in(harness_t *h, const char *base, bool di
   /* The side table (pending, settlement and described transfers) comes back too. */
   CHECK(h->st.side_count > 0 && h->st.side_count < h->st.transfer_count);
   CHECK_EQ(s.side_count, h->st.side_count);
+  /* And the stamp table (a run per batch at least). */
+  CHECK(h->st.stamp_count > 1 && h->st.stamp_count < h->st.transfer_count);
+  CHECK_EQ(s.stamp_count, h->st.stamp_count);
   if (s.transfer_count == h->st.transfer_count) CHECK(state_transfers_equal(&s, &h->st));
   char problem[256];
   CHECK_EQ(state_check(&s, problem, sizeof problem), LEDGER_OK);
@@ -1331,6 +1334,17 @@ static void check_snapshot_round_trip_in(harness_t *h, const char *base, bool di
     CHECK_EQ(snapshot_load(&s2, final_path, &log_pos), LEDGER_ECORRUPT);
     state_free(&s2);
   }
+  /* So is one whose newest record points at another run than its own. */
+  if (h->st.stamp_count >= 2) {
+    transfer_rec_t *last = &h->st.transfers[h->st.transfer_count - 1];
+    uint32_t saved_stamp = last->stamp;
+    last->stamp = saved_stamp - 1;
+    CHECK_EQ(snapshot_write(&h->st, tmp_path, final_path, h->log_len, direct), LEDGER_OK);
+    last->stamp = saved_stamp;
+    if (state_init(&s2, h->st.idem_retention_ms) != 0) exit(2);
+    CHECK_EQ(snapshot_load(&s2, final_path, &log_pos), LEDGER_ECORRUPT);
+    state_free(&s2);
+  }
   state_free(&s);
   unlink(final_path);
   rmdir(dir);
@@ -1365,6 +1379,23 @@ static void test_workload_determinism(void) {
   h.st.transfers[plain - 1].flags |= ENGINE_TF_EXTRA;
   CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
   h.st.transfers[plain - 1].flags &= (uint8_t)~ENGINE_TF_EXTRA;
+  /* ... and a stamp table out of step: a record in another run than its own, a run that
+   * repeats the one before it, a run starting before the one before it. */
+  CHECK(h.st.stamp_count >= 3);
+  uint64_t second = h.st.stamps[1].first_no;
+  h.st.transfers[second - 1].stamp = 0;
+  CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
+  h.st.transfers[second - 1].stamp = 1;
+  transfer_stamp_t saved_stamp = h.st.stamps[1];
+  h.st.stamps[1].seq = h.st.stamps[0].seq;
+  h.st.stamps[1].created_ms = h.st.stamps[0].created_ms;
+  h.st.stamps[1].rules_version = h.st.stamps[0].rules_version;
+  CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
+  h.st.stamps[1] = saved_stamp;
+  uint32_t third_first = h.st.stamps[2].first_no;
+  h.st.stamps[2].first_no = h.st.stamps[1].first_no;
+  CHECK_EQ(state_check(&h.st, problem, sizeof problem), LEDGER_ECORRUPT);
+  h.st.stamps[2].first_no = third_first;
   CHECK_INVARIANTS(&h);
   h_free(&h);
 }
