@@ -62,7 +62,8 @@ static void check_determinism(void) {
   }
   if (again.account_count != st.account_count || again.transfer_count != st.transfer_count ||
       again.last_seq != st.last_seq ||
-      memcmp(again.accounts, st.accounts, st.account_count * sizeof(engine_account_t)) != 0 ||
+      memcmp(again.accounts, st.accounts, st.account_count * sizeof(account_rec_t)) != 0 ||
+      memcmp(again.account_extra, st.account_extra, st.account_count * sizeof(account_extra_t)) != 0 ||
       !state_transfers_equal(&again, &st))
     die("determinism", "replaying the same records gave another state");
   replay_ctx_free(&rc2);

@@ -84,7 +84,7 @@ struct engine {
   uint64_t snapshot_seq;
   /* The snapshot child's copy of the account table (snapshot_start); NULL: the child shares
    * the live table copy-on-write instead. */
-  engine_account_t *accounts_stage;
+  account_rec_t *accounts_stage;
   _Atomic uint64_t batches_total, commands_total, transfers_total, last_seq, rejected_full_total,
       log_bytes, accounts, users, api_keys, fsync_ns_last, rules_version, suspicious_total, settlement_rows;
   _Atomic bool ready;
@@ -186,11 +186,11 @@ static void snapshot_tails_advise(engine_t *e, int advice) {
  * child shares the table, the engine's writes fault on page after page of it (17,783 of a
  * snapshot's ~18,500 faults in session 5's count), and with ledgerd on two CPUs each such
  * fault also sends the other CPU a TLB-flush interrupt. So the child gets a copy instead:
- * accounts_stage, copied just before the fork (96 bytes an account, ~10-30 ms per 1 M
+ * accounts_stage, copied just before the fork (64 bytes an account, ~10-30 ms per 1 M
  * accounts on warm memory; the pre-fault thread keeps the stage's pages populated), and the
  * live table is kept out of the child (MADV_DONTFORK). The engine does not write the stage
  * while a child lives (one snapshot at a time), so sharing it costs no fault. */
-static size_t accounts_table_bytes(void) { return (size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t); }
+static size_t accounts_table_bytes(void) { return (size_t)ENGINE_ACCOUNTS_MAX * sizeof(account_rec_t); }
 
 static bool accounts_stage_fill(engine_t *e) {
   if (e->accounts_stage == NULL) return false;
@@ -198,7 +198,7 @@ static bool accounts_stage_fill(engine_t *e) {
     LOG_WARN("snapshot: madvise(MADV_DONTFORK) on the account table: %s", strerror(errno));
     return false;
   }
-  memcpy(e->accounts_stage, e->st.accounts, e->st.account_count * sizeof(engine_account_t));
+  memcpy(e->accounts_stage, e->st.accounts, e->st.account_count * sizeof(account_rec_t));
   return true;
 }
 
@@ -589,7 +589,7 @@ static void *prefault_main(void *arg) {
       {(char *)e->st.next, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t), sizeof(engine_next_t), 0, false},
   };
   prefault_table_t stage = {(char *)e->accounts_stage, e->accounts_stage ? accounts_table_bytes() : 0,
-                            sizeof(engine_account_t), 0, true};
+                            sizeof(account_rec_t), 0, true};
   while (!atomic_load(&e->stopping)) {
     uint64_t count = atomic_load_explicit(&e->transfer_count_pub, memory_order_relaxed);
     size_t have, most;

@@ -110,7 +110,7 @@ typedef struct engine_account {
   uint8_t history_last_debit; /* 1: the account is the debit side of history_last_no */
   uint8_t pad;
 } engine_account_t;
-static_assert(sizeof(engine_account_t) == 96, "account record size (memory per account)");
+static_assert(sizeof(engine_account_t) == 96, "account view size");
 
 /* A transfer as the engine answers with it: every field, whether the transfer uses it or not.
  * `no` is its position (1, 2, ...) and, with created_ms, its id (uuid_from_transfer).

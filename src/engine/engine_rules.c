@@ -406,7 +406,7 @@ static bool vel_counts(const transfer_rec_t *t, uint64_t account_id) {
  * window are inside. Built from the history when the stored one is for another rule-set
  * version (a walk back over the window, bounded by ENGINE_SCAN_STEPS_MAX entries: beyond
  * that the oldest are not seen). */
-static void vel_window(const engine_state_t *st, const engine_account_t *a, const engine_rule_t *r, vel_slot_t *w) {
+static void vel_window(const engine_state_t *st, const account_rec_t *a, const engine_rule_t *r, vel_slot_t *w) {
   *w = *vel_at(st, a->id, r->vel_slot);
   int64_t edge = st->batch_time_ms - r->window_ms;
   if (w->version != st->rules.version) {
@@ -443,7 +443,7 @@ static bool blocklisted(const engine_rules_t *rs, const engine_rule_t *r, uint64
   return bsearch(&id, p, r->block_count, sizeof *p, cmp_u64) != NULL;
 }
 
-void risk_judge(engine_state_t *st, const engine_account_t *dr, const engine_account_t *cr, int64_t amount,
+void risk_judge(engine_state_t *st, const account_rec_t *dr, const account_rec_t *cr, int64_t amount,
                 risk_verdict_t *v) {
   memset(v, 0, sizeof *v);
   const engine_rules_t *rs = &st->rules;
@@ -456,7 +456,7 @@ void risk_judge(engine_state_t *st, const engine_account_t *dr, const engine_acc
       case ENGINE_RULE_AMOUNT: fire = th != ENGINE_THRESHOLD_NONE && amount >= th; break;
       case ENGINE_RULE_NEW_ACCOUNT:
         fire = dr->kind == ENGINE_ACCOUNT_KIND_CUSTOMER && th != ENGINE_THRESHOLD_NONE && amount >= th &&
-               st->batch_time_ms - dr->created_ms < r->window_ms;
+               st->batch_time_ms - st->account_extra[dr->id - 1].created_ms < r->window_ms;
         break;
       case ENGINE_RULE_VELOCITY: {
         if (dr->kind != ENGINE_ACCOUNT_KIND_CUSTOMER) break;
@@ -485,7 +485,7 @@ bool risk_has_room(const engine_state_t *st, const risk_verdict_t *v) {
 void risk_record(engine_state_t *st, transfer_rec_t *t, const risk_verdict_t *v) {
   const engine_rules_t *rs = &st->rules;
   uint64_t no = transfer_no_of(st, t);
-  const engine_account_t *dr = &st->accounts[t->debit_account_id - 1];
+  const account_rec_t *dr = &st->accounts[t->debit_account_id - 1];
   if (dr->kind == ENGINE_ACCOUNT_KIND_CUSTOMER) {
     for (unsigned i = 0; i < rs->count; i++) {
       const engine_rule_t *r = &rs->rules[i];

@@ -233,7 +233,7 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
   if (cursor > st->transfer_count) return;
   if (w.f->account_id) {
     if (w.f->account_id > st->account_count || !visible_to(&w, w.f->account_id)) return; /* nothing, no leak */
-    const engine_account_t *a = &st->accounts[w.f->account_id - 1];
+    const account_rec_t *a = &st->accounts[w.f->account_id - 1];
     no = cursor ? cursor : (asc ? a->history_first_no : a->history_last_no);
     if (no) {
       const transfer_rec_t *t = &st->transfers[no - 1];

@@ -6,9 +6,8 @@
  * its staging buffer, write, fsync, rename) and no malloc. The file is written to snapshot.tmp, fsynced, renamed, and the directory
  * fsynced: a crash leaves either the old snapshot or the complete new one.
  *
- * Layout: header (below) | regions | accounts | transfers | their forward history links |
- * the transfers' side entries | their stamps |
- * live idempotency entries |
+ * Layout: header (below) | regions | accounts | their extra fields | transfers | their forward
+ * history links | the transfers' side entries | their stamps | live idempotency entries |
  * pending heap | the used part of the batch-codes ring | users | API keys | live credentials |
  * the audit ring (oldest first) | the rule set | suspicious entries | settlement rows |
  * velocity windows (when a velocity rule was ever in force) | crc32c u32 of all before it.
@@ -23,9 +22,10 @@
 #include "engine/engine_state.h"
 #include "store/store.h"
 
-/* "LGDGSNP8": 48-byte transfer records, a side table and a stamp table (4: 120-byte records
- * with their links; 5: 112-byte records and a links table; 6: 5 + each account's side of its
- * newest entry; 7: 64-byte records and a side table). */
+/* "LGDGSNP8": 64-byte account records and their extra fields; 48-byte transfer records, a
+ * side table and a stamp table (4: 120-byte transfer records with their links; 5: 112-byte
+ * records and a links table; 6: 5 + each account's side of its newest entry; 7: 64-byte
+ * records and a side table). */
 #define SNAP_MAGIC 0x38504e534744474cull
 /* The first 7 bytes, "LGDGSNP": a header with them and another last byte is another version. */
 #define SNAP_MAGIC_FAMILY_MASK 0x00ffffffffffffffull
@@ -181,7 +181,8 @@ static int snapshot_write_once(const engine_state_t *st, const char *tmp_path, c
                      st->vel_used ? st->account_count : 0, st->side_count, st->stamp_count};
   sink_put(&s, &h, sizeof h);
   sink_put(&s, st->regions, h.region_count * sizeof st->regions[0]);
-  sink_put(&s, st->accounts, h.account_count * sizeof(engine_account_t));
+  sink_put(&s, st->accounts, h.account_count * sizeof(account_rec_t));
+  sink_put(&s, st->account_extra, h.account_count * sizeof(account_extra_t));
   sink_put(&s, st->transfers, h.transfer_count * sizeof(transfer_rec_t));
   sink_put(&s, st->next, h.transfer_count * sizeof(engine_next_t));
   sink_put(&s, st->side, h.side_count * sizeof(transfer_side_t));
@@ -355,7 +356,8 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
     s.rc = LEDGER_ECORRUPT;
   if (s.rc == 0) {
     src_get(&s, st->regions, h.region_count * sizeof st->regions[0]);
-    src_get(&s, st->accounts, h.account_count * sizeof(engine_account_t));
+    src_get(&s, st->accounts, h.account_count * sizeof(account_rec_t));
+    src_get(&s, st->account_extra, h.account_count * sizeof(account_extra_t));
     src_get(&s, st->transfers, h.transfer_count * sizeof(transfer_rec_t));
     src_get(&s, st->next, h.transfer_count * sizeof(engine_next_t));
     src_get(&s, st->side, h.side_count * sizeof(transfer_side_t));

@@ -28,7 +28,8 @@ void *state_reserve(size_t bytes) {
 int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   memset(st, 0, sizeof *st);
   st->idem_retention_ms = idem_retention_ms;
-  st->accounts = reserve((size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
+  st->accounts = reserve((size_t)ENGINE_ACCOUNTS_MAX * sizeof(account_rec_t));
+  st->account_extra = reserve((size_t)ENGINE_ACCOUNTS_MAX * sizeof(account_extra_t));
   st->transfers = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t));
   st->next = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t));
   st->side = reserve((size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t));
@@ -39,7 +40,7 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   st->codes = reserve(ENGINE_CODES_RING_BYTES);
   st->saved_times = reserve(2u * ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_times);
   st->saved_vel = reserve(ENGINE_BATCH_TRANSFERS_MAX * sizeof *st->saved_vel);
-  if (!st->accounts || !st->transfers || !st->next || !st->side || !st->stamps || !st->idem || !st->pending || !st->codes || !st->saved_times ||
+  if (!st->accounts || !st->account_extra || !st->transfers || !st->next || !st->side || !st->stamps || !st->idem || !st->pending || !st->codes || !st->saved_times ||
       !st->saved_vel ||
       auth_state_init(st) != 0 || risk_state_init(st) != 0) {
     state_free(st);
@@ -51,8 +52,8 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
   /* Genesis: one system account per currency, ids 1..count (docs/api.md). Not logged: every
    * state starts with them. */
   for (unsigned c = 1; c <= ledger_currency_count(); c++) {
-    engine_account_t *a = &st->accounts[st->account_count++];
-    a->id = st->account_count;
+    account_rec_t *a = &st->accounts[st->account_count++];
+    a->id = (uint32_t)st->account_count;
     a->currency = (uint8_t)c;
     a->kind = ENGINE_ACCOUNT_KIND_SYSTEM;
     a->region = 1;
@@ -62,7 +63,8 @@ int state_init(engine_state_t *st, uint64_t idem_retention_ms) {
 }
 
 void state_free(engine_state_t *st) {
-  if (st->accounts) munmap(st->accounts, (size_t)ENGINE_ACCOUNTS_MAX * sizeof(engine_account_t));
+  if (st->accounts) munmap(st->accounts, (size_t)ENGINE_ACCOUNTS_MAX * sizeof(account_rec_t));
+  if (st->account_extra) munmap(st->account_extra, (size_t)ENGINE_ACCOUNTS_MAX * sizeof(account_extra_t));
   if (st->transfers) munmap(st->transfers, (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_rec_t));
   if (st->next) munmap(st->next, (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t));
   if (st->side) munmap(st->side, (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t));
@@ -99,7 +101,7 @@ uint16_t state_region_intern(engine_state_t *st, const char *name) {
 
 /* ---------------------------------------------------------------- lookups */
 
-static engine_account_t *account_at(const engine_state_t *st, uint64_t id) {
+static account_rec_t *account_at(const engine_state_t *st, uint64_t id) {
   if (id == 0 || id > st->account_count) return NULL;
   return &st->accounts[id - 1];
 }
@@ -167,7 +169,7 @@ static transfer_side_t *side_add(engine_state_t *st, uint64_t no) {
   return x;
 }
 
-static bool floored(const engine_account_t *a) { return (a->flags & ENGINE_AF_OVERDRAFT) == 0; }
+static bool floored(const account_rec_t *a) { return (a->flags & ENGINE_AF_OVERDRAFT) == 0; }
 
 /* ---------------------------------------------------------------- pending heap */
 
@@ -210,7 +212,7 @@ static void heap_pop(engine_state_t *st) {
 /* ---------------------------------------------------------------- history */
 
 /* Appends a new transfer record touching both accounts, linking it into their histories. */
-static transfer_rec_t *transfer_append(engine_state_t *st, engine_account_t *dr, engine_account_t *cr) {
+static transfer_rec_t *transfer_append(engine_state_t *st, account_rec_t *dr, account_rec_t *cr) {
   LEDGER_ASSERT(st->transfer_count < ENGINE_TRANSFERS_MAX);
   transfer_rec_t *t = &st->transfers[st->transfer_count++];
   memset(t, 0, sizeof *t);
@@ -228,9 +230,9 @@ static transfer_rec_t *transfer_append(engine_state_t *st, engine_account_t *dr,
   t->currency = dr->currency;
   t->prev_debit_no = (uint32_t)dr->history_last_no;
   t->prev_credit_no = (uint32_t)cr->history_last_no;
-  engine_account_t *sides[2] = {dr, cr};
+  account_rec_t *sides[2] = {dr, cr};
   for (int k = 0; k < 2; k++) {
-    engine_account_t *a = sides[k];
+    account_rec_t *a = sides[k];
     /* Which side of the previous entry to link comes from the account, not from the entry:
      * the store then waits on no load of a random old record. */
     if (a->history_last_no) {
@@ -252,14 +254,14 @@ static void transfer_pop(engine_state_t *st) {
   LEDGER_ASSERT(st->transfer_count > 0);
   transfer_rec_t *t = &st->transfers[st->transfer_count - 1];
   uint64_t no = st->transfer_count;
-  engine_account_t *dr = account_at(st, t->debit_account_id);
-  engine_account_t *cr = account_at(st, t->credit_account_id);
+  account_rec_t *dr = account_at(st, t->debit_account_id);
+  account_rec_t *cr = account_at(st, t->credit_account_id);
   uint64_t prevs[2] = {t->prev_debit_no, t->prev_credit_no};
-  engine_account_t *sides[2] = {dr, cr};
+  account_rec_t *sides[2] = {dr, cr};
   for (int k = 0; k < 2; k++) {
-    engine_account_t *a = sides[k];
+    account_rec_t *a = sides[k];
     LEDGER_ASSERT(a->history_last_no == no);
-    a->history_last_no = prevs[k];
+    a->history_last_no = (uint32_t)prevs[k];
     a->history_last_debit = 0;
     if (prevs[k]) {
       const transfer_rec_t *prev = &st->transfers[prevs[k] - 1];
@@ -283,11 +285,11 @@ static void transfer_pop(engine_state_t *st) {
 /* ---------------------------------------------------------------- transfers */
 
 typedef struct resolved {
-  engine_account_t *dr, *cr;
+  account_rec_t *dr, *cr;
 } resolved_t;
 
 /* A customer sees only accounts it owns: any other is "not found", exactly as a missing one. */
-static bool visible(const engine_account_t *a, uint8_t role, uint64_t principal) {
+static bool visible(const account_rec_t *a, uint8_t role, uint64_t principal) {
   return a && (role != ENGINE_ROLE_CUSTOMER || a->owner_id == principal);
 }
 
@@ -391,8 +393,8 @@ static int transfer_apply(engine_state_t *st, const engine_cmd_t *cmd, const eng
 static void transfer_undo(engine_state_t *st) {
   transfer_rec_t *t = &st->transfers[st->transfer_count - 1];
   uint64_t no = st->transfer_count;
-  engine_account_t *dr = account_at(st, t->debit_account_id);
-  engine_account_t *cr = account_at(st, t->credit_account_id);
+  account_rec_t *dr = account_at(st, t->debit_account_id);
+  account_rec_t *cr = account_at(st, t->credit_account_id);
   risk_unrecord(st, t);
   if (t->status == ENGINE_STATUS_POSTED) settlement_add(st, t, transfer_created_ms(st, t), -1);
   if (t->status == ENGINE_STATUS_PENDING) {
@@ -426,8 +428,8 @@ static void transfer_undo(engine_state_t *st) {
 int state_settle(engine_state_t *st, transfer_rec_t *p, bool post, int64_t amount, bool expired,
                  transfer_rec_t **entry_out) {
   if (p->status != ENGINE_STATUS_PENDING) return ENGINE_R_TRANSFER_NOT_PENDING;
-  engine_account_t *dr = account_at(st, p->debit_account_id);
-  engine_account_t *cr = account_at(st, p->credit_account_id);
+  account_rec_t *dr = account_at(st, p->debit_account_id);
+  account_rec_t *cr = account_at(st, p->credit_account_id);
   LEDGER_ASSERT(dr && cr);
   if (amount == 0) amount = p->amount_minor;
   int64_t new_dr = dr->balance_minor, new_cr = cr->balance_minor;
@@ -603,8 +605,29 @@ static engine_transfer_t creation_view(const engine_state_t *st, uint64_t no) {
   return v;
 }
 
-static engine_account_t account_creation_view(const engine_account_t *a) {
-  engine_account_t v = *a;
+engine_account_t state_account(const engine_state_t *st, const account_rec_t *a) {
+  const account_extra_t *x = &st->account_extra[a->id - 1];
+  return (engine_account_t){.id = a->id,
+                            .owner_id = a->owner_id,
+                            .balance_minor = a->balance_minor,
+                            .pending_debits_minor = a->pending_debits_minor,
+                            .pending_credits_minor = a->pending_credits_minor,
+                            .created_ms = x->created_ms,
+                            .updated_ms = a->updated_ms,
+                            .history_first_no = a->history_first_no,
+                            .history_last_no = a->history_last_no,
+                            .extra_pos = x->pos,
+                            .extra_len = x->len,
+                            .region = a->region,
+                            .currency = a->currency,
+                            .kind = a->kind,
+                            .status = a->status,
+                            .flags = a->flags,
+                            .history_last_debit = a->history_last_debit};
+}
+
+static engine_account_t account_creation_view(const engine_state_t *st, const account_rec_t *a) {
+  engine_account_t v = state_account(st, a);
   v.balance_minor = v.pending_debits_minor = v.pending_credits_minor = 0;
   v.status = ENGINE_ACCOUNT_OPEN;
   v.updated_ms = v.created_ms;
@@ -626,22 +649,24 @@ static int apply_account_create(engine_state_t *st, engine_cmd_t *cmd, uint64_t 
   if (region_name[0] == '\0') region_name = st->rules.default_region[0] ? st->rules.default_region : "default";
   uint16_t region = state_region_intern(st, region_name);
   if (region == 0) return ENGINE_R_LIMIT_EXCEEDED;
-  engine_account_t *a = &st->accounts[st->account_count++];
+  account_rec_t *a = &st->accounts[st->account_count++];
   memset(a, 0, sizeof *a);
-  a->id = st->account_count;
+  a->id = (uint32_t)st->account_count; /* <= ENGINE_ACCOUNTS_MAX */
   a->owner_id = owner;
   a->currency = cmd->u.account_create.currency;
   a->region = region;
   a->flags = cmd->u.account_create.allow_overdraft ? ENGINE_AF_OVERDRAFT : 0;
-  a->created_ms = a->updated_ms = st->batch_time_ms;
-  a->extra_len = cmd->u.account_create.extra_len;
-  a->extra_pos = a->extra_len ? extra_pos : 0;
-  cmd->account = *a;
+  a->updated_ms = st->batch_time_ms;
+  account_extra_t *x = &st->account_extra[a->id - 1];
+  x->created_ms = st->batch_time_ms;
+  x->len = cmd->u.account_create.extra_len;
+  x->pos = x->len ? extra_pos : 0;
+  cmd->account = state_account(st, a);
   return ENGINE_OK;
 }
 
 static int apply_freeze(engine_state_t *st, engine_cmd_t *cmd, bool freeze) {
-  engine_account_t *a = account_at(st, cmd->u.account.account_id);
+  account_rec_t *a = account_at(st, cmd->u.account.account_id);
   if (!a) return ENGINE_R_ACCOUNT_NOT_FOUND;
   if (a->kind == ENGINE_ACCOUNT_KIND_SYSTEM) return ENGINE_R_INVALID_OPERATION;
   if (a->status != (freeze ? ENGINE_ACCOUNT_FROZEN : ENGINE_ACCOUNT_OPEN))
@@ -649,7 +674,7 @@ static int apply_freeze(engine_state_t *st, engine_cmd_t *cmd, bool freeze) {
                NULL, NULL); /* no address: money commands do not log one */
   a->status = freeze ? ENGINE_ACCOUNT_FROZEN : ENGINE_ACCOUNT_OPEN;
   a->updated_ms = st->batch_time_ms;
-  cmd->account = *a;
+  cmd->account = state_account(st, a);
   return ENGINE_OK;
 }
 
@@ -804,7 +829,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
   cmd->result = (int16_t)e->result;
   switch (e->kind) {
     case ENGINE_CMD_ACCOUNT_CREATE:
-      if (e->result == ENGINE_OK) cmd->account = account_creation_view(account_at(st, e->object));
+      if (e->result == ENGINE_OK) cmd->account = account_creation_view(st, account_at(st, e->object));
       break;
     case ENGINE_CMD_TRANSFER:
       if (e->result == ENGINE_OK) cmd->transfer = creation_view(st, e->object);
@@ -821,7 +846,7 @@ static void replay_answer(engine_state_t *st, engine_cmd_t *cmd, const idem_entr
       break;
     case ENGINE_CMD_ACCOUNT_FREEZE:
     case ENGINE_CMD_ACCOUNT_UNFREEZE:
-      if (e->object) cmd->account = *account_at(st, e->object);
+      if (e->object) cmd->account = state_account(st, account_at(st, e->object));
       break;
     case ENGINE_CMD_SUSPICIOUS_REVIEW:
       if (e->object) {
@@ -966,7 +991,7 @@ bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {
 /* ---------------------------------------------------------------- reads */
 
 static void read_history(const engine_state_t *st, engine_cmd_t *cmd) {
-  const engine_account_t *a = account_at(st, cmd->u.history.account_id);
+  const account_rec_t *a = account_at(st, cmd->u.history.account_id);
   if (!visible(a, cmd->role, cmd->principal_id)) {
     cmd->result = ENGINE_R_ACCOUNT_NOT_FOUND;
     return;
@@ -1015,7 +1040,7 @@ static void read_list(const engine_state_t *st, engine_cmd_t *cmd) {
   /* Bounded scan: a filter that matches little returns a short page and a cursor. */
   uint64_t scanned = 0, scan_max = ENGINE_SCAN_STEPS_MAX;
   while (id >= 1 && id <= st->account_count && scanned < scan_max) {
-    const engine_account_t *a = &st->accounts[id - 1];
+    const account_rec_t *a = &st->accounts[id - 1];
     scanned++;
     bool match = visible(a, cmd->role, cmd->principal_id) &&
                  (!cmd->u.list.has_owner || a->owner_id == cmd->u.list.owner_id) &&
@@ -1023,7 +1048,7 @@ static void read_list(const engine_state_t *st, engine_cmd_t *cmd) {
                  (!cmd->u.list.region_name || a->region == cmd->u.list.region);
     if (match) {
       if (n == cmd->u.list.limit) break;
-      cmd->u.list.rows[n++] = *a;
+      cmd->u.list.rows[n++] = state_account(st, a);
     }
     id = asc ? id + 1 : id - 1;
   }
@@ -1043,10 +1068,10 @@ void state_read(const engine_state_t *st, engine_cmd_t *cmd) {
   }
   switch (cmd->kind) {
     case ENGINE_CMD_ACCOUNT_GET: {
-      const engine_account_t *a = account_at(st, cmd->u.account.account_id);
+      const account_rec_t *a = account_at(st, cmd->u.account.account_id);
       bool ok = visible(a, cmd->role, cmd->principal_id);
       cmd->result = ok ? ENGINE_OK : ENGINE_R_ACCOUNT_NOT_FOUND;
-      if (ok) cmd->account = *a;
+      if (ok) cmd->account = state_account(st, a);
       break;
     }
     case ENGINE_CMD_WHOAMI:
@@ -1079,7 +1104,7 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
   __extension__ typedef __int128 wide_t;
   wide_t sum[LEDGER_CURRENCIES_MAX] = {0}, pend[LEDGER_CURRENCIES_MAX] = {0};
   for (uint64_t i = 0; i < st->account_count; i++) {
-    const engine_account_t *a = &st->accounts[i];
+    const account_rec_t *a = &st->accounts[i];
     if (a->id != i + 1 || !ledger_currency_get(a->currency) || a->history_last_no > st->transfer_count ||
         a->history_first_no > a->history_last_no) {
       snprintf(problem, cap, "account %llu: bad record", (unsigned long long)(i + 1));

@@ -49,6 +49,40 @@ typedef struct pending_slot {
 /* Per-item result codes of batch requests that carried an Idempotency-Key, in a ring. */
 #define ENGINE_CODES_RING_BYTES (64u * 1024u * 1024u)
 
+/* An account as the engine keeps it: 64 bytes, one cache line (the table is page aligned).
+ * A batch changes two random accounts per transfer among millions, and every line a record
+ * spans is a cache miss (a 96-byte record spans two). Account ids and transfer numbers fit 32
+ * bits (engine.h). What only the account's view and the new-account rule read (its creation
+ * time, the log position of its metadata) is in account_extra. The API gets the whole
+ * account as an engine_account_t built by state_account(). */
+typedef struct account_rec {
+  int64_t balance_minor;
+  int64_t pending_debits_minor;
+  int64_t pending_credits_minor;
+  int64_t updated_ms;
+  uint64_t owner_id;
+  uint32_t id;
+  uint32_t history_first_no; /* first transfer touching it (0 = none) */
+  uint32_t history_last_no;  /* newest transfer touching it */
+  uint16_t region;
+  uint8_t currency;
+  uint8_t kind;
+  uint8_t status;
+  uint8_t flags;
+  uint8_t history_last_debit; /* 1: the account is the debit side of history_last_no */
+  uint8_t pad[5];
+} account_rec_t;
+static_assert(sizeof(account_rec_t) == 64, "account record size (memory per account)");
+
+/* The rest of an account, [id - 1]: its creation time and its metadata JSON's log position
+ * (0 = none) and length. */
+typedef struct account_extra {
+  int64_t created_ms;
+  uint64_t pos;
+  uint32_t len;
+  uint32_t pad;
+} account_extra_t;
+
 /* A transfer as the engine keeps it: 48 bytes. The table grows by one record per transfer,
  * and on the benchmark machine fresh memory costs ~2-4 ns a byte the first time it is touched
  * (docs/performance.md), so the record holds only what differs from transfer to transfer. Its
@@ -115,7 +149,8 @@ typedef struct engine_next {
 } engine_next_t;
 
 typedef struct engine_state {
-  engine_account_t *accounts; /* [id - 1] */
+  account_rec_t *accounts; /* [id - 1] */
+  account_extra_t *account_extra; /* [id - 1] */
   uint64_t account_count;
   transfer_rec_t *transfers; /* [no - 1] */
   engine_next_t *next;       /* [no - 1] */
@@ -192,6 +227,8 @@ static inline const transfer_stamp_t *transfer_stamp(const engine_state_t *st, c
 static inline int64_t transfer_created_ms(const engine_state_t *st, const transfer_rec_t *t) {
   return st->stamps[t->stamp].created_ms;
 }
+/* Account a as the API shows it: the record and its metadata position. */
+engine_account_t state_account(const engine_state_t *st, const account_rec_t *a);
 /* Transfer no's side entry (NULL if it has none); 1 <= no <= transfer_count. */
 transfer_side_t *state_side(const engine_state_t *st, uint64_t no);
 /* The side table against the records (state_check; snapshot_load, so that a snapshot whose
@@ -276,7 +313,7 @@ typedef struct risk_verdict {
 } risk_verdict_t;
 /* Judges a fresh transfer about to be applied (accounts resolved, amount in minor units).
  * Moves velocity windows forward (a pure function of time), changes nothing else. */
-void risk_judge(engine_state_t *st, const engine_account_t *dr, const engine_account_t *cr, int64_t amount,
+void risk_judge(engine_state_t *st, const account_rec_t *dr, const account_rec_t *cr, int64_t amount,
                 risk_verdict_t *v);
 /* Room for what risk_record and settlement_add will need (false: capacity exhausted). */
 bool risk_has_room(const engine_state_t *st, const risk_verdict_t *v);

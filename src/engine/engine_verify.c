@@ -83,7 +83,8 @@ static int compare_with_snapshot(const engine_state_t *replayed, const char *pat
     snprintf(problem, cap, "snapshot seq %llu differs from the log replayed to the same point",
              (unsigned long long)snap.last_seq);
     rc = LEDGER_ECORRUPT;
-  } else if (memcmp(snap.accounts, replayed->accounts, snap.account_count * sizeof(engine_account_t)) != 0 ||
+  } else if (memcmp(snap.accounts, replayed->accounts, snap.account_count * sizeof(account_rec_t)) != 0 ||
+             memcmp(snap.account_extra, replayed->account_extra, snap.account_count * sizeof(account_extra_t)) != 0 ||
              !state_transfers_equal(&snap, replayed) ||
              snap.suspicious_count != replayed->suspicious_count || snap.settle_count != replayed->settle_count ||
              memcmp(&snap.rules, &replayed->rules, sizeof snap.rules) != 0 ||

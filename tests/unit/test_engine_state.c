@@ -297,10 +297,12 @@ static void check_replay_identical(harness_t *h, int line) {
   CHECK_EQ(r.codes_total, h->st.codes_total);
   CHECK_EQ(atomic_load(&r.region_count), atomic_load(&h->st.region_count));
   if (r.account_count == h->st.account_count)
-    CHECK(memcmp(r.accounts, h->st.accounts, r.account_count * sizeof(engine_account_t)) == 0);
+    CHECK(memcmp(r.accounts, h->st.accounts, r.account_count * sizeof(account_rec_t)) == 0 &&
+          memcmp(r.account_extra, h->st.account_extra, r.account_count * sizeof(account_extra_t)) == 0);
   if (r.transfer_count == h->st.transfer_count) CHECK(state_transfers_equal(&r, &h->st));
   for (uint64_t i = 0; i < r.account_count && i < h->st.account_count; i++) {
-    const engine_account_t *x = &h->st.accounts[i], *y = &r.accounts[i];
+    engine_account_t xv = state_account(&h->st, &h->st.accounts[i]), yv = state_account(&r, &r.accounts[i]);
+    const engine_account_t *x = &xv, *y = &yv;
     if (memcmp(x, y, sizeof *x) == 0) continue;
     fprintf(stderr, "  account %llu differs: live balance %lld pending %lld/%lld updated %lld status %u extra %llu+%u;"
                     " replayed balance %lld pending %lld/%lld updated %lld status %u extra %llu+%u\n",
@@ -694,12 +696,13 @@ static void test_batches(void) {
    * logged, so anything it left behind would differ between this state and a replay (and
    * between a snapshot and the log, which verify compares byte for byte). */
   engine_account_t a_before = account_of(&h, a), b_before = account_of(&h, b);
+  account_rec_t a_rec = h.st.accounts[a - 1], b_rec = h.st.accounts[b - 1];
   h.now_ms += 7;
   CHECK_EQ(run_batch_cmd(&h, items, res, 3, true, NULL), ENGINE_R_BATCH_ABORTED);
   CHECK_EQ(account_of(&h, a).updated_ms, a_before.updated_ms);
   CHECK_EQ(account_of(&h, b).updated_ms, b_before.updated_ms);
-  CHECK(memcmp(&a_before, &h.st.accounts[a - 1], sizeof a_before) == 0);
-  CHECK(memcmp(&b_before, &h.st.accounts[b - 1], sizeof b_before) == 0);
+  CHECK(memcmp(&a_rec, &h.st.accounts[a - 1], sizeof a_rec) == 0);
+  CHECK(memcmp(&b_rec, &h.st.accounts[b - 1], sizeof b_rec) == 0);
   CHECK_REPLAY(&h);
   CHECK_EQ(res[0].result, ENGINE_R_BATCH_ABORTED);
   CHECK_EQ(res[1].result, ENGINE_R_BATCH_ABORTED);
@@ -1054,7 +1057,7 @@ static int expected_result(harness_t *h, const engine_transfer_in_t *in) {
   }
   if (dr == 0 || dr > n || cr == 0 || cr > n) return ENGINE_R_ACCOUNT_NOT_FOUND;
   if (dr == cr) return ENGINE_R_SAME_ACCOUNT;
-  const engine_account_t *d = &h->st.accounts[dr - 1], *c = &h->st.accounts[cr - 1];
+  const account_rec_t *d = &h->st.accounts[dr - 1], *c = &h->st.accounts[cr - 1];
   if (d->currency != c->currency) return ENGINE_R_CURRENCY_MISMATCH;
   if (d->status == ENGINE_ACCOUNT_FROZEN || c->status == ENGINE_ACCOUNT_FROZEN) return ENGINE_R_ACCOUNT_FROZEN;
   uint8_t exp = ledger_currency_get(d->currency)->exponent;
@@ -1120,8 +1123,8 @@ static void wl_single(workload_t *w) {
   if (keyed) set_key(&c, 1000 + (w->next_key++ % 300), 7); /* keys repeat: replays */
   int want = expected_result(h, &c.u.transfer);
   uint64_t dr = c.u.transfer.debit_account_id, cr = c.u.transfer.credit_account_id;
-  engine_account_t before_dr = dr && dr <= h->st.account_count ? h->st.accounts[dr - 1] : (engine_account_t){0};
-  engine_account_t before_cr = cr && cr <= h->st.account_count ? h->st.accounts[cr - 1] : (engine_account_t){0};
+  account_rec_t before_dr = dr && dr <= h->st.account_count ? h->st.accounts[dr - 1] : (account_rec_t){0};
+  account_rec_t before_cr = cr && cr <= h->st.account_count ? h->st.accounts[cr - 1] : (account_rec_t){0};
   uint64_t transfers = h->st.transfer_count;
   int r = h_apply(h, &c);
   if (c.replayed || r == ENGINE_R_IDEMPOTENCY_CONFLICT) return;
@@ -1272,7 +1275,8 @@ static void check_snapshot_round_trip_in(harness_t *h, const char *base, bool di
   CHECK_EQ(s.transfer_count, h->st.transfer_count);
   CHECK_EQ(s.pending_count, h->st.pending_count);
   if (s.account_count == h->st.account_count)
-    CHECK(memcmp(s.accounts, h->st.accounts, s.account_count * sizeof(engine_account_t)) == 0);
+    CHECK(memcmp(s.accounts, h->st.accounts, s.account_count * sizeof(account_rec_t)) == 0 &&
+          memcmp(s.account_extra, h->st.account_extra, s.account_count * sizeof(account_extra_t)) == 0);
   /* The side table (pending, settlement and described transfers) comes back too. */
   CHECK(h->st.side_count > 0 && h->st.side_count < h->st.transfer_count);
   CHECK_EQ(s.side_count, h->st.side_count);
@@ -1780,7 +1784,7 @@ static void check_entry_at(harness_t *h, const engine_transfer_t *t, const char 
 /* A copy of everything a rejected command must leave alone. */
 typedef struct risk_snap {
   uint64_t accounts, transfers, suspicious, settle, pending, records;
-  engine_account_t *acc;
+  account_rec_t *acc;
   engine_suspicious_t *sus;
   engine_settlement_t *rows;
   vel_slot_t *vel;
