@@ -165,6 +165,104 @@ static bool flat_object(cursor_t *c, cJSON *members, char *strings, const cJSON 
   return true;
 }
 
+static bool json_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r'; }
+
+/* The usual item, {"debit_account_id":D,"credit_account_id":C,"amount":"A"} with an optional
+ * "currency":"CUR", members in any order, straight into `in` (in->extra left NULL): the
+ * result transfer_from_fields gives through flat_object, without the value nodes, copies and
+ * per-field checks of that way (which took ~120 ns an item: the net threads' largest user-space
+ * cost in the batch benchmark, docs/performance.md). It accepts a strict subset of what
+ * flat_object + transfer_from_fields accept, with the same checks on each value (ids of 1 to
+ * 15 digits without a leading zero, an amount money_parse_decimal takes and that is positive,
+ * a currency ledger_currency_find knows). Anything else returns false with the cursor where it
+ * was, and the caller takes the item that way, which decides: a refused value gets the same
+ * answer as before. tests/unit/test_api_batch.c and fuzz/fuzz_batch.c compare the paths. */
+static bool quick_item(cursor_t *c, engine_transfer_in_t *in) {
+  const char *p = c->p, *end = c->end;
+  while (p < end && json_space(*p)) p++;
+  if (p == end || *p != '{') return false;
+  p++;
+  uint64_t ids[2] = {0, 0};
+  const char *amount = NULL, *code = NULL;
+  size_t amount_len = 0, code_len = 0;
+  unsigned seen = 0;
+  for (;;) {
+    while (p < end && json_space(*p)) p++;
+    if (p == end || *p != '"') return false;
+    p++;
+    /* The key and its closing quote, compared as one literal (a constant-length memcmp the
+     * compiler inlines); a key with an escape or any other byte matches none. */
+    int idx;
+    size_t left = (size_t)(end - p), klen;
+#define KEY_IS(lit) (klen = sizeof(lit) - 1, left >= klen && memcmp(p, lit, sizeof(lit) - 1) == 0)
+    if (KEY_IS("debit_account_id\"")) idx = F_DEBIT;
+    else if (KEY_IS("credit_account_id\"")) idx = F_CREDIT;
+    else if (KEY_IS("amount\"")) idx = F_AMOUNT;
+    else if (KEY_IS("currency\"")) idx = F_CURRENCY;
+    else return false;
+#undef KEY_IS
+    if (seen & (1u << idx)) return false;
+    seen |= 1u << idx;
+    p += klen;
+    while (p < end && json_space(*p)) p++;
+    if (p == end || *p != ':') return false;
+    p++;
+    while (p < end && json_space(*p)) p++;
+    if (p == end) return false;
+    if (idx == F_DEBIT || idx == F_CREDIT) {
+      uint64_t v = 0;
+      size_t digits = 0;
+      while (p < end && *p >= '0' && *p <= '9') {
+        if (++digits > FAST_DIGITS_MAX) return false;
+        v = v * 10 + (uint64_t)(*p - '0');
+        p++;
+      }
+      if (v == 0 || p[-(long)digits] == '0') return false; /* none, 0, or a leading zero */
+      ids[idx == F_CREDIT] = v;
+    } else {
+      if (*p != '"') return false;
+      const char *v = ++p;
+      for (; p < end; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\') break;
+      }
+      if (p == end || *p != '"') return false;
+      if (idx == F_AMOUNT) {
+        amount = v;
+        amount_len = (size_t)(p - v);
+      } else {
+        code = v;
+        code_len = (size_t)(p - v);
+      }
+      p++;
+    }
+    while (p < end && json_space(*p)) p++;
+    if (p == end) return false;
+    if (*p == ',') {
+      p++;
+      continue;
+    }
+    if (*p != '}') return false; /* also a '.' or an exponent after an id's digits */
+    p++;
+    break;
+  }
+  const unsigned required = (1u << F_DEBIT) | (1u << F_CREDIT) | (1u << F_AMOUNT);
+  int64_t digits;
+  uint8_t scale, currency = 0;
+  if ((seen & required) != required || money_parse_decimal(amount, amount_len, &digits, &scale) != 0 || digits <= 0)
+    return false;
+  if (code && (currency = ledger_currency_find(code, code_len)) == 0) return false;
+  memset(in, 0, sizeof *in);
+  in->kind = ENGINE_KIND_TRANSFER;
+  in->debit_account_id = ids[0];
+  in->credit_account_id = ids[1];
+  in->amount_digits = digits;
+  in->amount_scale = scale;
+  in->currency = currency;
+  c->p = p;
+  return true;
+}
+
 /* The shortest item this path can accept: the three required members with one-character
  * values, {"debit_account_id":1,"credit_account_id":1,"amount":"1"}. A body of len bytes holds
  * fewer than len / FAST_ITEM_BYTES_MIN + 1 of them, which sizes the arrays without a first pass
@@ -317,6 +415,13 @@ bool api_batch_parse_fast(const char *body, size_t len, api_batch_t *out) {
         char extra[LEDGER_EXTRA_BYTES_MAX];
         api_error_t err;
         engine_transfer_in_t *in = &out->items[out->count];
+        if (quick_item(&c, in)) {
+          in->extra = out->extra + extra_used;
+          out->count++;
+          if (eat(&c, ',')) continue;
+          if (eat(&c, ']')) break;
+          goto decline;
+        }
         if (!flat_object(&c, members, strings, slots) ||
             !transfer_from_fields(slots, ENGINE_KIND_TRANSFER, in, extra, &err) ||
             extra_used + in->extra_len > extra_cap)
@@ -351,6 +456,12 @@ bool api_transfer_parse_fast(const char *body, size_t len, engine_transfer_in_t 
   const cJSON *slots[F_COUNT];
   char strings[FAST_STRING_BYTES];
   api_error_t err;
+  if (quick_item(&c, in)) {
+    in->extra = extra;
+    skip_ws(&c);
+    if (c.p == c.end) return true;
+    c.p = body; /* the general way decides what follows */
+  }
   if (!flat_object(&c, members, strings, slots)) return false;
   skip_ws(&c);
   return c.p == c.end && transfer_from_fields(slots, ENGINE_KIND_TRANSFER, in, extra, &err);

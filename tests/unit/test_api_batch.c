@@ -246,6 +246,11 @@ static void test_fixed(void) {
       "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\"}]}",
       " {\n \"atomic\" : true , \"transfers\" : [ {\"amount\":\"5\",\"credit_account_id\":2,\"debit_account_id\":3,"
       "\"currency\":\"USD\",\"description\":\"rent, May\",\"pending\":true,\"timeout_s\":60} ] } \r\n",
+      /* The usual items (quick_item): any order, whitespace, the largest id it takes, and an
+       * item of another shape between two of them. */
+      "{\"transfers\":[ { \"currency\" : \"EUR\" , \"amount\":\"12.345\",\"credit_account_id\":999999999999999,"
+      " \"debit_account_id\" :7 } ,{\"debit_account_id\":1,\"credit_account_id\":2,\"amount\":\"3\",\"pending\":false},"
+      "{\"debit_account_id\":\t10,\"credit_account_id\":20,\"amount\":\"0.5\"}\n]}",
   };
   static const char *const declined[] = {
       "{\"transfers\":[]}",
@@ -260,6 +265,20 @@ static void test_fixed(void) {
       "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\"}],\"transfers\":[]}",
       "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\"}",
       "{\"atomic\":null,\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\"}]}",
+      /* Near misses of the usual item: each is refused, or left to cJSON, by both paths. */
+      "{\"transfers\":[{\"debit_account_id\":0,\"credit_account_id\":12,\"amount\":\"0.01\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":1234567890123456,\"credit_account_id\":12,\"amount\":\"0.01\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11.0,\"credit_account_id\":12,\"amount\":\"0.01\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":-12,\"amount\":\"0.01\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"-1\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\",\"currency\":\"usd\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\",\"currency\":\"U\\u0053D\"}]}",
+      "{\"transfers\":[{\"debit\\u005faccount_id\":11,\"credit_account_id\":12,\"amount\":\"0.01\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"1\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":\"1\x7f\"}]}",
+      "{\"transfers\":[{\"debit_account_id\":11,\"credit_account_id\":12,\"amount\":1}]}",
   };
   for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++) {
     api_batch_t f, s;
