@@ -64,14 +64,29 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
   return era * 146097 + (int64_t)doe - 719468;
 }
 
+/* "00".."99": two digits per division (a batch answer prints 8,190 indexes). */
+static const char digit_pairs[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 size_t u64_format(char *dst, uint64_t v) {
   char tmp[20];
-  size_t n = 0;
-  do { /* digits from the right: no printf on the hot paths (responses, headers) */
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  for (size_t i = 0; i < n; i++) dst[i] = tmp[n - 1 - i];
+  size_t at = sizeof tmp; /* digits from the right: no printf on the hot paths (responses, headers) */
+  while (v >= 100) {
+    unsigned pair = (unsigned)(v % 100);
+    v /= 100;
+    at -= 2;
+    memcpy(tmp + at, digit_pairs + 2 * pair, 2);
+  }
+  if (v >= 10) {
+    at -= 2;
+    memcpy(tmp + at, digit_pairs + 2 * v, 2);
+  } else {
+    tmp[--at] = (char)('0' + v);
+  }
+  size_t n = sizeof tmp - at;
+  memcpy(dst, tmp + at, n);
   return n;
 }
 

@@ -485,6 +485,23 @@ static uint32_t crc32c_reference(uint32_t crc, const uint8_t *p, size_t len) {
   return ~crc;
 }
 
+/* u64_format (two digits per step) against printf: the edges of each pair step and random. */
+static void test_u64_format(void) {
+  const uint64_t fixed[] = {0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 8189, 65535, 1000000, 4294967295u,
+                            9999999999999999999ull, 10000000000000000000ull, UINT64_MAX};
+  for (int i = 0; i < 20000 + (int)(sizeof fixed / sizeof fixed[0]); i++) {
+    uint64_t v = i < (int)(sizeof fixed / sizeof fixed[0]) ? fixed[i] : rng_next() >> (rng_next() % 64);
+    char got[24], want[24];
+    size_t n = u64_format(got, v);
+    got[n] = '\0';
+    snprintf(want, sizeof want, "%llu", (unsigned long long)v);
+    if (strcmp(got, want) != 0) {
+      CHECK_STR(got, want);
+      return;
+    }
+  }
+}
+
 static void test_crc32c(void) {
   CHECK_EQ(crc32c(0, "123456789", 9), 0xE3069283u);
   CHECK_EQ(crc32c(0, "", 0), 0);
@@ -659,6 +676,7 @@ int main(void) {
   test_money_round_trip();
   test_uuid();
   test_time();
+  test_u64_format();
   test_crc32c();
   test_queue_basic();
   test_queue_threads();
