@@ -50,6 +50,10 @@ _Noreturn void http__assert_fail(const char *expr, const char *file, int line);
 #define HTTP_BUF_KEEP_BYTES_MAX (64 * 1024)
 #define HTTP_REQ_BUF_BYTES_INITIAL 1024 /* url + the four kept header values, typical request */
 #define HTTP_OUT_BUF_BYTES_INITIAL 4096 /* headers + a typical JSON answer */
+/* Bodies from this size are sent from the handler's buffer when nothing is queued before
+ * them (http_conn.c, conn_send_direct); smaller ones are copied, which costs less than a
+ * second iovec. */
+#define HTTP_DIRECT_BODY_BYTES_MIN (16u * 1024u)
 /* After an error answer (413...) the client may still be sending; closing with unread input
  * would reset the connection and could destroy the answer before it is read. So we shut down
  * our side and discard input for at most this long / this much before closing. */
