@@ -128,7 +128,7 @@ KEEP_LINES=$(TMPDIR=$WORK "${SERVER_PIN[@]}" "$BIN/ledger-ceiling" --keep-record
 echo "$KEEP_LINES"
 CEIL_KEPT=$(printf '%s\n' "$KEEP_LINES" | grep '^ceiling_kept ' || true)
 CEIL_KEPT_CPU=$(printf '%s\n' "$KEEP_LINES" | grep '^ceiling_kept_cpu ' || true)
-# What fresh memory costs here: ledgerd's transfer table grows into new memory (72 bytes a
+# What fresh memory costs here: ledgerd's transfer table grows into new memory (56 bytes a
 # transfer); on a VM whose host backs memory lazily, the first touch is the host's cost.
 TOUCH_MB=$([ "$PROFILE" = full ] && echo 1024 || echo 256)
 echo "## memory: ledger-ceiling --touch-mb $TOUCH_MB"
@@ -583,7 +583,7 @@ B0=$(kv "$BATCH0" transfers_per_s)
 row "  batch, ledgerd on CPU 0 alone, transfers/s" "$(val "$(fmtv "$B0")" "one CPU")" "ceiling: $(fmt "$C")" "$(ratio "$B0" "$C")" "all CPUs / it: $(ratio "$B" "$B0")" ""
 row "  ceiling: memory + log, fdatasync/10k" "$(fmt "$C")" "no I/O: $(fmt "$CC")" "$(ratio "$C" "$CC")" "" ""
 row "  ceiling keeping 64 B/transfer in memory (info)" "$(fmt "$(kv "$CEIL_KEPT" transfers_per_s)")" "no I/O: $(fmt "$(kv "$CEIL_KEPT_CPU" transfers_per_s)")" "$(ratio "$(kv "$BATCH" transfers_per_s)" "$(kv "$CEIL_KEPT" transfers_per_s)")" "ledger-ceiling --keep-records" ""
-row "  fresh memory, ns/byte: first touch / just freed" "$(kv "$TOUCH" first_ns_per_byte) / $(kv "$TOUCH" again_ns_per_byte)" "x 72 B/transfer: $(awk -v v="$(kv "$TOUCH" first_ns_per_byte)" 'BEGIN { if (v == "") print "-"; else printf "%.0f ns", v * 72 }')" "" "ledger-ceiling --touch-mb" ""
+row "  fresh memory, ns/byte: first touch / just freed" "$(kv "$TOUCH" first_ns_per_byte) / $(kv "$TOUCH" again_ns_per_byte)" "x 56 B/transfer: $(awk -v v="$(kv "$TOUCH" first_ns_per_byte)" 'BEGIN { if (v == "") print "-"; else printf "%.0f ns", v * 56 }')" "" "ledger-ceiling --touch-mb" ""
 row "  two files synced together: slow (> 4 ms) syncs" "$(kv "$PAIR" slow_first) / $(kv "$PAIR" slow_second) of $(kv "$PAIR" syncs_each) each" "first's slow ones during a slow one of the second: $(kv "$PAIR" slow_first_overlapping_slow_second)" "" "ledger-ceiling --sync-pair" ""
 row "  ceiling fdatasync p50 / p99 us" "$(kv "$CEIL" fdatasync_p50_us)/$(kv "$CEIL" fdatasync_p99_us)" "" "" "" ""
 row "  client CPU used: ledger-bench health / transfer" "$H_CPU / $T_CPUB" "wrk: $(val "$WRK_HUTIL" -) / $(val "$WRKL_UTIL" -)" "" "1.0 = one CPU busy" ""
