@@ -178,6 +178,8 @@ static void snapshot_tails_advise(engine_t *e, int advice) {
                     (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_side_t), advice);
   table_tail_advise(st->stamps, st->stamp_count * sizeof(transfer_stamp_t),
                     (size_t)ENGINE_TRANSFERS_MAX * sizeof(transfer_stamp_t), advice);
+  table_tail_advise(st->account_extra, st->account_count * sizeof(account_extra_t),
+                    (size_t)ENGINE_ACCOUNTS_MAX * sizeof(account_extra_t), advice);
   table_tail_advise(st->next, st->transfer_count * sizeof(engine_next_t),
                     (size_t)ENGINE_TRANSFERS_MAX * sizeof(engine_next_t), advice);
 }

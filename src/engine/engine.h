@@ -115,9 +115,10 @@ static_assert(sizeof(engine_account_t) == 96, "account view size");
 /* A transfer as the engine answers with it: every field, whether the transfer uses it or not.
  * `no` is its position (1, 2, ...) and, with created_ms, its id (uuid_from_transfer).
  * Transfer numbers and account ids fit 32 bits (ENGINE_TRANSFERS_MAX, ENGINE_ACCOUNTS_MAX).
- * The engine does not keep this struct: it keeps a 64-byte record per transfer, with the
- * fields only some transfers need (two-phase, settlement entries, descriptions) in a side
- * table (engine_state.h, transfer_rec_t), and builds this view when it answers. */
+ * The engine does not keep this struct: it keeps a 48-byte record per transfer, with its
+ * batch, time and rule set once per run of transfers in a stamp table and the fields only
+ * some transfers need (two-phase, settlement entries, descriptions) in a side table
+ * (engine_state.h, transfer_rec_t), and builds this view when it answers. */
 typedef struct engine_transfer {
   uint64_t seq;                /* batch that created it */
   int64_t amount_minor;        /* requested (for pending: reserved) */

@@ -405,9 +405,7 @@ int snapshot_load(engine_state_t *st, const char *path, uint64_t *log_pos_out) {
   st->side_count = h.side_count;
   st->stamp_count = h.stamp_count;
   char problem[160];
-  if (state_side_check(st, problem, sizeof problem) != LEDGER_OK ||
-      state_stamp_check(st, problem, sizeof problem) != LEDGER_OK)
-    return LEDGER_ECORRUPT; /* CRC-valid, yet wrong */
+  if (state_tables_check(st, problem, sizeof problem) != LEDGER_OK) return LEDGER_ECORRUPT; /* CRC-valid, yet wrong */
   st->pending_count = h.pending_count;
   st->codes_total = h.codes_total;
   atomic_store(&st->region_count, (uint32_t)h.region_count);

@@ -712,10 +712,7 @@ static int apply_settle(engine_state_t *st, engine_cmd_t *cmd, bool post) {
 
 /* always_inline: as separate functions GCC finds them free of side effects and drops the calls. */
 static inline __attribute__((always_inline)) void prefetch_account(const engine_state_t *st, uint64_t id) {
-  if (id - 1 < st->account_count) {
-    __builtin_prefetch(&st->accounts[id - 1], 1, 1);
-    __builtin_prefetch((const char *)&st->accounts[id - 1] + 64, 1, 1);
-  }
+  if (id - 1 < st->account_count) __builtin_prefetch(&st->accounts[id - 1], 1, 1); /* one line */
 }
 
 static inline __attribute__((always_inline)) void prefetch_history(const engine_state_t *st, uint64_t id) {
@@ -1147,8 +1144,7 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
       return LEDGER_ECORRUPT;
     }
   }
-  int rc = state_side_check(st, problem, cap);
-  if (rc == LEDGER_OK) rc = state_stamp_check(st, problem, cap);
+  int rc = state_tables_check(st, problem, cap);
   if (rc != LEDGER_OK) return rc;
   /* Every posted movement changes the two balances by its amount: walk each transfer and
    * check that balance_after equals the previous entry's balance_after +/- the amount. */
@@ -1184,8 +1180,19 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
   return risk_check(st, problem, cap);
 }
 
-int state_side_check(const engine_state_t *st, char *problem, size_t cap) {
-  /* In transfer order, each for a transfer whose flags say it has one, with sane contents. */
+int state_tables_check(const engine_state_t *st, char *problem, size_t cap) {
+  /* Accounts: ids are positions, and the history numbers name transfers (state_account, the
+   * rules and the history walks index by them). */
+  for (uint64_t i = 0; i < st->account_count; i++) {
+    const account_rec_t *a = &st->accounts[i];
+    if (a->id != i + 1 || !ledger_currency_get(a->currency) || a->history_last_no > st->transfer_count ||
+        a->history_first_no > a->history_last_no) {
+      snprintf(problem, cap, "account %llu: bad record", (unsigned long long)(i + 1));
+      return LEDGER_ECORRUPT;
+    }
+  }
+  /* Side entries: in transfer order, each for a transfer whose flags say it has one, with
+   * sane contents. */
   for (uint64_t k = 0, no = 0; k < st->side_count; k++) {
     const transfer_side_t *x = &st->side[k];
     const transfer_rec_t *t = x->no > no && x->no <= st->transfer_count ? &st->transfers[x->no - 1] : NULL;
@@ -1199,21 +1206,9 @@ int state_side_check(const engine_state_t *st, char *problem, size_t cap) {
     }
     no = x->no;
   }
-  /* ... and exactly one for each such transfer. */
-  uint64_t with_side = 0;
-  for (uint64_t i = 0; i < st->transfer_count; i++) with_side += (st->transfers[i].flags & TRANSFER_SIDE_FLAGS) != 0;
-  if (with_side != st->side_count) {
-    snprintf(problem, cap, "transfers: %llu have side fields, %llu side entries",
-             (unsigned long long)with_side, (unsigned long long)st->side_count);
-    return LEDGER_ECORRUPT;
-  }
-  return LEDGER_OK;
-}
-
-int state_stamp_check(const engine_state_t *st, char *problem, size_t cap) {
-  /* Runs in order, each starting where the one before ended, and each a change of batch,
-   * time or rule set. (Batch times never go back in a log the engine wrote; a fuzzed replay
-   * that goes on past a malformed record can make them, so that is not required here.) */
+  /* Stamps: runs in order, each starting where the one before ended, and each a change of
+   * batch, time or rule set. (Batch times never go back in a log the engine wrote; a fuzzed
+   * replay that goes on past a malformed record can make them, so that is not required.) */
   if ((st->stamp_count == 0) != (st->transfer_count == 0) || (st->stamp_count && st->stamps[0].first_no != 1)) {
     snprintf(problem, cap, "transfer stamps: %llu for %llu transfers", (unsigned long long)st->stamp_count,
              (unsigned long long)st->transfer_count);
@@ -1227,14 +1222,23 @@ int state_stamp_check(const engine_state_t *st, char *problem, size_t cap) {
       return LEDGER_ECORRUPT;
     }
   }
-  /* ... and each transfer points at the run it is in. */
+  /* One pass over the records: each points at the run it is in, and exactly the flagged ones
+   * have a side entry. */
+  uint64_t with_side = 0;
   for (uint64_t i = 0, k = 0; i < st->transfer_count; i++) {
+    const transfer_rec_t *t = &st->transfers[i];
     if (k + 1 < st->stamp_count && st->stamps[k + 1].first_no == i + 1) k++;
-    if (st->transfers[i].stamp != k) {
-      snprintf(problem, cap, "transfer %llu: stamp %u, in run %llu", (unsigned long long)(i + 1),
-               st->transfers[i].stamp, (unsigned long long)(k + 1));
+    if (t->stamp != k) {
+      snprintf(problem, cap, "transfer %llu: stamp %u, in run %llu", (unsigned long long)(i + 1), t->stamp,
+               (unsigned long long)(k + 1));
       return LEDGER_ECORRUPT;
     }
+    with_side += (t->flags & TRANSFER_SIDE_FLAGS) != 0;
+  }
+  if (with_side != st->side_count) {
+    snprintf(problem, cap, "transfers: %llu have side fields, %llu side entries", (unsigned long long)with_side,
+             (unsigned long long)st->side_count);
+    return LEDGER_ECORRUPT;
   }
   return LEDGER_OK;
 }

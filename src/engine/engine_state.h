@@ -142,7 +142,7 @@ static_assert(sizeof(transfer_side_t) == 48, "transfer side entry size");
 /* The forward links of a transfer's two history chains: the next entry of its debit account's
  * chain and of its credit account's (0: none yet). Kept apart from the transfer records
  * because an append writes the previous entry of both accounts, random old entries: in a
- * dense 8-byte table those writes touch 8x fewer pages than in the 64-byte records, and
+ * dense 8-byte table those writes touch 6x fewer pages than in the 48-byte records, and
  * after a snapshot's fork every page the engine writes is copied first (docs/storage.md). */
 typedef struct engine_next {
   uint32_t debit_no, credit_no;
@@ -231,11 +231,10 @@ static inline int64_t transfer_created_ms(const engine_state_t *st, const transf
 engine_account_t state_account(const engine_state_t *st, const account_rec_t *a);
 /* Transfer no's side entry (NULL if it has none); 1 <= no <= transfer_count. */
 transfer_side_t *state_side(const engine_state_t *st, uint64_t no);
-/* The side table against the records (state_check; snapshot_load, so that a snapshot whose
- * side table is inconsistent is refused rather than trusted). */
-int state_side_check(const engine_state_t *st, char *problem, size_t cap);
-/* The stamp table against the records (state_check; snapshot_load, for the same reason). */
-int state_stamp_check(const engine_state_t *st, char *problem, size_t cap);
+/* The tables that index each other: account ids and history numbers, the side and stamp
+ * tables against the records (state_check; snapshot_load, so that a snapshot whose tables are
+ * inconsistent is refused rather than trusted: state_account and the rules index by them). */
+int state_tables_check(const engine_state_t *st, char *problem, size_t cap);
 /* Transfer no as the API shows it: the record and its side entry; 1 <= no <= transfer_count. */
 engine_transfer_t state_transfer(const engine_state_t *st, uint64_t no);
 /* The same transfers, with the same links (verify, tests and the fuzz target compare states). */
