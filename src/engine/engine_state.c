@@ -1100,13 +1100,12 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
   /* 128-bit sums: a valid ledger's running sum may pass int64 on the way to zero. */
   __extension__ typedef __int128 wide_t;
   wide_t sum[LEDGER_CURRENCIES_MAX] = {0}, pend[LEDGER_CURRENCIES_MAX] = {0};
+  /* First the tables that index each other (account ids and history numbers included): the
+   * walks below index by them. */
+  int rc = state_tables_check(st, problem, cap);
+  if (rc != LEDGER_OK) return rc;
   for (uint64_t i = 0; i < st->account_count; i++) {
     const account_rec_t *a = &st->accounts[i];
-    if (a->id != i + 1 || !ledger_currency_get(a->currency) || a->history_last_no > st->transfer_count ||
-        a->history_first_no > a->history_last_no) {
-      snprintf(problem, cap, "account %llu: bad record", (unsigned long long)(i + 1));
-      return LEDGER_ECORRUPT;
-    }
     sum[a->currency] += a->balance_minor;
     pend[a->currency] += (wide_t)a->pending_debits_minor - a->pending_credits_minor;
     if (floored(a) && a->balance_minor - a->pending_debits_minor < 0) {
@@ -1144,8 +1143,6 @@ int state_check(const engine_state_t *st, char *problem, size_t cap) {
       return LEDGER_ECORRUPT;
     }
   }
-  int rc = state_tables_check(st, problem, cap);
-  if (rc != LEDGER_OK) return rc;
   /* Every posted movement changes the two balances by its amount: walk each transfer and
    * check that balance_after equals the previous entry's balance_after +/- the amount. */
   for (uint64_t i = 0; i < st->transfer_count; i++) {
