@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bench/threads.sh — CPU time per transfer, by ledgerd thread and user/system, during a batch
-# run: the per-thread figures of docs/performance.md ("What changed", session 9). Less noisy
+# bench/threads.sh — CPU time per transfer (or request), by ledgerd thread and user/system,
+# during a batch, single-transfer or /healthz run: the per-thread figures of docs/performance.md ("What changed", session 9). Less noisy
 # than throughput on a shared VM: a slower run is slower in every thread, and what a change
 # moves shows in its own thread.
 #
@@ -9,9 +9,12 @@
 #   generator is build/bin/ledger-bench of this checkout. With several, they alternate.
 # environment (defaults in brackets): ROUNDS [1] rounds over the BIN_DIRs; SECS [8] seconds
 #   per run; N [1000000] accounts; CPUS [0,1] ledgerd's CPUs (taskset); the load generator
-#   runs on CPU 1 (-m batch -b 8190 -c 8, as goal 1); ARGS: more ledgerd flags.
-# Prints per run: the directory, transfers/s, then thread=user/system ns of CPU per transfer
-#   for each thread that used at least 1 ns (from /proc/PID/task/*/stat before and after).
+#   runs on CPU 1; MODE [batch]: batch (-m batch -b 8190 -c 8, as goal 1), transfer
+#   (-m transfer -c 256, as goal 2; use CPUS=0 as the bench does) or health (-m health
+#   -c 256, goal 2's baseline); ARGS: more ledgerd flags.
+# Prints per run: the directory, transfers (or requests)/s, then thread=user/system ns of CPU
+#   per transfer (request) for each thread that used at least 1 ns (from
+#   /proc/PID/task/*/stat before and after), and total= their sum.
 # Bounded: ROUNDS x BIN_DIRs runs of SECS seconds plus setup; servers are stopped (SIGTERM)
 # and their data directories removed.
 set -euo pipefail
@@ -20,7 +23,13 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$HERE/build/bin/ledger-bench
 for d in "$@"; do [ -x "$d/ledgerd" ] || { echo "threads.sh: $d/ledgerd is missing" >&2; exit 2; }; done
 [ -x "$BENCH" ] || { echo "threads.sh: $BENCH is missing (make build)" >&2; exit 2; }
-ROUNDS=${ROUNDS:-1}; SECS=${SECS:-8}; N=${N:-1000000}; CPUS=${CPUS:-0,1}
+ROUNDS=${ROUNDS:-1}; SECS=${SECS:-8}; N=${N:-1000000}; CPUS=${CPUS:-0,1}; MODE=${MODE:-batch}
+case $MODE in
+  batch) LOAD=(-m batch -b 8190 -c 8) ;;
+  transfer) LOAD=(-m transfer -c 256) ;;
+  health) LOAD=(-m health -c 256) ;;
+  *) echo "threads.sh: MODE is batch, transfer or health" >&2; exit 2 ;;
+esac
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ledger-threads.XXXXXX")
 PID=""
 cleanup() {
@@ -50,16 +59,22 @@ run() {  # run BIN_DIR
   range=$("$BENCH" -p "$p" --token-file "$d/data/bootstrap-admin-key" -S "$N" -c 64 --cpu 1 |
     sed -n 's/.*first=\([0-9]*\).*last=\([0-9]*\).*/\1-\2/p')
   ticks >"$d/t0"
-  out=$("$BENCH" -p "$p" --token-file "$d/data/bootstrap-admin-key" --cpu 1 -m batch -b 8190 -c 8 \
+  out=$("$BENCH" -p "$p" --token-file "$d/data/bootstrap-admin-key" --cpu 1 "${LOAD[@]}" \
     -d "$SECS" -A "$range" | grep '^mode=')
   ticks >"$d/t1"
   local transfers tps
-  transfers=$(printf '%s\n' "$out" | tr ' ' '\n' | sed -n 's/^transfers=//p')
-  tps=$(printf '%s\n' "$out" | tr ' ' '\n' | sed -n 's/^transfers_per_s=//p')
+  if [ "$MODE" = health ]; then
+    transfers=$(printf '%s\n' "$out" | tr ' ' '\n' | sed -n 's/^requests=//p')
+    tps=$(printf '%s\n' "$out" | tr ' ' '\n' | sed -n 's/^req_per_s=//p')
+  else
+    transfers=$(printf '%s\n' "$out" | tr ' ' '\n' | sed -n 's/^transfers=//p')
+    tps=$(printf '%s\n' "$out" | tr ' ' '\n' | sed -n 's/^transfers_per_s=//p')
+  fi
   join "$d/t0" "$d/t1" | awk -v t="$transfers" -v clk="$CLK" -v tps="$tps" -v b="$bin" '
-    BEGIN { printf "%s transfers_per_s=%s", b, tps }
-    { u = ($4 - $2) / clk * 1e9 / t; s = ($5 - $3) / clk * 1e9 / t; if (u + s >= 1) printf " %s=%.0f/%.0f", $1, u, s }
-    END { print "" }'
+    BEGIN { printf "%s per_s=%s", b, tps }
+    { u = ($4 - $2) / clk * 1e9 / t; s = ($5 - $3) / clk * 1e9 / t; all += u + s
+      if (u + s >= 1) printf " %s=%.0f/%.0f", $1, u, s }
+    END { printf " total=%.0f\n", all }'
   kill "$PID"; wait "$PID" || true; PID=""
 }
 for _ in $(seq "$ROUNDS"); do

@@ -91,6 +91,10 @@ struct engine {
   /* Pre-faulting the transfer table ahead of use, at idle priority (see prefault_main). */
   pthread_t prefault_thread;
   bool prefault_running;
+  /* snapshot_start holds the prefault thread (prefault_hold_set): prefault_held is set by the
+   * engine, prefault_in_call by the prefault thread around each MADV_POPULATE_WRITE. */
+  _Atomic bool prefault_held, prefault_in_call;
+  _Atomic uint64_t prefault_populated; /* bytes, engine_stats_t.prefault_populated_bytes */
   _Atomic uint64_t transfer_count_pub; /* st.transfer_count, published after each batch */
   /* engine_set_batch_done_hook: set once, before commands that rely on it are submitted */
   void (*batch_done_hook)(void *arg);
@@ -204,6 +208,31 @@ static bool accounts_stage_fill(engine_t *e) {
   return true;
 }
 
+/* A step of the prefault thread populates 2 MiB with MADV_POPULATE_WRITE, which holds the
+ * process's mmap lock for reading for 5-15 ms on the benchmark VM (the host backs each new
+ * page on first touch), while madvise(MADV_DONTFORK / MADV_DOFORK) and fork each need it
+ * for writing. snapshot_start makes eleven such calls in a row, and under a batch load the
+ * prefault thread started a new step between each: the engine stood still for 100-145 ms
+ * per snapshot (session 10, `perf trace` of the madvise calls). So snapshot_start holds the
+ * prefault thread first: no new step starts. The engine asks for the hold when a snapshot is
+ * due and starts it at the first batch close where no step is in progress
+ * (snapshot_may_start), so it does not wait for one; snapshot_start waits only if it is called
+ * without that. Polled with a short sleep: the prefault thread may be at SCHED_IDLE on this
+ * CPU and would not run while the engine spins. */
+static bool snapshot_may_start(engine_t *e) {
+  atomic_store(&e->prefault_held, true); /* seq_cst with prefault_step's store and load */
+  return !e->prefault_running || !atomic_load(&e->prefault_in_call);
+}
+
+static void prefault_hold_set(engine_t *e, bool hold) {
+  atomic_store(&e->prefault_held, hold);
+  if (!hold || !e->prefault_running) return;
+  while (atomic_load(&e->prefault_in_call)) {
+    struct timespec ts = {0, 100 * 1000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 static void snapshot_start(engine_t *e) {
   uint64_t d0 = time_mono_ns();
   commit_drain(e); /* the snapshot is the state of the log's end: nothing in flight */
@@ -211,6 +240,8 @@ static void snapshot_start(engine_t *e) {
   char final_path[PATH_MAX], tmp_path[PATH_MAX];
   store_snapshot_paths(e->store, e->st.last_seq, final_path, tmp_path, sizeof final_path);
   uint64_t log_pos = store_log_end(e->store);
+  uint64_t h0 = time_mono_ns();
+  prefault_hold_set(e, true);
   uint64_t t0 = time_mono_ns();
   bool staged = accounts_stage_fill(e);
   uint64_t t1 = time_mono_ns();
@@ -220,6 +251,7 @@ static void snapshot_start(engine_t *e) {
     snapshot_tails_advise(e, MADV_DOFORK);
     if (staged && madvise(e->st.accounts, accounts_table_bytes(), MADV_DOFORK) != 0)
       LOG_WARN("snapshot: madvise(MADV_DOFORK) on the account table: %s", strerror(errno));
+    prefault_hold_set(e, false);
   }
   if (pid < 0) {
     LOG_WARN("snapshot: fork failed: %s", strerror(errno));
@@ -235,8 +267,9 @@ static void snapshot_start(engine_t *e) {
     if (staged) e->st.accounts = e->accounts_stage; /* the live table is not mapped here */
     _exit(snapshot_write(&e->st, tmp_path, final_path, log_pos, true) == 0 ? 0 : 1);
   }
-  LOG_INFO("snapshot at seq %llu started (commit drain %.1f ms, account copy %.1f ms, fork %.1f ms, %llu transfers)",
-           (unsigned long long)e->st.last_seq, (double)drain_ns / 1e6, (double)(t1 - t0) / 1e6,
+  LOG_INFO("snapshot at seq %llu started (commit drain %.1f ms, prefault hold %.1f ms, account copy %.1f ms, "
+           "fork %.1f ms, %llu transfers)",
+           (unsigned long long)e->st.last_seq, (double)drain_ns / 1e6, (double)(t0 - h0) / 1e6, (double)(t1 - t0) / 1e6,
            (double)(time_mono_ns() - t1) / 1e6,
            (unsigned long long)e->st.transfer_count);
   e->snapshot_pid = pid;
@@ -536,8 +569,9 @@ typedef struct prefault_table {
   bool upto_used; /* populate [0, used) rather than ahead of used */
 } prefault_table_t;
 
-/* One step of populating; false when there was nothing to do (or it failed). */
-static bool prefault_step(const engine_t *e, prefault_table_t *t, uint64_t count) {
+/* One step of populating; false when there was nothing to do, the engine holds it
+ * (prefault_hold_set), or it failed. */
+static bool prefault_step(engine_t *e, prefault_table_t *t, uint64_t count) {
   size_t used = (size_t)count * t->record;
   size_t want;
   if (t->upto_used) {
@@ -549,12 +583,20 @@ static bool prefault_step(const engine_t *e, prefault_table_t *t, uint64_t count
   }
   if (want > t->size) want = t->size;
   if (t->done + PREFAULT_STEP_BYTES > want) return false;
-  if (madvise(t->base + t->done, PREFAULT_STEP_BYTES, MADV_POPULATE_WRITE) != 0) {
+  atomic_store(&e->prefault_in_call, true); /* seq_cst with the load below: prefault_hold_set */
+  if (atomic_load(&e->prefault_held)) {
+    atomic_store(&e->prefault_in_call, false);
+    return false;
+  }
+  int rc = madvise(t->base + t->done, PREFAULT_STEP_BYTES, MADV_POPULATE_WRITE);
+  atomic_store(&e->prefault_in_call, false);
+  if (rc != 0) {
     LOG_WARN("prefault: madvise(MADV_POPULATE_WRITE): %s; the engine faults its own pages", strerror(errno));
     t->size = 0; /* off for this table */
     return false;
   }
   t->done += PREFAULT_STEP_BYTES;
+  atomic_fetch_add_explicit(&e->prefault_populated, PREFAULT_STEP_BYTES, memory_order_relaxed);
   return true;
 }
 
@@ -661,7 +703,8 @@ static void *engine_main(void *arg) {
       batch_close(e, b);
       e->cur ^= 1u;
       snapshot_reap(e, false);
-      if (e->snapshot_pid == 0 && e->log_reserved - e->log_at_snapshot >= snapshot_interval(e)) {
+      if (e->snapshot_pid == 0 && e->log_reserved - e->log_at_snapshot >= snapshot_interval(e) &&
+          snapshot_may_start(e)) {
         snapshot_start(e);
       }
       continue;
@@ -940,6 +983,7 @@ void engine_get_stats(const engine_t *e, engine_stats_t *o) {
   o->ready = atomic_load(&e->ready);
   o->snapshots_started = atomic_load_explicit(&e->snapshots_started, memory_order_relaxed);
   o->snapshots_written = atomic_load_explicit(&e->snapshots_written, memory_order_relaxed);
+  o->prefault_populated_bytes = atomic_load_explicit(&e->prefault_populated, memory_order_relaxed);
   o->snapshot_bytes = atomic_load_explicit(&e->snapshot_bytes, memory_order_relaxed);
   store_prealloc_stats_t ps;
   store_log_prealloc_stats(e->store, &ps);
