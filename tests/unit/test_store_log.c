@@ -725,6 +725,17 @@ static int e_transfer(engine_t *e, uint8_t kind, uint64_t dr, uint64_t cr, int64
   return r;
 }
 
+/* n batch items of 0.01 each from the USD system account (overdraft allowed) to account a. */
+static void items_to(engine_transfer_in_t *items, unsigned n, uint64_t a) {
+  for (unsigned i = 0; i < n; i++) {
+    items[i].kind = ENGINE_KIND_TRANSFER;
+    items[i].debit_account_id = 1;
+    items[i].credit_account_id = a;
+    items[i].amount_digits = 1;
+    items[i].amount_scale = 2;
+  }
+}
+
 static engine_account_t e_get(engine_t *e, uint64_t id) {
   engine_cmd_t c = cmd(ENGINE_CMD_ACCOUNT_GET);
   c.u.account.account_id = id;
@@ -960,13 +971,7 @@ static void test_engine_pipeline(void) {
   engine_cmd_t *cmds = calloc(2 * PIPE_COMMANDS, sizeof *cmds);
   CHECK(items && results && cmds);
   if (!items || !results || !cmds) return;
-  for (unsigned i = 0; i < PIPE_ITEMS; i++) {
-    items[i].kind = ENGINE_KIND_TRANSFER;
-    items[i].debit_account_id = 1; /* the USD system account: overdraft allowed */
-    items[i].credit_account_id = a;
-    items[i].amount_digits = 1;
-    items[i].amount_scale = 2;
-  }
+  items_to(items, PIPE_ITEMS, a);
   for (unsigned k = 0; k < 2 * PIPE_COMMANDS; k++) {
     engine_cmd_t *c = &cmds[k];
     if (k % 2 == 0) {
@@ -1234,13 +1239,7 @@ static void test_engine_prefault_after_snapshot(void) {
   engine_item_result_t *results = calloc(PREFAULT_ITEMS, sizeof *results);
   CHECK(items && results);
   if (!items || !results) return;
-  for (unsigned i = 0; i < PREFAULT_ITEMS; i++) {
-    items[i].kind = ENGINE_KIND_TRANSFER;
-    items[i].debit_account_id = 1; /* the USD system account: overdraft allowed */
-    items[i].credit_account_id = a;
-    items[i].amount_digits = 1;
-    items[i].amount_scale = 2;
-  }
+  items_to(items, PREFAULT_ITEMS, a);
   engine_stats_t st;
   for (unsigned k = 0; k < PREFAULT_BATCHES; k++) {
     engine_cmd_t c = cmd(ENGINE_CMD_TRANSFER_BATCH);
