@@ -356,7 +356,7 @@ echo "# open loop: $OPEN_BATCHES durable batches, $OPEN_SLOW with log write + fd
 # Baseline for the p99 goal: the trivial route at the same fixed rate, same connections.
 bench health-open -m health -c 256 -d "$SECS" -r "$HALF";                    HOPEN=$LINE
 # Goal 3: hot-account and random single transfers in alternated rounds (HOT_ROUNDS of CMP_SECS
-# each, the order flipped every round), judged on the ratio of their medians. The main
+# each, the order rotated every round), judged on the ratio of their medians. The main
 # server's first snapshot (at 256 MiB of log: ~4.4 M transfers, in full runs right here) or a
 # noisy moment then lands in one round of one side, and the median leaves it out, instead of
 # landing in the one hot run and in none of the transfer runs it is compared with.
@@ -590,7 +590,7 @@ row "  open loop: batches with write+fdatasync > 4 ms" "$OPEN_SLOW of $OPEN_BATC
 row "  /healthz open loop, same rate: p50 / p99 / max us" "$(kv "$HOPEN" p50_us)/$(kv "$HOPEN" p99_us)/$(kv "$HOPEN" max_us)" "achieved $(fmt "$(kv "$HOPEN" req_per_s)") req/s" "" "" ""
 # thousands V... -> "61.2 59.8 ..." (values / 1000, one decimal)
 thousands() { printf '%s\n' "$@" | awk '{ printf "%s%.1f", (NR > 1 ? " " : ""), $1 / 1000 }'; }
-row "  goal 3 rounds, k tr/s: hot / random" "$(thousands "${HOT_R[@]}") / $(thousands "${TRN_R[@]}")" "hot median / goal 2's run: $(fmt "$T")" "$(ratio "$O" "$T")" "$HOT_ROUNDS x $CMP_SECS s each, alternated" ""
+row "  goal 3 rounds, k tr/s: hot / random" "$(thousands "${HOT_R[@]}") / $(thousands "${TRN_R[@]}")" "hot median / the ${SECS} s run: $(fmt "$T")" "$(ratio "$O" "$T")" "$HOT_ROUNDS x $CMP_SECS s each, alternated" ""
 row "  goal 2 rounds, k req/s: /healthz" "$(thousands "${HLT_R[@]}")" "the same rounds as goal 3's" "" "$HOT_ROUNDS x $CMP_SECS s each, alternated" ""
 row "  goal 2, single $SECS s runs: transfers/s" "$(fmt "$T")" "/healthz: $(fmt "$H")" "$(ratio "$T" "$H")" "(before session 10)" ""
 row "  batch: server CPU us/transfer, net/engine/other" "$BATCH_CPU" "ledgerd on CPU 0 alone: $BATCH0_CPU" "" "CPU time (all CPUs) per transfer" ""

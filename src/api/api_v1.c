@@ -1942,7 +1942,8 @@ static void handle_metrics(api_req_t *r) {
   obs_single(&b, "ledger_snapshots_written_total", "counter", "Background snapshots completed.", es.snapshots_written);
   obs_single(&b, "ledger_snapshot_bytes", "gauge", "Size of the newest snapshot written or loaded.", es.snapshot_bytes);
   obs_single(&b, "ledger_prefault_populated_bytes_total", "counter",
-             "Memory populated ahead of use by the prefault thread (docs/storage.md).", es.prefault_populated_bytes);
+             "Memory the prefault thread populated ahead of use, in whole 2 MiB steps (docs/storage.md).",
+             es.prefault_populated_bytes);
   obs_single(&b, "ledger_accounts", "gauge", "Accounts, system accounts included.", es.accounts);
   obs_single(&b, "ledger_rules_version", "gauge", "Version of the risk rule set in force (docs/rules.md).", es.rules_version);
   obs_single(&b, "ledger_suspicious_total", "counter", "Transfers a risk rule flagged or held.", es.suspicious_total);

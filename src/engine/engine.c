@@ -215,18 +215,23 @@ static bool accounts_stage_fill(engine_t *e) {
  * prefault thread started a new step between each: the engine stood still for 100-145 ms
  * per snapshot (session 10, `perf trace` of the madvise calls). So snapshot_start holds the
  * prefault thread first: no new step starts. The engine asks for the hold when a snapshot is
- * due and starts it at the first batch close where no step is in progress
+ * due and starts it at the first batch close, or idle tick, where no step is in progress
  * (snapshot_may_start), so it does not wait for one; snapshot_start waits only if it is called
  * without that. Polled with a short sleep: the prefault thread may be at SCHED_IDLE on this
  * CPU and would not run while the engine spins. */
 static bool snapshot_may_start(engine_t *e) {
   atomic_store(&e->prefault_held, true); /* seq_cst with prefault_step's store and load */
-  return !e->prefault_running || !atomic_load(&e->prefault_in_call);
+  return !atomic_load(&e->prefault_in_call); /* never set without a prefault thread */
+}
+
+/* A background snapshot is due: none running and an interval of log not covered. */
+static bool snapshot_due(const engine_t *e) {
+  return e->snapshot_pid == 0 && e->log_reserved - e->log_at_snapshot >= snapshot_interval(e);
 }
 
 static void prefault_hold_set(engine_t *e, bool hold) {
   atomic_store(&e->prefault_held, hold);
-  if (!hold || !e->prefault_running) return;
+  if (!hold) return;
   while (atomic_load(&e->prefault_in_call)) {
     struct timespec ts = {0, 100 * 1000};
     nanosleep(&ts, NULL);
@@ -706,8 +711,7 @@ static void *engine_main(void *arg) {
       batch_close(e, b);
       e->cur ^= 1u;
       snapshot_reap(e, false);
-      if (e->snapshot_pid == 0 && e->log_reserved - e->log_at_snapshot >= snapshot_interval(e) &&
-          snapshot_may_start(e)) {
+      if (snapshot_due(e) && snapshot_may_start(e)) {
         snapshot_start(e);
       }
       continue;
@@ -718,6 +722,10 @@ static void *engine_main(void *arg) {
           mpmc_queue_size_approx(e->queue) == 0)
         break;
       snapshot_reap(e, false); /* an idle ledger still learns that its snapshot is written */
+      /* A snapshot put off at a batch close (a pre-fault step was in progress) starts here,
+       * within an idle tick, rather than at the next batch: the pre-fault thread is held
+       * until it does. Nothing is open or in flight, so the state is the log's end. */
+      if (!atomic_load(&e->stopping) && snapshot_due(e) && snapshot_may_start(e)) snapshot_start(e);
     }
     wait_for_work(e, b, e->carry == NULL && batch_has_room(b));
   }

@@ -606,7 +606,8 @@ typedef struct engine_stats {
   uint64_t snapshot_bytes;     /* size of the newest snapshot written or loaded (0: none) */
   uint64_t log_prealloc_chunks;        /* chunks of zeros written ahead of the log */
   uint64_t log_prealloc_slow_appends;  /* appends that outran them and extended the file */
-  uint64_t prefault_populated_bytes;   /* populated ahead of use by the prefault thread, all tables */
+  uint64_t prefault_populated_bytes;   /* populated ahead of use by the prefault thread, all tables,
+                                        * in whole 2 MiB steps (some pages of a step may have been present) */
   const ledger_hist_t *batch_commands; /* commands per batch */
   const ledger_hist_t *fsync_ns;       /* write + fdatasync per batch */
 } engine_stats_t;
