@@ -471,8 +471,8 @@ if [ "$NCPU" -ge 2 ]; then
   CPU1=$(thread_cpu); BATCH0_CPU=$(per_req "$CPU0" "$CPU1" "$(kv "$BATCH0" transfers)")
 fi
 echo "# perf: $PERF_STATE"
-echo "# the main server's log lines about snapshots (a snapshot child shares CPU 0 and the disk):"
-grep -ih 'snapshot' "$SERVER_DIR/ledgerd.out" "$SERVER_DIR/ledgerd.err" 2>/dev/null | head -12 | sed 's/^/  /' || true
+echo "# the main server's log lines about snapshots (a snapshot child shares CPU 0 and the disk) and slow commits:"
+grep -ihE 'snapshot|slow commit' "$SERVER_DIR/ledgerd.out" "$SERVER_DIR/ledgerd.err" 2>/dev/null | head -20 | sed 's/^/  /' || true
 stop_server "$MAIN_PID"
 
 # ---- 3. full only: PostgreSQL (goal 4), recovery / memory / disk (goals 5, 6) ----

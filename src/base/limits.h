@@ -70,6 +70,10 @@
 #define ENGINE_SCAN_STEPS_MAX 100000u
 /* The engine wakes at least this often to expire pending transfers. */
 #define ENGINE_TICK_MS 100u
+/* A batch's write + fdatasync above this is logged (engine.c, commit_batch), at most once a
+ * second with the count of the ones not logged: a stall of the whole server is then in its
+ * log, with the commit that saw it (docs/storage.md). */
+#define ENGINE_SLOW_COMMIT_MS 100u
 #define ENGINE_SNAPSHOT_GROWTH_PCT_MAX 1000u /* engine_config_t.snapshot_growth_pct, ledgerd --snapshot-growth-pct */
 #define ENGINE_COMMIT_INTERVAL_NS_MAX 10000000000ull /* engine_config_t.commit_interval_ns (ledgerd: 100 ms) */
 /* A checkpoint (snapshot) is taken after this many log bytes since the last one, or more with

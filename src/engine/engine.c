@@ -102,6 +102,9 @@ struct engine {
   _Atomic bool batch_done_set;
   ledger_hist_t hist_batch_commands;
   ledger_hist_t hist_fsync_ns;
+  /* commit_batch only (one commit at a time): the last slow-commit line, and those since */
+  uint64_t slow_commit_logged_ns;
+  uint64_t slow_commits_unlogged;
 };
 
 /* What may wake the engine thread from wait_for_work: any submit (SLEEP_ANY), or, while the
@@ -450,7 +453,20 @@ static void commit_batch(engine_t *e, engine_batch_t *b) {
       LOG_ERROR("log append failed (%s): stopping so that recovery decides from the log", ledger_strerror(rc));
       abort();
     }
-    uint64_t fsync_ns = time_mono_ns() - t0;
+    uint64_t t1 = time_mono_ns(), fsync_ns = t1 - t0;
+    uint64_t slow_ns = e->cfg.slow_commit_ns ? e->cfg.slow_commit_ns : (uint64_t)ENGINE_SLOW_COMMIT_MS * 1000000u;
+    if (fsync_ns >= slow_ns) {
+      if (e->slow_commit_logged_ns == 0 || t1 - e->slow_commit_logged_ns >= 1000000000u) {
+        LOG_WARN("slow commit: write + fdatasync of %zu bytes (%zu commands) took %.1f ms (%llu more over %.1f ms "
+                 "since the last such line)",
+                 b->enc.len, b->n, (double)fsync_ns / 1e6, (unsigned long long)e->slow_commits_unlogged,
+                 (double)slow_ns / 1e6);
+        e->slow_commit_logged_ns = t1;
+        e->slow_commits_unlogged = 0;
+      } else {
+        e->slow_commits_unlogged++;
+      }
+    }
     atomic_store_explicit(&e->fsync_ns_last, fsync_ns, memory_order_relaxed);
     hist_record(&e->hist_fsync_ns, fsync_ns);
     atomic_fetch_add_explicit(&e->batches_total, 1, memory_order_relaxed);

@@ -549,6 +549,8 @@ typedef struct engine_config {
   uint64_t log_prealloc_bytes; /* zeros kept written ahead of the log (store.h); 0 = off */
   uint64_t commit_interval_ns; /* least time between two batch writes' starts (engine.c); 0 = none;
                                 * at most ENGINE_COMMIT_INTERVAL_NS_MAX (larger is clamped) */
+  uint64_t slow_commit_ns;     /* a batch write + fdatasync this long or longer is logged (at most
+                                * one line a second); 0 = ENGINE_SLOW_COMMIT_MS */
 } engine_config_t;
 
 /* Opens (or creates) the data directory, takes its lock, recovers state from the newest
