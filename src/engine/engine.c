@@ -91,8 +91,8 @@ struct engine {
   /* Pre-faulting the transfer table ahead of use, at idle priority (see prefault_main). */
   pthread_t prefault_thread;
   bool prefault_running;
-  /* snapshot_start holds the prefault thread (prefault_hold_set): prefault_held is set by the
-   * engine, prefault_in_call by the prefault thread around each MADV_POPULATE_WRITE. */
+  /* A snapshot's start holds the prefault thread (snapshot_may_start): prefault_held is set by
+   * the engine, prefault_in_call by the prefault thread around each MADV_POPULATE_WRITE. */
   _Atomic bool prefault_held, prefault_in_call;
   _Atomic uint64_t prefault_populated; /* bytes, engine_stats_t.prefault_populated_bytes */
   _Atomic uint64_t transfer_count_pub; /* st.transfer_count, published after each batch */
@@ -216,12 +216,11 @@ static bool accounts_stage_fill(engine_t *e) {
  * page on first touch), while madvise(MADV_DONTFORK / MADV_DOFORK) and fork each need it
  * for writing. snapshot_start makes eleven such calls in a row, and under a batch load the
  * prefault thread started a new step between each: the engine stood still for 100-145 ms
- * per snapshot (session 10, `perf trace` of the madvise calls). So snapshot_start holds the
- * prefault thread first: no new step starts. The engine asks for the hold when a snapshot is
- * due and starts it at the first batch close, or idle tick, where no step is in progress
- * (snapshot_may_start), so it does not wait for one; snapshot_start waits only if it is called
- * without that. Polled with a short sleep: the prefault thread may be at SCHED_IDLE on this
- * CPU and would not run while the engine spins. */
+ * per snapshot (session 10, `perf trace` of the madvise calls). So the engine holds the
+ * prefault thread when a snapshot is due (no new step starts) and starts the snapshot at the
+ * first batch close, or idle tick, where no step is in progress: it never waits for one.
+ * True means both hold, until snapshot_start lets the thread go after the fork (Dekker: the
+ * prefault thread sets prefault_in_call before it reads prefault_held). */
 static bool snapshot_may_start(engine_t *e) {
   atomic_store(&e->prefault_held, true); /* seq_cst with prefault_step's store and load */
   return !atomic_load(&e->prefault_in_call); /* never set without a prefault thread */
@@ -232,22 +231,12 @@ static bool snapshot_due(const engine_t *e) {
   return e->snapshot_pid == 0 && e->log_reserved - e->log_at_snapshot >= snapshot_interval(e);
 }
 
-static void prefault_hold_set(engine_t *e, bool hold) {
-  atomic_store(&e->prefault_held, hold);
-  if (!hold) return;
-  while (atomic_load(&e->prefault_in_call)) {
-    struct timespec ts = {0, 100 * 1000};
-    nanosleep(&ts, NULL);
-  }
-}
-
-/* The engine stands still from here to the fork's return. The account copy comes before the
+/* Called only once snapshot_may_start said yes. The engine stands still from here to the
+ * fork's return. The account copy comes before the
  * drain: the committer does not touch the state, and the engine, which alone writes it, is
  * here, so the copy overlaps the write + fdatasync of the batch in flight instead of
  * following it. */
 static void snapshot_start(engine_t *e) {
-  uint64_t h0 = time_mono_ns();
-  prefault_hold_set(e, true);
   uint64_t t0 = time_mono_ns();
   bool staged = accounts_stage_fill(e);
   uint64_t d0 = time_mono_ns();
@@ -262,7 +251,7 @@ static void snapshot_start(engine_t *e) {
     snapshot_tails_advise(e, MADV_DOFORK);
     if (staged && madvise(e->st.accounts, accounts_table_bytes(), MADV_DOFORK) != 0)
       LOG_WARN("snapshot: madvise(MADV_DOFORK) on the account table: %s", strerror(errno));
-    prefault_hold_set(e, false);
+    atomic_store(&e->prefault_held, false); /* the prefault thread may go on */
   }
   if (pid < 0) {
     LOG_WARN("snapshot: fork failed: %s", strerror(errno));
@@ -278,9 +267,8 @@ static void snapshot_start(engine_t *e) {
     if (staged) e->st.accounts = e->accounts_stage; /* the live table is not mapped here */
     _exit(snapshot_write(&e->st, tmp_path, final_path, log_pos, true) == 0 ? 0 : 1);
   }
-  LOG_INFO("snapshot at seq %llu started (prefault hold %.1f ms, account copy %.1f ms, then commit drain %.1f ms, "
-           "fork %.1f ms, %llu transfers)",
-           (unsigned long long)e->st.last_seq, (double)(t0 - h0) / 1e6, (double)(d0 - t0) / 1e6, (double)(t1 - d0) / 1e6,
+  LOG_INFO("snapshot at seq %llu started (account copy %.1f ms, then commit drain %.1f ms, fork %.1f ms, %llu transfers)",
+           (unsigned long long)e->st.last_seq, (double)(d0 - t0) / 1e6, (double)(t1 - d0) / 1e6,
            (double)(time_mono_ns() - t1) / 1e6,
            (unsigned long long)e->st.transfer_count);
   e->snapshot_pid = pid;
@@ -594,7 +582,7 @@ typedef struct prefault_table {
 } prefault_table_t;
 
 /* One step of populating; false when there was nothing to do, the engine holds it
- * (prefault_hold_set), or it failed. */
+ * (snapshot_may_start), or it failed. */
 static bool prefault_step(engine_t *e, prefault_table_t *t, uint64_t count) {
   size_t used = (size_t)count * t->record;
   size_t want;
@@ -607,7 +595,7 @@ static bool prefault_step(engine_t *e, prefault_table_t *t, uint64_t count) {
   }
   if (want > t->size) want = t->size;
   if (t->done + PREFAULT_STEP_BYTES > want) return false;
-  atomic_store(&e->prefault_in_call, true); /* seq_cst with the load below: prefault_hold_set */
+  atomic_store(&e->prefault_in_call, true); /* seq_cst with the load below: snapshot_may_start */
   if (atomic_load(&e->prefault_held)) {
     atomic_store(&e->prefault_in_call, false);
     return false;

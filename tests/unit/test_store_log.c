@@ -1220,7 +1220,7 @@ static void test_engine_snapshot_growth(void) {
   sem_destroy(&done_sem);
 }
 
-/* snapshot_start holds the prefault thread (engine.c, prefault_hold_set) and must let it go:
+/* A snapshot holds the prefault thread (engine.c, snapshot_may_start) and must let it go:
  * with a snapshot after every batch, the transfer table is still populated ahead of use.
  * After 20 batches (7.5 MiB of 48-byte records) the thread has populated the table up to
  * 14 MiB at most (used + min(used, 8 MiB), in whole 2 MiB steps); after 40 (15.0 MiB) it
