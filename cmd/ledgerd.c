@@ -28,7 +28,7 @@ static void usage(void) {
           "               [--no-auth] [--list-routes] [--rate-limit NAME=RATE/BURST | --rate-limit off]\n"
           "               [--config FILE] [--time-offset-s S] [--prefault-mb MB]\n"
           "               [--log-prealloc-mb MB] [--commit-interval-us US]\n"
-          "               [--compat [--compat-open]]\n"
+          "               [--compat [--compat-open]] [--no-io-uring]\n"
           "  rate-limit names: signin.addr signin.user write.addr write.cred read.addr read.cred\n"
           "  --listen 127.0.0.1:0 picks a free port; the line 'listening on http://ADDR:PORT'\n"
           "  is printed once ready. On a new ledger the first admin credential is written to\n"
@@ -52,7 +52,9 @@ static void usage(void) {
           "  concurrently, at most one log write + fdatasync per US (docs/storage.md).\n"
           "  --compat serves the seed systems' routes (docs/compat.md); --compat-open lets their\n"
           "  banking-API and Flask routes run without a credential, as the operator: UNSAFE,\n"
-          "  loopback only. --compat --list-routes lists the compat routes too.\n");
+          "  loopback only. --compat --list-routes lists the compat routes too.\n"
+          "  --no-io-uring: plain read/send system calls in the net threads (by default each\n"
+          "  batches its socket reads and sends through an io_uring where the kernel allows).\n");
 }
 
 /* "off", or NAME=RATE/BURST (rate per second, burst tokens). */
@@ -186,7 +188,7 @@ int main(int argc, char **argv) {
   const char *listen = "127.0.0.1:8080", *data_dir = NULL;
   uint64_t queue_max = ENGINE_QUEUE_COMMANDS_MAX;
   tls_opts_t tls = {0};
-  bool no_auth = false, list_routes = false;
+  bool no_auth = false, list_routes = false, no_io_uring = false;
   api_config_t ac = {0};
   api_rate_defaults(ac.rates);
   uint64_t session_ttl_s = AUTH_SESSION_TTL_S_DEFAULT;
@@ -216,6 +218,7 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--argon2-opslimit") == 0 && v) ok = parse_u64(v, 16, &argon_ops) && argon_ops >= 1;
     else if (strcmp(a, "--argon2-memlimit-kib") == 0 && v) ok = parse_u64(v, 1u << 21, &argon_mem_kib) && argon_mem_kib >= 8;
     else if (strcmp(a, "--no-auth") == 0) { no_auth = true; i--; }
+    else if (strcmp(a, "--no-io-uring") == 0) { no_io_uring = true; i--; }
     else if (strcmp(a, "--rate-limit") == 0 && v) ok = parse_rate(v, &ac);
     else if (strcmp(a, "--list-routes") == 0) { list_routes = true; i--; }
     else if (strcmp(a, "--compat") == 0) { ac.compat = true; i--; }
@@ -355,7 +358,8 @@ int main(int argc, char **argv) {
                       .idle_timeout_ms = NET_IDLE_TIMEOUT_MS,
                       .handler = api_handle,
                       .handler_ctx = api,
-                      .on_thread_start = api_thread_start};
+                      .on_thread_start = api_thread_start,
+                      .io_uring_off = no_io_uring};
   http_server_t *http = NULL;
   if ((rc = http_server_start(&hc, &http)) != 0) {
     fprintf(stderr, "ledgerd: cannot listen on %s: %s\n", listen, strerror(-rc));

@@ -3,7 +3,7 @@
 # Idempotent: does nothing (no apt-get at all) when every package is present.
 set -eu
 PKGS="build-essential cmake pkg-config clang libclang-rt-14-dev \
-libhttp-parser-dev libcjson-dev libyajl-dev libxxhash-dev libsodium-dev libssl-dev openssl \
+libhttp-parser-dev liburing-dev libcjson-dev libyajl-dev libxxhash-dev libsodium-dev libssl-dev openssl \
 python3 curl wrk procps"
 missing=""
 for p in $PKGS; do

@@ -1962,6 +1962,9 @@ static void handle_metrics(api_req_t *r) {
     obs_single(&b, "ledger_http_connections_rejected_total", "counter", "Connections closed at once: over the limit.", hs.connections_rejected_total);
     obs_single(&b, "ledger_http_protocol_errors_total", "counter", "Requests refused by the HTTP layer (400/413/414/431).", hs.protocol_errors_total);
     obs_single(&b, "ledger_http_timeouts_total", "counter", "Connections closed by header or idle timeouts.", hs.timeouts_total);
+    obs_single(&b, "ledger_http_uring_threads", "gauge", "Net threads batching socket reads and sends through an io_uring (0: plain system calls).", hs.uring_loops);
+    obs_single(&b, "ledger_http_uring_reads_total", "counter", "Socket reads done in io_uring batches.", hs.uring_reads_total);
+    obs_single(&b, "ledger_http_uring_sends_total", "counter", "Socket sends done in io_uring batches.", hs.uring_sends_total);
   }
   http_respond(r->http, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
   atomic_fetch_add_explicit(&api->requests[r->route][status_slot(200)], 1, memory_order_relaxed);

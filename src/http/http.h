@@ -116,6 +116,10 @@ typedef struct http_config {
   /* NULL, or a PEM file of CA certificates: then a client certificate is required and must
    * verify against them, else the handshake fails (mutual TLS). Needs tls_cert_file. */
   const char *tls_client_ca_file;
+  /* true: plain read/send system calls only. false (the default): each net thread batches
+   * its socket reads and sends through an io_uring (one system call per batch), falling
+   * back to plain calls by itself if the kernel refuses a ring (see http_stats_t). */
+  bool io_uring_off;
 } http_config_t;
 
 /* Creates the sockets and starts the threads. Returns 0 or a negative errno value:
@@ -162,6 +166,9 @@ typedef struct http_stats {
   uint64_t protocol_errors_total; /* 400/413/431/414 answered here */
   uint64_t timeouts_total;
   uint64_t tls_handshake_errors_total; /* handshakes that failed (always 0 on a plain server) */
+  unsigned uring_loops;      /* net threads batching through an io_uring */
+  uint64_t uring_reads_total; /* socket reads done through the rings */
+  uint64_t uring_sends_total; /* socket sends done through the rings */
 } http_stats_t;
 void http_server_stats(const http_server_t *server, http_stats_t *out);
 

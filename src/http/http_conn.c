@@ -574,9 +574,33 @@ static bool conn_read_discard(http_conn_t *c) {
   return n > 0 && c->linger_bytes <= HTTP_LINGER_BYTES_MAX;
 }
 
+static bool conn_read(http_conn_t *c);
+static bool conn_wants_read(const http_conn_t *c);
+
+/* Consumes the read the loop's batch did for this connection (http__loop_pre_read), as the
+ * direct branch of conn_read would have done it. */
+static bool conn_read_pre(http_conn_t *c) {
+  c->pre_read = false;
+  /* Only this connection's own event reads or lingers it, and it comes after the batch. */
+  HTTP_ASSERT(!c->lingering && buf_pending(&c->in) == 0 && c->ssl == NULL);
+  if (c->pre_res < 0) return c->pre_res == -EAGAIN || c->pre_res == -EINTR;
+  if (c->pre_res == 0) return false;
+  size_t n = (size_t)c->pre_res;
+  size_t used = conn_parse(c, c->pre_data, n);
+  if (used < n && !c->closing &&
+      !buf_append(&c->in, c->pre_data + used, n - used, HTTP_READ_BYTES)) {
+    return false;
+  }
+  /* A full batch read may have left bytes behind (a large body): one plain read follows,
+   * so such a connection still takes up to HTTP_READ_BYTES more per event. */
+  if (n == HTTP_PRE_READ_BYTES && !c->closing && conn_wants_read(c)) return conn_read(c);
+  return true;
+}
+
 /* Reads once. Returns false if the peer is gone (the caller handles that). */
 static bool conn_read(http_conn_t *c) {
   http_loop_t *loop = c->loop;
+  if (c->pre_read) return conn_read_pre(c);
   if (c->lingering) return conn_read_discard(c);
   bool direct = buf_pending(&c->in) == 0;
   char *dst = loop->read_buf;
@@ -609,6 +633,14 @@ static bool conn_read(http_conn_t *c) {
 
 /* ---------------------------------------------------------------- output and interest */
 
+/* A slow reader making progress is not idle: its deadline moves with each send that took
+ * something while output is left. */
+static void conn_sent_some(http_conn_t *c) {
+  if (buf_pending(&c->out) == 0) return;
+  uint64_t deadline_ms = c->loop->now_ms + c->loop->server->config.idle_timeout_ms;
+  if (c->deadline_ms != 0 && c->deadline_ms < deadline_ms) c->deadline_ms = deadline_ms;
+}
+
 /* Sends what it can. False on a socket error. */
 static bool conn_flush(http_conn_t *c) {
   size_t sent_total = 0;
@@ -627,12 +659,8 @@ static bool conn_flush(http_conn_t *c) {
       return false;
     }
   }
-  if (buf_pending(&c->out) == 0) {
-    buf_rewind(&c->out);
-  } else if (sent_total > 0) { /* a slow reader making progress is not idle */
-    uint64_t deadline_ms = c->loop->now_ms + c->loop->server->config.idle_timeout_ms;
-    if (c->deadline_ms != 0 && c->deadline_ms < deadline_ms) c->deadline_ms = deadline_ms;
-  }
+  if (buf_pending(&c->out) == 0) buf_rewind(&c->out);
+  else if (sent_total > 0) conn_sent_some(c);
   return true;
 }
 
@@ -809,8 +837,9 @@ void http__conn_on_event(http_conn_t *c, uint32_t events) {
     bool alive = conn_read(c);
     c->in_process = false;
     if (!alive) conn_peer_gone(c);
+    else if (c->loop->uring != NULL && buf_pending(&c->out) > 0) ready_push(c->loop, c);
     else conn_sync(c);
-    return;
+    return; /* ready_push: answered at once; conn_resume sends it with the loop's batch */
   }
   if (events & EPOLLRDHUP) { /* half-closed while we are not reading: treat as gone */
     conn_peer_gone(c);
@@ -819,7 +848,61 @@ void http__conn_on_event(http_conn_t *c, uint32_t events) {
   if (events & EPOLLOUT) conn_resume(c);
 }
 
+/* With a ring, the readable connections' reads of one epoll batch go in one submit. */
+void http__loop_pre_read(http_loop_t *loop, const struct epoll_event *events, int n) {
+  HTTP_ASSERT(loop->uring != NULL && n <= HTTP_IO_BATCH_MAX);
+  unsigned k = 0;
+  for (int i = 0; i < n; i++) {
+    void *tag = events[i].data.ptr;
+    if (tag == &loop->listen_fd || tag == &loop->wake_fd) continue;
+    http_conn_t *c = tag;
+    uint32_t ev = events[i].events;
+    if (c->buried || c->dead || c->fd < 0 || c->ssl != NULL || c->lingering || c->pre_read ||
+        !(ev & EPOLLIN) || (ev & (EPOLLERR | EPOLLHUP)) || !(c->events & EPOLLIN) ||
+        buf_pending(&c->in) > 0) {
+      continue; /* the event reads, or not, as without a ring */
+    }
+    char *slot = loop->pre_buf + (size_t)k * HTTP_PRE_READ_BYTES;
+    loop->io_ops[k] = (http_io_t){.fd = c->fd, .send = false, .buf = slot, .len = HTTP_PRE_READ_BYTES};
+    loop->io_conns[k++] = c;
+  }
+  http__uring_run(loop, loop->io_ops, k);
+  for (unsigned j = 0; j < k; j++) {
+    http_conn_t *c = loop->io_conns[j];
+    c->pre_read = true;
+    c->pre_res = loop->io_ops[j].res;
+    c->pre_data = loop->io_ops[j].buf;
+  }
+}
+
+/* With a ring, the answers waiting on the ready list are sent in batches before the list
+ * is run; conn_resume then finds them sent (or sends the rest, and meets any error). */
+static void loop_pre_send(http_loop_t *loop) {
+  http_conn_t *c = loop->ready_head;
+  while (c != NULL) {
+    unsigned k = 0;
+    for (; c != NULL && k < HTTP_IO_BATCH_MAX; c = c->ready_next) {
+      if (c->fd < 0 || c->dead || c->ssl != NULL || c->lingering || buf_pending(&c->out) == 0) {
+        continue;
+      }
+      loop->io_ops[k] = (http_io_t){.fd = c->fd, .send = true, .buf = c->out.data + c->out.off,
+                                    .len = buf_pending(&c->out)};
+      loop->io_conns[k++] = c;
+    }
+    http__uring_run(loop, loop->io_ops, k);
+    for (unsigned j = 0; j < k; j++) {
+      http_conn_t *d = loop->io_conns[j];
+      int res = loop->io_ops[j].res;
+      if (res <= 0) continue; /* EAGAIN or an error: conn_flush meets it again */
+      HTTP_ASSERT((size_t)res <= buf_pending(&d->out));
+      d->out.off += (size_t)res;
+      conn_sent_some(d);
+    }
+  }
+}
+
 void http__loop_run_ready(http_loop_t *loop) {
+  if (loop->uring != NULL) loop_pre_send(loop);
   while (loop->ready_head != NULL) {
     http_conn_t *c = loop->ready_head;
     ready_remove(loop, c);

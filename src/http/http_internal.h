@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -61,6 +62,12 @@ _Noreturn void http__assert_fail(const char *expr, const char *file, int line);
 #define HTTP_LINGER_BYTES_MAX (4 * 1024 * 1024)
 #define HTTP_SWEEP_INTERVAL_MS 100      /* timeout granularity; the sweep is O(connections) */
 #define HTTP_EVENTS_MAX 256             /* epoll events taken per wait */
+/* Socket operations per io_uring submit (http_uring.c): one per epoll event, or ready
+ * connections in chunks of this many. */
+#define HTTP_IO_BATCH_MAX HTTP_EVENTS_MAX
+/* A batched read's room per connection. A read that fills it is followed at once by a
+ * plain read of up to HTTP_READ_BYTES (large bodies), as if it had been one read. */
+#define HTTP_PRE_READ_BYTES (8 * 1024)
 #define HTTP_ACCEPTS_PER_EVENT_MAX 64   /* bounded accept burst so one loop does not starve */
 #define HTTP_HEADER_NAME_BYTES_MAX 16   /* longest kept header name ("idempotency-key") + 1 */
 #define HTTP_HEADER_LINE_OVERHEAD_BYTES 4 /* ": " and CRLF, counted toward the header limit */
@@ -74,6 +81,7 @@ _Noreturn void http__assert_fail(const char *expr, const char *file, int line);
 static_assert(HTTP_PATH_BYTES_MAX < HTTP_HEADER_BYTES_MAX, "the target is part of the header");
 static_assert(HTTP_OUT_PAUSE_BYTES < HTTP_OUT_BYTES_MAX, "pause before the hard limit");
 static_assert(HTTP_READ_BYTES <= HTTP_IN_PENDING_BYTES_MAX, "a read's leftover must fit");
+static_assert(HTTP_PRE_READ_BYTES <= HTTP_READ_BYTES, "a batched read is a short plain read");
 static_assert(HTTP_TLS_RECORD_PLAIN_BYTES_MAX <= HTTP_READ_BYTES, "a record fits one read");
 static_assert(2 * HTTP_TLS_RECORD_PLAIN_BYTES_MAX <= HTTP_IN_PENDING_BYTES_MAX,
               "a TLS connection still reads while some input waits");
@@ -97,6 +105,16 @@ typedef struct http_buf {
 } http_buf_t;
 
 typedef struct http_conn http_conn_t;
+struct io_uring;
+
+/* One socket operation of a batch (http_uring.c). */
+typedef struct http_io {
+  int fd;
+  bool send; /* send(MSG_NOSIGNAL), else recv */
+  void *buf;
+  size_t len;
+  int res; /* out: bytes, or -errno (-EAGAIN: the socket was not ready) */
+} http_io_t;
 
 /* Where the current message's pieces live in req_buf (offsets: req_buf may move). */
 typedef struct http_msg {
@@ -143,6 +161,11 @@ struct http_conn {
   bool linger_after; /* an error was answered: linger before closing */
   bool lingering;    /* our side is shut down; input is read and discarded */
   size_t linger_bytes;
+  /* A read done ahead in the loop's batch (http__loop_pre_read), consumed by the connection's
+   * own event in the same epoll batch: pre_res bytes (or -errno) at pre_data. */
+  bool pre_read;
+  int pre_res;
+  char *pre_data;
   /* TLS only (ssl != NULL); a plain connection never touches these. */
   SSL *ssl;                  /* freed when the socket closes (http__tls_conn_close) */
   bool tls;                  /* accepted by a TLS server; stays set after ssl is freed */
@@ -176,6 +199,14 @@ struct http_loop {
   uint64_t now_ms;
   uint64_t sweep_next_ms;
   char *read_buf; /* HTTP_READ_BYTES */
+  /* io_uring batching (http_uring.c), set up on the loop's thread; NULL = plain system
+   * calls (config.io_uring_off, or the kernel refused a ring). */
+  struct io_uring *uring;
+  http_io_t *io_ops;   /* HTTP_IO_BATCH_MAX */
+  http_conn_t **io_conns; /* HTTP_IO_BATCH_MAX: the connection of each op */
+  char *pre_buf;       /* HTTP_IO_BATCH_MAX x HTTP_PRE_READ_BYTES */
+  _Atomic uint64_t stat_uring_reads, stat_uring_sends;
+  atomic_bool uring_on; /* for http_server_stats: uring is set */
   _Atomic uint64_t stat_accepted, stat_rejected, stat_requests, stat_protocol_errors,
       stat_timeouts, stat_tls_handshake_errors;
 };
@@ -204,10 +235,21 @@ static inline void http__stat_inc(_Atomic uint64_t *counter) {
 
 /* http_conn.c, all on the loop's thread. */
 void http__conn_accepted(http_loop_t *loop, int fd, const struct sockaddr_storage *peer);
+/* With a ring: reads, in one batch, the connections that events[0..n) says are readable and
+ * that would read directly (plain, not lingering, no input kept); their events then use the
+ * bytes instead of a read. */
+void http__loop_pre_read(http_loop_t *loop, const struct epoll_event *events, int n);
 void http__conn_on_event(http_conn_t *conn, uint32_t events);
 void http__loop_run_ready(http_loop_t *loop);
 void http__loop_sweep(http_loop_t *loop);
 void http__loop_close_all(http_loop_t *loop);
+
+/* http_uring.c, on the loop's thread. open: 0, or a negative errno (no ring: the loop uses
+ * plain system calls). run: submits ops[0..n) (n <= HTTP_IO_BATCH_MAX) in one call and
+ * returns when every one has completed, each res set. */
+int http__uring_open(http_loop_t *loop);
+void http__uring_close(http_loop_t *loop);
+void http__uring_run(http_loop_t *loop, http_io_t *ops, unsigned n);
 
 /* http_tls.c. The context is built on the starting thread; the rest runs on the loop's
  * thread. The I/O calls follow read()/send(): > 0 bytes; 0 = the peer closed the TLS

@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/base.h"
 #include "http_internal.h"
 
 #define HTTP_LISTEN_BACKLOG 4096
@@ -109,6 +110,9 @@ static void loop_free(http_loop_t *loop) {
   if (loop->wake_fd >= 0) close(loop->wake_fd);
   if (loop->epoll_fd >= 0) close(loop->epoll_fd);
   free(loop->read_buf);
+  free(loop->io_ops);
+  free(loop->io_conns);
+  free(loop->pre_buf);
   free(loop);
 }
 
@@ -122,8 +126,15 @@ static int loop_create(http_server_t *s, unsigned index, http_loop_t **out) {
   loop->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
   loop->read_buf = malloc(HTTP_READ_BYTES);
   int err = 0;
+  if (!s->config.io_uring_off) {
+    loop->io_ops = calloc(HTTP_IO_BATCH_MAX, sizeof *loop->io_ops);
+    loop->io_conns = calloc(HTTP_IO_BATCH_MAX, sizeof *loop->io_conns);
+    loop->pre_buf = malloc((size_t)HTTP_IO_BATCH_MAX * HTTP_PRE_READ_BYTES);
+  }
+  bool io_ok = s->config.io_uring_off ||
+               (loop->io_ops != NULL && loop->io_conns != NULL && loop->pre_buf != NULL);
   if (loop->epoll_fd < 0) err = -errno;
-  else if (loop->read_buf == NULL) err = -ENOMEM;
+  else if (loop->read_buf == NULL || !io_ok) err = -ENOMEM;
   else if ((loop->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) err = -errno;
   else err = listener_open(s, &loop->listen_fd);
   if (err == 0) err = loop_add_fd(loop, loop->listen_fd, &loop->listen_fd);
@@ -178,6 +189,7 @@ static void loop_run(http_loop_t *loop) {
     int n = epoll_wait(loop->epoll_fd, events, HTTP_EVENTS_MAX, HTTP_SWEEP_INTERVAL_MS);
     HTTP_ASSERT(n >= 0 || errno == EINTR);
     loop->now_ms = monotonic_ms();
+    if (loop->uring != NULL && n > 0) http__loop_pre_read(loop, events, n);
     for (int i = 0; i < n; i++) {
       void *tag = events[i].data.ptr;
       if (tag == &loop->listen_fd) loop_accept(loop);
@@ -205,11 +217,20 @@ static void *loop_main(void *arg) {
     sigaddset(&pipe_set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
   }
+  if (!cfg->io_uring_off) {
+    int err = http__uring_open(loop); /* here: the ring belongs to the thread that submits */
+    if (err != 0) {
+      LOG_WARN("http: net thread %u: no io_uring (%s), plain system calls", loop->thread_index,
+               strerror(-err));
+    }
+    atomic_store_explicit(&loop->uring_on, err == 0, memory_order_relaxed);
+  }
   if (cfg->on_thread_start != NULL) {
     cfg->on_thread_start(loop, loop->thread_index, cfg->handler_ctx);
   }
   loop_run(loop);
   http__loop_close_all(loop);
+  http__uring_close(loop);
   close(loop->listen_fd);
   loop->listen_fd = -1;
   return NULL;
@@ -314,5 +335,8 @@ void http_server_stats(const http_server_t *server, http_stats_t *out) {
     out->timeouts_total += atomic_load_explicit(&l->stat_timeouts, memory_order_relaxed);
     out->tls_handshake_errors_total +=
         atomic_load_explicit(&l->stat_tls_handshake_errors, memory_order_relaxed);
+    out->uring_loops += atomic_load_explicit(&l->uring_on, memory_order_relaxed);
+    out->uring_reads_total += atomic_load_explicit(&l->stat_uring_reads, memory_order_relaxed);
+    out->uring_sends_total += atomic_load_explicit(&l->stat_uring_sends, memory_order_relaxed);
   }
 }

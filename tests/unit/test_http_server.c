@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <http_parser.h>
+#include <liburing.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -804,9 +805,19 @@ static void test_tls(const http_config_t *plain) {
   CHECK(system(cmd) == 0, "cleanup");
 }
 
-int main(void) {
-  big_response = malloc(BIG_RESPONSE_BYTES);
-  for (size_t i = 0; i < BIG_RESPONSE_BYTES; i++) big_response[i] = (char)(i * 7);
+/* Whether this kernel lets this process have an io_uring (else the server falls back to
+ * plain system calls, and the batched path cannot be tested here). */
+static bool uring_allowed(void) {
+  struct io_uring ring;
+  if (io_uring_queue_init(4, &ring, 0) != 0) return false;
+  io_uring_queue_exit(&ring);
+  return true;
+}
+
+/* The whole suite against one server: with io_uring batching (the default) or without. */
+static void run_suite(bool io_uring_off) {
+  printf("test_http_server: suite with io_uring %s\n", io_uring_off ? "off" : "on");
+  worker_stop = false;
   http_config_t cfg = {
       .host = "127.0.0.1",
       .port = 0,
@@ -817,12 +828,13 @@ int main(void) {
       .idle_timeout_ms = IDLE_TIMEOUT_MS,
       .handler = handler,
       .on_thread_start = on_thread_start,
+      .io_uring_off = io_uring_off,
   };
   http_server_t *server = NULL;
   int err = http_server_start(&cfg, &server);
   if (err != 0) {
     fprintf(stderr, "http_server_start: %s\n", strerror(-err));
-    return 1;
+    exit(1);
   }
   server_port = http_server_port(server);
   CHECK(server_port != 0, "port");
@@ -841,7 +853,7 @@ int main(void) {
   test_connections_max(server);
   test_fork_holds_sockets();
   uint16_t plain_port = server_port;
-  test_tls(&cfg);
+  if (!io_uring_off) test_tls(&cfg); /* once: TLS connections never use the ring */
   server_port = plain_port;
 
   http_stats_t st;
@@ -850,9 +862,34 @@ int main(void) {
         "stats: requests %llu errors %llu timeouts %llu", (unsigned long long)st.requests_total,
         (unsigned long long)st.protocol_errors_total, (unsigned long long)st.timeouts_total);
 
+  /* The batched path really ran (every loop has a ring, and reads and sends went through
+   * them), or, off, never did. */
+  printf("test_http_server: %llu requests, %llu reads and %llu sends through io_uring\n",
+         (unsigned long long)st.requests_total, (unsigned long long)st.uring_reads_total,
+         (unsigned long long)st.uring_sends_total);
+  if (io_uring_off) {
+    CHECK(st.uring_loops == 0 && st.uring_reads_total == 0 && st.uring_sends_total == 0,
+          "io_uring off: %u loops have a ring", st.uring_loops);
+  } else if (!uring_allowed()) {
+    printf("test_http_server: this kernel refuses io_uring: the batched path is not tested\n");
+    CHECK(st.uring_loops == 0, "no ring possible, yet %u loops have one", st.uring_loops);
+  } else {
+    CHECK(st.uring_loops == cfg.threads && st.uring_reads_total >= st.requests_total / 2 &&
+              st.uring_sends_total >= st.requests_total / 4,
+          "io_uring on: %u of %u loops; most reads and many sends should go through it",
+          st.uring_loops, cfg.threads);
+  }
+
   worker_stop = true;
   pthread_join(worker, NULL);
   http_server_stop(server);
+}
+
+int main(void) {
+  big_response = malloc(BIG_RESPONSE_BYTES);
+  for (size_t i = 0; i < BIG_RESPONSE_BYTES; i++) big_response[i] = (char)(i * 7);
+  run_suite(false);
+  run_suite(true);
   free(big_response);
   if (failures) {
     fprintf(stderr, "test_http_server: %d failure(s)\n", failures);
