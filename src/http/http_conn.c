@@ -583,7 +583,8 @@ static bool conn_read_pre(http_conn_t *c) {
   c->pre_read = false;
   /* Only this connection's own event reads or lingers it, and it comes after the batch. */
   HTTP_ASSERT(!c->lingering && buf_pending(&c->in) == 0 && c->ssl == NULL);
-  if (c->pre_res < 0) return c->pre_res == -EAGAIN || c->pre_res == -EINTR;
+  if (c->pre_res == -EAGAIN || c->pre_res == -EINTR) return true;
+  if (c->pre_res < 0) return conn_read(c); /* a plain read meets the error (if any) itself */
   if (c->pre_res == 0) return false;
   size_t n = (size_t)c->pre_res;
   size_t used = conn_parse(c, c->pre_data, n);

@@ -222,6 +222,8 @@ static void *loop_main(void *arg) {
     if (err != 0) {
       LOG_WARN("http: net thread %u: no io_uring (%s), plain system calls", loop->thread_index,
                strerror(-err));
+      free(loop->pre_buf); /* unused without a ring */
+      loop->pre_buf = NULL;
     }
     atomic_store_explicit(&loop->uring_on, err == 0, memory_order_relaxed);
   }

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <liburing.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,20 @@ int http__uring_open(http_loop_t *loop) {
   if (err != 0) {
     free(ring);
     return err; /* -ENOSYS, -EPERM (io_uring_disabled, seccomp), -ENOMEM... */
+  }
+  /* RECV and SEND came in Linux 5.6, and only later kernels complete a MSG_DONTWAIT socket
+   * operation with -EAGAIN instead of arming a poll and waiting (which would stall the loop
+   * in http__uring_run). IORING_OP_SOCKET (5.19) stands for "recent enough": older kernels
+   * get plain system calls. */
+  struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
+  bool ok = probe != NULL && io_uring_opcode_supported(probe, IORING_OP_RECV) &&
+            io_uring_opcode_supported(probe, IORING_OP_SEND) &&
+            io_uring_opcode_supported(probe, IORING_OP_SOCKET);
+  if (probe != NULL) io_uring_free_probe(probe);
+  if (!ok) {
+    io_uring_queue_exit(ring);
+    free(ring);
+    return -EOPNOTSUPP;
   }
   loop->uring = ring;
   return 0;

@@ -810,8 +810,13 @@ static void test_tls(const http_config_t *plain) {
 static bool uring_allowed(void) {
   struct io_uring ring;
   if (io_uring_queue_init(4, &ring, 0) != 0) return false;
+  struct io_uring_probe *probe = io_uring_get_probe_ring(&ring);
+  bool ok = probe != NULL && io_uring_opcode_supported(probe, IORING_OP_RECV) &&
+            io_uring_opcode_supported(probe, IORING_OP_SEND) &&
+            io_uring_opcode_supported(probe, IORING_OP_SOCKET); /* as http_uring.c asks */
+  if (probe != NULL) io_uring_free_probe(probe);
   io_uring_queue_exit(&ring);
-  return true;
+  return ok;
 }
 
 /* The whole suite against one server: with io_uring batching (the default) or without. */
