@@ -118,7 +118,8 @@ typedef struct http_config {
   const char *tls_client_ca_file;
   /* true: plain read/send system calls only. false (the default): each net thread batches
    * its socket reads and sends through an io_uring (one system call per batch), falling
-   * back to plain calls by itself if the kernel refuses a ring (see http_stats_t). */
+   * back to plain calls by itself if the kernel refuses a ring (see http_stats_t). A TLS
+   * server never batches (OpenSSL does its own reads and writes). */
   bool io_uring_off;
 } http_config_t;
 

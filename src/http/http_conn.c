@@ -577,6 +577,13 @@ static bool conn_read_discard(http_conn_t *c) {
 static bool conn_read(http_conn_t *c);
 static bool conn_wants_read(const http_conn_t *c);
 
+/* Parses n bytes read outside the connection's buffer (the loop's read buffer or a batch
+ * slot) and keeps what the parser left for later. False when out of memory. */
+static bool conn_take_direct(http_conn_t *c, const char *src, size_t n) {
+  size_t used = conn_parse(c, src, n);
+  return used == n || c->closing || buf_append(&c->in, src + used, n - used, HTTP_READ_BYTES);
+}
+
 /* Consumes the read the loop's batch did for this connection (http__loop_pre_read), as the
  * direct branch of conn_read would have done it. */
 static bool conn_read_pre(http_conn_t *c) {
@@ -587,11 +594,7 @@ static bool conn_read_pre(http_conn_t *c) {
   if (c->pre_res < 0) return conn_read(c); /* a plain read meets the error (if any) itself */
   if (c->pre_res == 0) return false;
   size_t n = (size_t)c->pre_res;
-  size_t used = conn_parse(c, c->pre_data, n);
-  if (used < n && !c->closing &&
-      !buf_append(&c->in, c->pre_data + used, n - used, HTTP_READ_BYTES)) {
-    return false;
-  }
+  if (!conn_take_direct(c, c->pre_data, n)) return false;
   /* A full batch read may have left bytes behind (a large body): one plain read follows,
    * so such a connection still takes up to HTTP_READ_BYTES more per event. */
   if (n == HTTP_PRE_READ_BYTES && !c->closing && conn_wants_read(c)) return conn_read(c);
@@ -624,12 +627,7 @@ static bool conn_read(http_conn_t *c) {
     conn_drain_in(c);
     return true;
   }
-  size_t used = conn_parse(c, dst, (size_t)n);
-  if (used < (size_t)n && !c->closing &&
-      !buf_append(&c->in, dst + used, (size_t)n - used, HTTP_READ_BYTES)) {
-    return false;
-  }
-  return true;
+  return conn_take_direct(c, dst, (size_t)n);
 }
 
 /* ---------------------------------------------------------------- output and interest */

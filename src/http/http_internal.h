@@ -228,10 +228,11 @@ struct http_server {
 
 /* Counters have one writer (the loop's thread): a relaxed load+store is enough and costs no
  * locked instruction on the request path. */
-static inline void http__stat_inc(_Atomic uint64_t *counter) {
-  atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + 1,
+static inline void http__stat_add(_Atomic uint64_t *counter, uint64_t n) {
+  atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + n,
                         memory_order_relaxed);
 }
+static inline void http__stat_inc(_Atomic uint64_t *counter) { http__stat_add(counter, 1); }
 
 /* http_conn.c, all on the loop's thread. */
 void http__conn_accepted(http_loop_t *loop, int fd, const struct sockaddr_storage *peer);

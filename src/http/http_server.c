@@ -282,6 +282,7 @@ int http_server_start(const http_config_t *config, http_server_t **out) {
   s->port = config->port;
   int err = s->host == NULL ? -ENOMEM : resolve_host(s);
   if (err == 0 && config->tls_cert_file != NULL) err = http__tls_ctx_create(config, &s->tls_ctx);
+  if (s->tls_ctx != NULL) s->config.io_uring_off = true; /* TLS connections are never batched */
   for (unsigned i = 0; err == 0 && i < config->threads; i++) err = loop_create(s, i, &s->loops[i]);
   for (unsigned i = 0; err == 0 && i < config->threads; i++) {
     err = -pthread_create(&s->loops[i]->thread, NULL, loop_main, s->loops[i]);

@@ -109,7 +109,5 @@ void http__uring_run(http_loop_t *loop, http_io_t *ops, unsigned n) {
     if (seen > 0) failures = 0;
   }
   HTTP_ASSERT(done == n);
-  _Atomic uint64_t *stat = ops[0].send ? &loop->stat_uring_sends : &loop->stat_uring_reads;
-  atomic_store_explicit(stat, atomic_load_explicit(stat, memory_order_relaxed) + n,
-                        memory_order_relaxed);
+  http__stat_add(ops[0].send ? &loop->stat_uring_sends : &loop->stat_uring_reads, n);
 }
