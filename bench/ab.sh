@@ -38,6 +38,7 @@ trap cleanup EXIT
 start() {  # start KEY EXTRA-ARGS
   local k=$1 extra=$2 d=$WORK/$1 p="" out
   mkdir -p "$d"; DIR[$k]=$d
+  : >"$d/out" # exists before the loop below reads it (set -e)
   # shellcheck disable=SC2086  # extra flags are words
   taskset -c "$CPUS" "${BIN[$k]}/ledgerd" --listen 127.0.0.1:0 --data-dir "$d/data" --rate-limit off \
     ${ARGS:-} $extra >"$d/out" 2>"$d/err" &

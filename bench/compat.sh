@@ -46,6 +46,7 @@ trap 'stop; rm -rf "$WORK"' EXIT
 start() {
   local name=$1; shift
   mkdir -p "$WORK/$name"
+  : >"$WORK/$name/out" # exists before the loop below reads it (set -e)
   "${SERVER_PIN[@]}" "$BIN/ledgerd" --listen 127.0.0.1:0 --data-dir "$WORK/$name/data" "$@" \
     >"$WORK/$name/out" 2>"$WORK/$name/err" &
   PID=$!

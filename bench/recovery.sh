@@ -90,6 +90,7 @@ snap_bytes() { local t=0 f; for f in "$DATA"/snapshot-*.snap; do [ -e "$f" ] && 
 # start_server LOG_NAME LISTEN -> sets SERVER_PID and T_EXEC (epoch seconds just before exec)
 start_server() {
   local name=$1 listen=$2
+  : >"$WORK/$name.out" # exists before the callers' loops read it (set -e, pipefail)
   T_EXEC=$(now)
   "${SERVER_PIN[@]}" "$BIN/ledgerd" --listen "$listen" --data-dir "$DATA" "${RATE_FLAGS[@]}" \
     >"$WORK/$name.out" 2>"$WORK/$name.err" &

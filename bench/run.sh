@@ -149,6 +149,7 @@ start_server() {
   local name=$1; shift
   SERVER_DIR=$WORK/$name
   mkdir -p "$SERVER_DIR/data"
+  : >"$SERVER_DIR/ledgerd.out" # exists before the loop below reads it (set -e, pipefail)
   "${SERVER_PIN[@]}" "$BIN/ledgerd" --listen 127.0.0.1:0 --data-dir "$SERVER_DIR/data" "$@" \
     >"$SERVER_DIR/ledgerd.out" 2>"$SERVER_DIR/ledgerd.err" &
   SERVER_PID=$!

@@ -48,6 +48,7 @@ ticks() {
 run() {  # run BIN_DIR
   local bin=$1 d p="" range out
   d=$(mktemp -d "$WORK/run.XXXXXX")
+  : >"$d/out" # exists before the loop below reads it (set -e)
   # shellcheck disable=SC2086  # extra flags are words
   taskset -c "$CPUS" "$bin/ledgerd" --listen 127.0.0.1:0 --data-dir "$d/data" --rate-limit off ${ARGS:-} \
     >"$d/out" 2>"$d/err" &
