@@ -1096,7 +1096,10 @@ int main(int argc, char **argv) {
     acc.ids = bench_xrealloc(NULL, acc.n * sizeof *acc.ids);
     for (size_t i = 0; i < acc.n; i++) acc.ids[i] = first + i;
   }
-  if (mode == MODE_NONE) return 0;
+  if (mode == MODE_NONE) {
+    free(acc.ids);
+    return 0;
+  }
 
   reqset_t rs;
   switch (mode) {
@@ -1110,6 +1113,7 @@ int main(int argc, char **argv) {
     if (acc.n < 2) {
       fprintf(stderr, "ledger-bench: mode %s needs --setup N or --accounts FIRST-LAST\n",
               bench_mode_name(mode));
+      free(acc.ids);
       return 2;
     }
     if (mode == MODE_BATCH) bench_build_batches(&rs, ring ? ring : BENCH_RING_BATCH_DEFAULT, &acc, batch, amount);

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""ledger-bench, the load generator behind docs/performance.md, against ledgerd and against a
+scripted peer:
+  - it creates and funds accounts, then every single transfer, batch transfer and /healthz
+    request it reports as done is one the server answered as expected, and the ledger agrees
+    (the number of transfers, money conserved, `ledgerctl verify`);
+  - a peer that answers and closes in the same segment (data + FIN) is reported at once as
+    "closed by the server", not after the 30 s drain timeout: ledger-bench stops reading an
+    edge-triggered socket after a read that left room in its buffer, unless the event said
+    the peer hung up (cmd/ledger-bench.c, conn_on_readable);
+  - a peer that answers with an unexpected status is counted and makes the exit status 1.
+Bounded: a few thousand requests on 127.0.0.1, every run under a 20 s timeout."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ledger_harness import Server, bin_dir, final_server_checks, run_main, to_minor  # noqa: E402
+
+RUN_TIMEOUT_S = 20
+
+
+def bench(args):
+    """Runs ledger-bench; returns (exit status, the fields of its last stdout line, stderr, seconds)."""
+    t0 = time.monotonic()
+    p = subprocess.run([os.path.join(bin_dir(), "ledger-bench")] + args, capture_output=True,
+                       text=True, timeout=RUN_TIMEOUT_S)
+    lines = [l for l in p.stdout.splitlines() if l.strip()]
+    fields = dict(re.findall(r"(\w+)=(\S+)", lines[-1])) if lines else {}
+    return p.returncode, fields, p.stderr, time.monotonic() - t0
+
+
+def transfers_total(c):
+    r = c.get("/metrics")
+    m = re.search(r"^ledger_engine_transfers_total (\d+)$", r.body.decode(), re.M)
+    if r.status != 200 or not m:
+        raise RuntimeError(f"/metrics: {r.status} without ledger_engine_transfers_total")
+    return int(m.group(1))
+
+
+class Peer:
+    """A scripted HTTP peer on 127.0.0.1: for each request it reads, calls answer(conn)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            while not self.stop:
+                data = c.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:  # GET /healthz: no body
+                    _, buf = buf.split(b"\r\n\r\n", 1)
+                    self.answer(c)
+        except OSError:
+            return
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def answer_then_fin(c):
+    # MSG_MORE holds the bytes until the shutdown, so the answer and the FIN leave in one
+    # segment: ledger-bench sees the data and the end of file in one event. The socket stays
+    # open for reading: a request sent after it reaches the peer, which never answers it.
+    body = b'{"status":"ok"}'
+    c.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+           % (len(body), body), socket.MSG_MORE)
+    c.shutdown(socket.SHUT_WR)
+
+
+def answer_503(c):
+    body = b'{"error":{"code":"overloaded","message":"x"}}'
+    c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def main(ck):
+    with ck.section("against ledgerd"):
+        srv = Server()
+        srv.start()
+        key = os.path.join(srv.data_dir, "bootstrap-admin-key")
+        common = ["-p", str(srv.port), "--token-file", key]
+        rc, f, err, _ = bench(common + ["-S", "20", "-c", "4"])
+        ck.eq("setup exits 0", rc, 0, err[-300:])
+        first, last = int(f.get("first", 0)), int(f.get("last", 0))
+        ck.eq("20 contiguous accounts were created", (f.get("accounts"), f.get("contiguous"), last - first),
+              ("20", "1", 19), str(f))
+        rng = f"{first}-{last}"
+        c = srv.client()
+        before = {i: to_minor(c.balance(i), "USD") for i in range(first, last + 1)}
+        t_before = transfers_total(c)
+        rc, f, err, _ = bench(common + ["-m", "transfer", "-c", "8", "-n", "2000", "-A", rng])
+        ck.eq("transfer run exits 0", rc, 0, err[-300:])
+        ck.eq("2,000 transfers reported", f.get("transfers"), "2000", str(f))
+        ck.eq("all 2,000 answered 201", f.get("s2xx"), "2000", str(f))
+        ck.eq("no errors", f.get("errors"), "0", str(f))
+        rc, f, err, _ = bench(common + ["-m", "batch", "-b", "50", "-c", "2", "-n", "10", "-A", rng])
+        ck.eq("batch run exits 0", rc, 0, err[-300:])
+        ck.eq("10 batches of 50 posted: 500 transfers", f.get("transfers"), "500", str(f))
+        rc, f, err, _ = bench(common + ["-m", "health", "-c", "8", "-n", "3000"])
+        ck.eq("/healthz run exits 0", rc, 0, err[-300:])
+        ck.eq("3,000 /healthz answered", f.get("requests"), "3000", str(f))
+        after = {i: to_minor(c.balance(i), "USD") for i in range(first, last + 1)}
+        moved = sum(after.values()) - sum(before.values())
+        ck.eq("money among the bench accounts is conserved", moved, 0)
+        ck.eq("the ledger holds exactly the 2,500 transfers reported", transfers_total(c) - t_before, 2500)
+        changed = sum(1 for i in before if before[i] != after[i])
+        ck.check("the transfers moved money", changed > 0, f"{changed} balances changed")
+        c.close()
+        final_server_checks(ck, srv)
+
+    with ck.section("a peer that answers and closes in one segment"):
+        peer = Peer(answer_then_fin)
+        try:
+            rc, f, err, secs = bench(["-p", str(peer.port), "-m", "health", "-c", "1", "-n", "5", "-d", "2"])
+        except subprocess.TimeoutExpired:
+            rc, f, err, secs = None, {}, "timed out", RUN_TIMEOUT_S
+        peer.close()
+        ck.eq("exit status 1", rc, 1, err[-300:])
+        ck.check("reported as closed by the server", "closed by the server" in err, err[-300:])
+        ck.eq("one connection error", f.get("conn_errors"), "1", str(f))
+        ck.check("at once, not after the drain timeout", secs < 10, f"{secs:.1f} s")
+
+    with ck.section("a peer that answers 503"):
+        peer = Peer(answer_503)
+        rc, f, err, _ = bench(["-p", str(peer.port), "-m", "health", "-c", "2", "-n", "50"])
+        peer.close()
+        ck.eq("exit status 1", rc, 1, err[-300:])
+        ck.eq("50 answered", f.get("requests"), "50", str(f))
+        ck.eq("50 unexpected", f.get("unexpected"), "50", str(f))
+        ck.check("the first is echoed to stderr", "unexpected status 503" in err, err[-300:])
+
+
+if __name__ == "__main__":
+    run_main(main)
