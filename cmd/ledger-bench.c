@@ -33,6 +33,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -263,6 +264,9 @@ typedef struct bench {
   uint64_t *ids_out; /* bench_capture_id: ids in completion order */
   size_t ids_n;
   stats_t st;
+  /* bench_ring_open: the reads and sends of one epoll batch go through it in one submit each
+   * (bench_batch_events); NULL: plain read/writev per connection. */
+  struct io_uring *ring;
 } bench_t;
 
 static volatile sig_atomic_t interrupted;
@@ -322,6 +326,24 @@ static int conn_open(bench_t *b, conn_t *c, unsigned index, const struct sockadd
   return 0;
 }
 
+/* Takes n bytes written off the front of the connection's send queue. */
+static void conn_sent(const reqset_t *rs, conn_t *c, size_t n) {
+  while (n > 0) {
+    LEDGER_ASSERT(c->sq_n > 0);
+    uint32_t idx = c->sq[c->sq_head];
+    size_t rem = rs->lens[idx] - c->sq_off;
+    if (n >= rem) {
+      n -= rem;
+      c->sq_off = 0;
+      c->sq_head = (c->sq_head + 1u) % BENCH_DEPTH_MAX;
+      c->sq_n--;
+    } else {
+      c->sq_off += n;
+      n = 0;
+    }
+  }
+}
+
 /* Writes as much of the connection's send queue as the socket takes. 0 or -errno. */
 static int conn_flush(bench_t *b, conn_t *c) {
   const reqset_t *rs = b->rs;
@@ -339,21 +361,7 @@ static int conn_flush(bench_t *b, conn_t *c) {
       if (errno == EINTR) continue;
       return -errno;
     }
-    size_t left = (size_t)w;
-    while (left > 0) {
-      LEDGER_ASSERT(c->sq_n > 0);
-      uint32_t idx = c->sq[c->sq_head];
-      size_t rem = rs->lens[idx] - c->sq_off;
-      if (left >= rem) {
-        left -= rem;
-        c->sq_off = 0;
-        c->sq_head = (c->sq_head + 1u) % BENCH_DEPTH_MAX;
-        c->sq_n--;
-      } else {
-        c->sq_off += left;
-        left = 0;
-      }
-    }
+    conn_sent(rs, c, (size_t)w);
   }
   return 0;
 }
@@ -602,6 +610,160 @@ static void conn_top_up(bench_t *b, conn_t *c, uint64_t now) {
   if (rc != 0) bench_fail_conn(b, c, "write", -rc);
 }
 
+/* ---- batched socket I/O (io_uring) ----
+ * The reads of one epoll batch go to the kernel in one io_uring_enter, and so do the sends
+ * that follow: a system call costs ~1.1 us on the benchmark VM, about what the TCP work of a
+ * small request costs, and a client that pays two or three of them per request is the
+ * bottleneck of a /healthz run (docs/performance.md, session 12). Every operation carries
+ * MSG_DONTWAIT, so the kernel completes it during the submit, and bench_ring_run waits for
+ * every completion: no buffer is left with the kernel. What a batch does not finish (a read
+ * that filled its room, a hang-up, a short send) goes on through the plain calls above,
+ * which meet it again. --no-io-uring, or a kernel without the operations, keeps the plain
+ * path throughout. */
+#define BENCH_RING_RETRIES_MAX 100000
+
+typedef struct bench_op {
+  conn_t *c;
+  size_t room; /* read: the room offered */
+  bool hup;    /* read: the event said the peer hung up */
+  int res;
+  struct msghdr msg; /* send */
+  struct iovec iov[BENCH_DEPTH_MAX];
+} bench_op_t;
+
+static bench_op_t bench_ops[BENCH_EVENTS_MAX]; /* one per event of an epoll batch */
+
+/* NULL where the kernel refuses a ring or lacks the socket operations (IORING_OP_SOCKET,
+ * 5.19, stands for "recent enough that MSG_DONTWAIT answers -EAGAIN instead of waiting", as
+ * in ledgerd's src/http/http_uring.c). */
+static struct io_uring *bench_ring_open(void) {
+  struct io_uring *ring = calloc(1, sizeof *ring);
+  if (ring == NULL) return NULL;
+  int err = io_uring_queue_init(BENCH_EVENTS_MAX, ring, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN);
+  if (err == -EINVAL) err = io_uring_queue_init(BENCH_EVENTS_MAX, ring, 0);
+  if (err != 0) {
+    free(ring);
+    return NULL;
+  }
+  struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
+  bool ok = probe != NULL && io_uring_opcode_supported(probe, IORING_OP_RECV) &&
+            io_uring_opcode_supported(probe, IORING_OP_SENDMSG) &&
+            io_uring_opcode_supported(probe, IORING_OP_SOCKET);
+  if (probe != NULL) io_uring_free_probe(probe);
+  if (!ok) {
+    io_uring_queue_exit(ring);
+    free(ring);
+    return NULL;
+  }
+  return ring;
+}
+
+/* Submits the n operations queued on the ring and waits for all of them: bench_ops[i].res. */
+static void bench_ring_run(struct io_uring *ring, unsigned n) {
+  unsigned done = 0, failures = 0;
+  while (done < n) {
+    int r = io_uring_submit_and_wait(ring, n - done);
+    if (r < 0 && r != -EINTR) {
+      if ((r != -EAGAIN && r != -EBUSY && r != -ENOMEM) || ++failures > BENCH_RING_RETRIES_MAX) {
+        fprintf(stderr, "ledger-bench: io_uring_enter: %s\n", strerror(-r));
+        exit(2);
+      }
+      (void)sched_yield();
+    }
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(ring, head, cqe) {
+      uint64_t i = io_uring_cqe_get_data64(cqe);
+      LEDGER_ASSERT(i < n);
+      bench_ops[i].res = cqe->res;
+      seen++;
+    }
+    io_uring_cq_advance(ring, seen);
+    done += seen;
+    if (seen > 0) failures = 0;
+  }
+}
+
+static struct io_uring_sqe *bench_sqe(struct io_uring *ring, unsigned i) {
+  struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+  LEDGER_ASSERT(sqe != NULL); /* BENCH_EVENTS_MAX entries, empty between runs */
+  io_uring_sqe_set_data64(sqe, i);
+  return sqe;
+}
+
+/* What the plain loop does per event (read, hang-up, top up and send), for a whole epoll
+ * batch: the reads in one submit, then the sends in another. */
+static void bench_batch_events(bench_t *b, const struct epoll_event *evs, int n) {
+  const unsigned read_ev = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+  const unsigned hup_ev = EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+  unsigned nr = 0;
+  for (int i = 0; i < n; i++) {
+    conn_t *c = &b->conns[evs[i].data.u32];
+    if (!c->alive || !(evs[i].events & read_ev)) continue;
+    LEDGER_ASSERT(c->rlen < BENCH_RBUF_BYTES);
+    bench_op_t *op = &bench_ops[nr];
+    op->c = c;
+    op->room = BENCH_RBUF_BYTES - c->rlen;
+    op->hup = (evs[i].events & hup_ev) != 0;
+    io_uring_prep_recv(bench_sqe(b->ring, nr), c->fd, c->rbuf + c->rlen, op->room, MSG_DONTWAIT);
+    nr++;
+  }
+  bench_ring_run(b->ring, nr);
+  uint64_t now = time_mono_ns();
+  for (unsigned i = 0; i < nr; i++) {
+    bench_op_t *op = &bench_ops[i];
+    conn_t *c = op->c;
+    if (op->res > 0) {
+      c->rlen += (size_t)op->res;
+      if (conn_parse(b, c, now) != 0) {
+        bench_fail_conn(b, c, "unreadable response", 0);
+        continue;
+      }
+      if ((size_t)op->res == op->room || op->hup) conn_on_readable(b, c, op->hup); /* more, or the EOF */
+    } else if (op->res == 0) {
+      bench_fail_conn(b, c, "closed by the server", 0);
+    } else if (op->res == -EAGAIN || op->res == -EINTR) {
+      if (op->hup) conn_on_readable(b, c, true);
+    } else {
+      bench_fail_conn(b, c, "read", -op->res);
+    }
+  }
+  unsigned ns = 0;
+  now = time_mono_ns();
+  for (int i = 0; i < n; i++) {
+    conn_t *c = &b->conns[evs[i].data.u32];
+    if (c->alive && (evs[i].events & (EPOLLHUP | EPOLLERR))) bench_fail_conn(b, c, "socket error", 0);
+    if (!c->alive) continue;
+    if (b->interval_ns == 0) {
+      while (c->if_n < b->depth && bench_may_issue(b, now)) conn_enqueue(b, c, now);
+    }
+    if (c->sq_n == 0) continue;
+    bench_op_t *op = &bench_ops[ns];
+    op->c = c;
+    for (unsigned k = 0; k < c->sq_n; k++) {
+      uint32_t idx = c->sq[(c->sq_head + k) % BENCH_DEPTH_MAX];
+      size_t skip = k == 0 ? c->sq_off : 0;
+      op->iov[k].iov_base = b->rs->arena + b->rs->offs[idx] + skip;
+      op->iov[k].iov_len = b->rs->lens[idx] - skip;
+    }
+    op->msg = (struct msghdr){.msg_iov = op->iov, .msg_iovlen = c->sq_n};
+    io_uring_prep_sendmsg(bench_sqe(b->ring, ns), c->fd, &op->msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ns++;
+  }
+  bench_ring_run(b->ring, ns);
+  for (unsigned i = 0; i < ns; i++) {
+    bench_op_t *op = &bench_ops[i];
+    conn_t *c = op->c;
+    if (op->res > 0) {
+      conn_sent(b->rs, c, (size_t)op->res);
+      int rc = c->sq_n > 0 ? conn_flush(b, c) : 0; /* a short send: the plain path goes on */
+      if (rc != 0) bench_fail_conn(b, c, "write", -rc);
+    } else if (op->res != -EAGAIN && op->res != -EINTR) { /* EAGAIN: EPOLLOUT (edge) comes */
+      bench_fail_conn(b, c, "write", op->res < 0 ? -op->res : EIO);
+    }
+  }
+}
+
 /* Runs one phase over the open connections with request set rs. Stats land in b->st. */
 static void bench_run(bench_t *b, const reqset_t *rs, uint64_t requests_max, double seconds,
                       double rate) {
@@ -655,6 +817,10 @@ static void bench_run(bench_t *b, const reqset_t *rs, uint64_t requests_max, dou
       if (errno == EINTR) continue;
       perror("ledger-bench: epoll_pwait2");
       exit(2);
+    }
+    if (b->ring != NULL) {
+      bench_batch_events(b, evs, n);
+      n = 0;
     }
     for (int i = 0; i < n; i++) {
       conn_t *c = &b->conns[evs[i].data.u32];
@@ -899,7 +1065,9 @@ static void bench_usage(FILE *f) {
           "      --seed N           random seed (42)\n"
           "      --cpu N            pin this process to CPU N\n"
           "  -T, --token TOKEN      send 'Authorization: Bearer TOKEN' with every request\n"
-          "      --token-file FILE  the same, TOKEN read from FILE (first line)\n",
+          "      --token-file FILE  the same, TOKEN read from FILE (first line)\n"
+          "      --no-io-uring      plain read/writev per connection instead of one io_uring\n"
+          "                         submit per epoll batch for the reads and one for the sends\n",
           BENCH_DEPTH_MAX, BENCH_BATCH_MAX, BENCH_DEPOSIT_AMOUNT);
 }
 
@@ -965,8 +1133,8 @@ int main(int argc, char **argv) {
   double seconds = -1, rate = 0, warmup = 0;
   uint64_t requests = 0, setup_n = 0, first = 0, last = 0, ring = 0;
   int cpu = -1;
-  enum { OPT_AMOUNT = 1000, OPT_RING, OPT_SEED, OPT_CPU, OPT_TOKEN_FILE, OPT_FUND };
-  bool fund_deposits = false;
+  enum { OPT_AMOUNT = 1000, OPT_RING, OPT_SEED, OPT_CPU, OPT_TOKEN_FILE, OPT_FUND, OPT_NO_URING };
+  bool fund_deposits = false, no_uring = false;
   static const struct option opts[] = {
       {"host", required_argument, 0, 'H'},     {"port", required_argument, 0, 'p'},
       {"mode", required_argument, 0, 'm'},     {"conns", required_argument, 0, 'c'},
@@ -977,7 +1145,7 @@ int main(int argc, char **argv) {
       {"amount", required_argument, 0, OPT_AMOUNT}, {"ring", required_argument, 0, OPT_RING},
       {"seed", required_argument, 0, OPT_SEED}, {"cpu", required_argument, 0, OPT_CPU},
       {"token", required_argument, 0, 'T'},    {"token-file", required_argument, 0, OPT_TOKEN_FILE},
-      {"fund", required_argument, 0, OPT_FUND},
+      {"fund", required_argument, 0, OPT_FUND}, {"no-io-uring", no_argument, 0, OPT_NO_URING},
       {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "H:p:m:c:P:d:n:r:b:S:A:w:T:h", opts, NULL)) != -1) {
@@ -1034,6 +1202,7 @@ int main(int argc, char **argv) {
     case OPT_TOKEN_FILE:
       if (bench_read_token_file(optarg) != 0) return 2;
       break;
+    case OPT_NO_URING: no_uring = true; break;
     case 'h': bench_usage(stdout); return 0;
     default: bench_usage(stderr); return 2;
     }
@@ -1074,6 +1243,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   b->depth = depth;
+  if (!no_uring && (b->ring = bench_ring_open()) == NULL)
+    fprintf(stderr, "ledger-bench: no io_uring here: plain read/writev per connection\n");
   for (unsigned i = 0; i < conns; i++) {
     int rc = conn_open(b, &b->conns[i], i, &addr);
     if (rc != 0) {
