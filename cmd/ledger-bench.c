@@ -1261,7 +1261,10 @@ int main(int argc, char **argv) {
       fprintf(stderr, "ledger-bench: --setup needs at least 2 accounts\n");
       return 2;
     }
-    if (bench_setup(b, (size_t)setup_n, &acc, fund_deposits) != 0) return 1;
+    if (bench_setup(b, (size_t)setup_n, &acc, fund_deposits) != 0) {
+      free(acc.ids);
+      return 1;
+    }
   } else if (first) {
     acc.n = (size_t)(last - first + 1u);
     acc.ids = bench_xrealloc(NULL, acc.n * sizeof *acc.ids);

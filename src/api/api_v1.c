@@ -6,6 +6,7 @@
  * engine's committer thread and only pushes the request onto its thread's lock-free completion stack.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

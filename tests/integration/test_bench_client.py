@@ -22,9 +22,12 @@ import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ledger_harness import Server, bin_dir, final_server_checks, log, run_main, to_minor  # noqa: E402
+from ledger_harness import SANITIZER_MARKERS, Server, bin_dir, final_server_checks, log, run_main, to_minor  # noqa: E402
 
 RUN_TIMEOUT_S = 20
+
+
+SANITIZER_REPORTS = []  # ledger-bench's own stderr, checked once at the end
 
 
 def bench(args):
@@ -32,6 +35,7 @@ def bench(args):
     t0 = time.monotonic()
     p = subprocess.run([os.path.join(bin_dir(), "ledger-bench")] + args, capture_output=True,
                        text=True, timeout=RUN_TIMEOUT_S)
+    SANITIZER_REPORTS.extend(l for l in p.stderr.splitlines() if any(m in l for m in SANITIZER_MARKERS))
     lines = [l for l in p.stdout.splitlines() if l.strip()]
     fields = dict(re.findall(r"(\w+)=(\S+)", lines[-1])) if lines else {}
     return p.returncode, fields, p.stderr, time.monotonic() - t0
@@ -84,6 +88,10 @@ class Peer:
 
     def close(self):
         self.stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        except OSError:
+            pass
         self.sock.close()
         for c in self.conns:
             c.close()
@@ -99,53 +107,77 @@ def answer_then_fin(c):
     c.shutdown(socket.SHUT_WR)
 
 
+BIG_BODY = b'{"pad":"' + b"x" * (200 * 1024) + b'"}'
+
+
+def answer_big(c):
+    # A 200 KiB body: more than ledger-bench's 64 KiB read buffer, so reads fill their room
+    # and the rest must be read on (not left for an edge that never comes).
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG_BODY) + BIG_BODY)
+
+
+def answer_split(c):
+    # The header, a pause, then the body: two edges for one response.
+    body = b'{"status":"ok"}'
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+    time.sleep(0.02)
+    c.sendall(body)
+
+
 def answer_503(c):
     body = b'{"error":{"code":"overloaded","message":"x"}}'
     c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
+def against_ledgerd(ck, srv):
+    srv.start()
+    key = os.path.join(srv.data_dir, "bootstrap-admin-key")
+    common = ["-p", str(srv.port), "--token-file", key]
+    rc, f, err, _ = bench(common + ["-S", "20", "-c", "4"])
+    ck.eq("setup exits 0", rc, 0, err[-300:])
+    first, last = int(f.get("first", 0)), int(f.get("last", 0))
+    ck.eq("20 contiguous accounts were created", (f.get("accounts"), f.get("contiguous"), last - first),
+          ("20", "1", 19), str(f))
+    rng = f"{first}-{last}"
+    c = srv.client()
+    before = {i: to_minor(c.balance(i), "USD") for i in range(first, last + 1)}
+    t_before = transfers_total(c)
+    rc, f, err, _ = bench(common + ["-m", "transfer", "-c", "8", "-n", "2000", "-A", rng])
+    ck.eq("transfer run exits 0", rc, 0, err[-300:])
+    ck.eq("2,000 transfers reported", f.get("transfers"), "2000", str(f))
+    ck.eq("all 2,000 answered 201", f.get("s2xx"), "2000", str(f))
+    ck.eq("no errors", f.get("errors"), "0", str(f))
+    rc, f, err, _ = bench(common + ["-m", "batch", "-b", "50", "-c", "2", "-n", "10", "-A", rng])
+    ck.eq("batch run exits 0", rc, 0, err[-300:])
+    ck.eq("10 batches of 50 posted: 500 transfers", f.get("transfers"), "500", str(f))
+    rc, f, err, _ = bench(common + ["-m", "health", "-c", "8", "-n", "3000"])
+    ck.eq("/healthz run exits 0", rc, 0, err[-300:])
+    ck.eq("3,000 /healthz answered", f.get("requests"), "3000", str(f))
+    rc, f, err, _ = bench(common + ["-m", "transfer", "-c", "8", "-P", "4", "-n", "1000", "-A", rng, "--no-io-uring"])
+    ck.eq("pipelined transfer run on plain calls exits 0", rc, 0, err[-300:])
+    ck.eq("1,000 more transfers reported", f.get("transfers"), "1000", str(f))
+    rc, f, err, _ = bench(common + ["-m", "transfer", "-c", "8", "-P", "4", "-n", "1000", "-A", rng])
+    ck.eq("pipelined transfer run through io_uring exits 0", rc, 0, err[-300:])
+    ck.eq("1,000 more transfers reported (io_uring)", f.get("transfers"), "1000", str(f))
+    if "no io_uring here" in err:  # the kernel refused a ring: say so rather than fail
+        log("# NOTE: no io_uring on this kernel: ledger-bench's batched path was not tested")
+    after = {i: to_minor(c.balance(i), "USD") for i in range(first, last + 1)}
+    moved = sum(after.values()) - sum(before.values())
+    ck.eq("money among the bench accounts is conserved", moved, 0)
+    ck.eq("the ledger holds exactly the 4,500 transfers reported", transfers_total(c) - t_before, 4500)
+    changed = sum(1 for i in before if before[i] != after[i])
+    ck.check("the transfers moved money", changed > 0, f"{changed} balances changed")
+    c.close()
+    final_server_checks(ck, srv)
+
+
 def main(ck):
     with ck.section("against ledgerd"):
         srv = Server()
-        srv.start()
-        key = os.path.join(srv.data_dir, "bootstrap-admin-key")
-        common = ["-p", str(srv.port), "--token-file", key]
-        rc, f, err, _ = bench(common + ["-S", "20", "-c", "4"])
-        ck.eq("setup exits 0", rc, 0, err[-300:])
-        first, last = int(f.get("first", 0)), int(f.get("last", 0))
-        ck.eq("20 contiguous accounts were created", (f.get("accounts"), f.get("contiguous"), last - first),
-              ("20", "1", 19), str(f))
-        rng = f"{first}-{last}"
-        c = srv.client()
-        before = {i: to_minor(c.balance(i), "USD") for i in range(first, last + 1)}
-        t_before = transfers_total(c)
-        rc, f, err, _ = bench(common + ["-m", "transfer", "-c", "8", "-n", "2000", "-A", rng])
-        ck.eq("transfer run exits 0", rc, 0, err[-300:])
-        ck.eq("2,000 transfers reported", f.get("transfers"), "2000", str(f))
-        ck.eq("all 2,000 answered 201", f.get("s2xx"), "2000", str(f))
-        ck.eq("no errors", f.get("errors"), "0", str(f))
-        rc, f, err, _ = bench(common + ["-m", "batch", "-b", "50", "-c", "2", "-n", "10", "-A", rng])
-        ck.eq("batch run exits 0", rc, 0, err[-300:])
-        ck.eq("10 batches of 50 posted: 500 transfers", f.get("transfers"), "500", str(f))
-        rc, f, err, _ = bench(common + ["-m", "health", "-c", "8", "-n", "3000"])
-        ck.eq("/healthz run exits 0", rc, 0, err[-300:])
-        ck.eq("3,000 /healthz answered", f.get("requests"), "3000", str(f))
-        rc, f, err, _ = bench(common + ["-m", "transfer", "-c", "8", "-P", "4", "-n", "1000", "-A", rng, "--no-io-uring"])
-        ck.eq("pipelined transfer run on plain calls exits 0", rc, 0, err[-300:])
-        ck.eq("1,000 more transfers reported", f.get("transfers"), "1000", str(f))
-        rc, f, err, _ = bench(common + ["-m", "transfer", "-c", "8", "-P", "4", "-n", "1000", "-A", rng])
-        ck.eq("pipelined transfer run through io_uring exits 0", rc, 0, err[-300:])
-        ck.eq("1,000 more transfers reported (io_uring)", f.get("transfers"), "1000", str(f))
-        if "no io_uring here" in err:  # the kernel refused a ring: say so rather than fail
-            log("# NOTE: no io_uring on this kernel: ledger-bench's batched path was not tested")
-        after = {i: to_minor(c.balance(i), "USD") for i in range(first, last + 1)}
-        moved = sum(after.values()) - sum(before.values())
-        ck.eq("money among the bench accounts is conserved", moved, 0)
-        ck.eq("the ledger holds exactly the 4,500 transfers reported", transfers_total(c) - t_before, 4500)
-        changed = sum(1 for i in before if before[i] != after[i])
-        ck.check("the transfers moved money", changed > 0, f"{changed} balances changed")
-        c.close()
-        final_server_checks(ck, srv)
+        try:
+            against_ledgerd(ck, srv)
+        finally:
+            srv.cleanup()
 
     for how, extra in (("batched through io_uring", []), ("plain calls", ["--no-io-uring"])):
         with ck.section(f"a peer that answers and closes in one segment ({how})"):
@@ -154,20 +186,38 @@ def main(ck):
                 rc, f, err, secs = bench(["-p", str(peer.port), "-m", "health", "-c", "1", "-n", "5", "-d", "2"] + extra)
             except subprocess.TimeoutExpired:
                 rc, f, err, secs = None, {}, "timed out", RUN_TIMEOUT_S
-            peer.close()
+            finally:
+                peer.close()
             ck.eq("exit status 1", rc, 1, err[-300:])
             ck.check("reported as closed by the server", "closed by the server" in err, err[-300:])
             ck.eq("one connection error", f.get("conn_errors"), "1", str(f))
             ck.check("at once, not after the drain timeout", secs < 10, f"{secs:.1f} s")
 
+        for name, answer, count in (("a 200 KiB body", answer_big, 30), ("header and body apart", answer_split, 30)):
+            with ck.section(f"a peer that answers with {name} ({how})"):
+                peer = Peer(answer)
+                try:
+                    rc, f, err, _ = bench(["-p", str(peer.port), "-m", "health", "-c", "2", "-n", str(count)] + extra)
+                except subprocess.TimeoutExpired:
+                    rc, f, err = None, {}, "timed out"
+                finally:
+                    peer.close()
+                ck.eq("exit status 0", rc, 0, err[-300:])
+                ck.eq(f"{count} answered", f.get("requests"), str(count), str(f))
+                ck.eq("no errors", f.get("errors"), "0", str(f))
+
         with ck.section(f"a peer that answers 503 ({how})"):
             peer = Peer(answer_503)
-            rc, f, err, _ = bench(["-p", str(peer.port), "-m", "health", "-c", "2", "-n", "50"] + extra)
-            peer.close()
+            try:
+                rc, f, err, _ = bench(["-p", str(peer.port), "-m", "health", "-c", "2", "-n", "50"] + extra)
+            finally:
+                peer.close()
             ck.eq("exit status 1", rc, 1, err[-300:])
             ck.eq("50 answered", f.get("requests"), "50", str(f))
             ck.eq("50 unexpected", f.get("unexpected"), "50", str(f))
             ck.check("the first is echoed to stderr", "unexpected status 503" in err, err[-300:])
+
+    ck.check("no sanitizer report in ledger-bench's stderr", not SANITIZER_REPORTS, "; ".join(SANITIZER_REPORTS[:5]))
 
 
 if __name__ == "__main__":
