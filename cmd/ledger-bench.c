@@ -8,7 +8,8 @@
  *
  * Shape: one thread, one epoll loop, N keep-alive connections to HOST:PORT. Every request of a
  * run is built before the run starts (a ring of complete HTTP request byte strings), so the
- * hot loop only does writev/read, finds the status line and Content-Length of each response,
+ * hot loop only reads and writes (through io_uring, one submit per epoll batch for the reads
+ * and one for the sends, or plain read/writev), finds the status line and Content-Length of each response,
  * and records the latency (request handed to the kernel -> last byte of the response) in a
  * log-linear histogram. No allocation happens during a run.
  * With -T/--token-file every request (account setup included) carries
@@ -722,8 +723,10 @@ static void bench_batch_events(bench_t *b, const struct epoll_event *evs, int n)
       if ((size_t)op->res == op->room || op->hup) conn_on_readable(b, c, op->hup); /* more, or the EOF */
     } else if (op->res == 0) {
       bench_fail_conn(b, c, "closed by the server", 0);
-    } else if (op->res == -EAGAIN || op->res == -EINTR) {
+    } else if (op->res == -EAGAIN) {
       if (op->hup) conn_on_readable(b, c, true);
+    } else if (op->res == -EINTR) {
+      conn_on_readable(b, c, op->hup); /* the plain read retries */
     } else {
       bench_fail_conn(b, c, "read", -op->res);
     }
@@ -758,7 +761,10 @@ static void bench_batch_events(bench_t *b, const struct epoll_event *evs, int n)
       conn_sent(b->rs, c, (size_t)op->res);
       int rc = c->sq_n > 0 ? conn_flush(b, c) : 0; /* a short send: the plain path goes on */
       if (rc != 0) bench_fail_conn(b, c, "write", -rc);
-    } else if (op->res != -EAGAIN && op->res != -EINTR) { /* EAGAIN: EPOLLOUT (edge) comes */
+    } else if (op->res == -EINTR) { /* still writable: no EPOLLOUT edge would come */
+      int rc = conn_flush(b, c);
+      if (rc != 0) bench_fail_conn(b, c, "write", -rc);
+    } else if (op->res != -EAGAIN) { /* EAGAIN: EPOLLOUT (edge) comes */
       bench_fail_conn(b, c, "write", op->res < 0 ? -op->res : EIO);
     }
   }
