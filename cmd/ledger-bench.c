@@ -54,6 +54,7 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "base/uring_batch.h"
 
 /* ---- limits ---- */
 #define BENCH_CONNS_MAX 4096u         /* one fd each; far above what a 2-core box can use */
@@ -345,17 +346,22 @@ static void conn_sent(const reqset_t *rs, conn_t *c, size_t n) {
   }
 }
 
+/* The connection's send queue as iovecs (c->sq_n of them), the first past what is written. */
+static void conn_iov(const reqset_t *rs, const conn_t *c, struct iovec *iov) {
+  for (unsigned i = 0; i < c->sq_n; i++) {
+    uint32_t idx = c->sq[(c->sq_head + i) % BENCH_DEPTH_MAX];
+    size_t skip = i == 0 ? c->sq_off : 0;
+    iov[i].iov_base = rs->arena + rs->offs[idx] + skip;
+    iov[i].iov_len = rs->lens[idx] - skip;
+  }
+}
+
 /* Writes as much of the connection's send queue as the socket takes. 0 or -errno. */
 static int conn_flush(bench_t *b, conn_t *c) {
   const reqset_t *rs = b->rs;
   while (c->sq_n > 0) {
     struct iovec iov[BENCH_DEPTH_MAX];
-    for (unsigned i = 0; i < c->sq_n; i++) {
-      uint32_t idx = c->sq[(c->sq_head + i) % BENCH_DEPTH_MAX];
-      size_t skip = i == 0 ? c->sq_off : 0;
-      iov[i].iov_base = rs->arena + rs->offs[idx] + skip;
-      iov[i].iov_len = rs->lens[idx] - skip;
-    }
+    conn_iov(rs, c, iov);
     ssize_t w = writev(c->fd, iov, (int)c->sq_n);
     if (w < 0) {
       if (errno == EAGAIN) return 0; /* EPOLLOUT (edge) tells us when to go on */
@@ -621,7 +627,6 @@ static void conn_top_up(bench_t *b, conn_t *c, uint64_t now) {
  * that filled its room, a hang-up, a short send) goes on through the plain calls above,
  * which meet it again. --no-io-uring, or a kernel without the operations, keeps the plain
  * path throughout. */
-#define BENCH_RING_RETRIES_MAX 100000
 
 typedef struct bench_op {
   conn_t *c;
@@ -634,55 +639,25 @@ typedef struct bench_op {
 
 static bench_op_t bench_ops[BENCH_EVENTS_MAX]; /* one per event of an epoll batch */
 
-/* NULL where the kernel refuses a ring or lacks the socket operations (IORING_OP_SOCKET,
- * 5.19, stands for "recent enough that MSG_DONTWAIT answers -EAGAIN instead of waiting", as
- * in ledgerd's src/http/http_uring.c). */
+/* NULL where the kernel refuses a ring or is not recent enough (uring_batch_open). */
 static struct io_uring *bench_ring_open(void) {
   struct io_uring *ring = calloc(1, sizeof *ring);
-  if (ring == NULL) return NULL;
-  int err = io_uring_queue_init(BENCH_EVENTS_MAX, ring, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN);
-  if (err == -EINVAL) err = io_uring_queue_init(BENCH_EVENTS_MAX, ring, 0);
-  if (err != 0) {
+  if (ring != NULL && uring_batch_open(ring, BENCH_EVENTS_MAX) != 0) {
     free(ring);
-    return NULL;
-  }
-  struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
-  bool ok = probe != NULL && io_uring_opcode_supported(probe, IORING_OP_RECV) &&
-            io_uring_opcode_supported(probe, IORING_OP_SENDMSG) &&
-            io_uring_opcode_supported(probe, IORING_OP_SOCKET);
-  if (probe != NULL) io_uring_free_probe(probe);
-  if (!ok) {
-    io_uring_queue_exit(ring);
-    free(ring);
-    return NULL;
+    ring = NULL;
   }
   return ring;
 }
 
 /* Submits the n operations queued on the ring and waits for all of them: bench_ops[i].res. */
 static void bench_ring_run(struct io_uring *ring, unsigned n) {
-  unsigned done = 0, failures = 0;
-  while (done < n) {
-    int r = io_uring_submit_and_wait(ring, n - done);
-    if (r < 0 && r != -EINTR) {
-      if ((r != -EAGAIN && r != -EBUSY && r != -ENOMEM) || ++failures > BENCH_RING_RETRIES_MAX) {
-        fprintf(stderr, "ledger-bench: io_uring_enter: %s\n", strerror(-r));
-        exit(2);
-      }
-      (void)sched_yield();
-    }
-    struct io_uring_cqe *cqe;
-    unsigned head, seen = 0;
-    io_uring_for_each_cqe(ring, head, cqe) {
-      uint64_t i = io_uring_cqe_get_data64(cqe);
-      LEDGER_ASSERT(i < n);
-      bench_ops[i].res = cqe->res;
-      seen++;
-    }
-    io_uring_cq_advance(ring, seen);
-    done += seen;
-    if (seen > 0) failures = 0;
+  int res[BENCH_EVENTS_MAX];
+  int r = uring_batch_run(ring, n, res);
+  if (r != 0) {
+    fprintf(stderr, "ledger-bench: io_uring_enter: %s\n", strerror(-r));
+    exit(2);
   }
+  for (unsigned i = 0; i < n; i++) bench_ops[i].res = res[i];
 }
 
 static struct io_uring_sqe *bench_sqe(struct io_uring *ring, unsigned i) {
@@ -743,12 +718,7 @@ static void bench_batch_events(bench_t *b, const struct epoll_event *evs, int n)
     if (c->sq_n == 0) continue;
     bench_op_t *op = &bench_ops[ns];
     op->c = c;
-    for (unsigned k = 0; k < c->sq_n; k++) {
-      uint32_t idx = c->sq[(c->sq_head + k) % BENCH_DEPTH_MAX];
-      size_t skip = k == 0 ? c->sq_off : 0;
-      op->iov[k].iov_base = b->rs->arena + b->rs->offs[idx] + skip;
-      op->iov[k].iov_len = b->rs->lens[idx] - skip;
-    }
+    conn_iov(b->rs, c, op->iov);
     op->msg = (struct msghdr){.msg_iov = op->iov, .msg_iovlen = c->sq_n};
     io_uring_prep_sendmsg(bench_sqe(b->ring, ns), c->fd, &op->msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     ns++;

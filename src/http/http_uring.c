@@ -21,44 +21,23 @@
  */
 #include <errno.h>
 #include <liburing.h>
-#include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include "base/uring_batch.h"
 #include "http_internal.h"
-
-/* Consecutive io_uring_enter failures (-EAGAIN/-EBUSY/-ENOMEM: the kernel short of memory)
- * tolerated before giving up. The operations of a failed submit are still queued, pointing
- * at the caller's buffers, so the loop cannot carry on without them. */
-#define HTTP_URING_RETRIES_MAX 100000
 
 int http__uring_open(http_loop_t *loop) {
   HTTP_ASSERT(loop->uring == NULL);
   struct io_uring *ring = calloc(1, sizeof *ring);
   if (ring == NULL) return -ENOMEM;
-  unsigned flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
-  int err = io_uring_queue_init(HTTP_IO_BATCH_MAX, ring, flags);
-  if (err == -EINVAL) err = io_uring_queue_init(HTTP_IO_BATCH_MAX, ring, 0); /* older kernel */
+  int err = uring_batch_open(ring, HTTP_IO_BATCH_MAX); /* probes for a recent enough kernel */
   if (err != 0) {
     free(ring);
-    return err; /* -ENOSYS, -EPERM (io_uring_disabled, seccomp), -ENOMEM... */
-  }
-  /* RECV and SEND came in Linux 5.6, and only later kernels complete a MSG_DONTWAIT socket
-   * operation with -EAGAIN instead of arming a poll and waiting (which would stall the loop
-   * in http__uring_run). IORING_OP_SOCKET (5.19) stands for "recent enough": older kernels
-   * get plain system calls. */
-  struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
-  bool ok = probe != NULL && io_uring_opcode_supported(probe, IORING_OP_RECV) &&
-            io_uring_opcode_supported(probe, IORING_OP_SEND) &&
-            io_uring_opcode_supported(probe, IORING_OP_SOCKET);
-  if (probe != NULL) io_uring_free_probe(probe);
-  if (!ok) {
-    io_uring_queue_exit(ring);
-    free(ring);
-    return -EOPNOTSUPP;
+    return err;
   }
   loop->uring = ring;
   return 0;
@@ -86,28 +65,12 @@ void http__uring_run(http_loop_t *loop, http_io_t *ops, unsigned n) {
     }
     io_uring_sqe_set_data64(sqe, i);
   }
-  unsigned done = 0, failures = 0;
-  while (done < n) {
-    int r = io_uring_submit_and_wait(ring, n - done);
-    if (r < 0 && r != -EINTR) {
-      if ((r != -EAGAIN && r != -EBUSY && r != -ENOMEM) || ++failures > HTTP_URING_RETRIES_MAX) {
-        fprintf(stderr, "ledgerd: io_uring_enter: %s; cannot continue\n", strerror(-r));
-        abort();
-      }
-      (void)sched_yield();
-    }
-    struct io_uring_cqe *cqe;
-    unsigned head, seen = 0;
-    io_uring_for_each_cqe(ring, head, cqe) {
-      uint64_t i = io_uring_cqe_get_data64(cqe);
-      HTTP_ASSERT(i < n);
-      ops[i].res = cqe->res;
-      seen++;
-    }
-    io_uring_cq_advance(ring, seen);
-    done += seen;
-    if (seen > 0) failures = 0;
+  int res[HTTP_IO_BATCH_MAX];
+  int r = uring_batch_run(ring, n, res);
+  if (r != 0) {
+    fprintf(stderr, "ledgerd: io_uring_enter: %s; cannot continue\n", strerror(-r));
+    abort();
   }
-  HTTP_ASSERT(done == n);
+  for (unsigned i = 0; i < n; i++) ops[i].res = res[i];
   http__stat_add(ops[0].send ? &loop->stat_uring_sends : &loop->stat_uring_reads, n);
 }
