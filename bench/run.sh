@@ -23,7 +23,8 @@
 #     transfers and /healthz, ROUNDS rounds; goal 3 is the ratio of the hot and random medians,
 #     goal 2 that of the random and /healthz medians), then the batch endpoint last
 #     (it logs the most; snapshots it triggers do not land in the other figures); in full, a
-#     perf profile of the server during an extra transfer run and an extra batch run;
+#     perf profile of the server during an extra transfer run, an extra /healthz run (goal 2's
+#     CPU per request by thread and code, side by side) and an extra batch run;
 #  3. full only: bench/pgbench.sh (PostgreSQL, same workload) and bench/recovery.sh
 #     (1 M accounts, 10 M transfers: memory, disk, time to ready), each on its own server;
 #  4. bench/compat.sh: the seed systems' scenarios against ledgerd --compat (issue 5).
@@ -407,20 +408,18 @@ if [ "$PERF_SECS" -gt 0 ]; then
   fi
   rm -f "$WORK/perf-probe.data"
 fi
-# profile NAME LEDGER_BENCH_ARGS... -> ledger-bench runs PERF_SECS + 3 s; perf records the
-# server for PERF_SECS from 1 s in; reports in $PERF_DIR/NAME.{report,symbols,threads,
-# thread-symbols}.txt (report = `perf report --stdio --no-children | head -60`).
+# profile NAME LEDGER_BENCH_ARGS... -> perf records the server while ledger-bench runs for
+# PERF_SECS (perf's workload; -p limits the recording to the server's threads), so the samples
+# cover exactly the requests ledger-bench reports; reports in $PERF_DIR/NAME.{report,symbols,
+# threads,thread-symbols,by-code}.txt (report = `perf report --stdio --no-children | head -60`;
+# by-code: ns of server CPU per request by thread and code, see per_request_by_code).
 profile() {
   local name=$1; shift
-  echo "## perf $name: ledger-bench -p PORT ${CLIENT_CPU[*]} $* & perf record -e cpu-clock -g -p SERVER_PID -- sleep $PERF_SECS" |
+  echo "## perf $name: perf record -e cpu-clock -g -p SERVER_PID -- ledger-bench -p PORT ${CLIENT_CPU[*]} $* -d $PERF_SECS" |
     sed "s|$WORK/|WORK/|g"
-  "$BIN/ledger-bench" -p "$PORT" "${CLIENT_CPU[@]}" "$@" -d $((PERF_SECS + 3)) \
-    >"$WORK/perf-$name.bench" 2>&1 &
-  local bpid=$!
-  sleep 1
   "${CLIENT_PIN[@]}" perf record -q -e cpu-clock -g -p "$SERVER_PID" -o "$WORK/perf-$name.data" \
-    -- sleep "$PERF_SECS" >/dev/null 2>&1 || echo "run.sh: perf record ($name) failed" >&2
-  wait "$bpid" || true
+    -- "$BIN/ledger-bench" -p "$PORT" "${CLIENT_CPU[@]}" "$@" -d "$PERF_SECS" \
+    >"$WORK/perf-$name.bench" 2>&1 || echo "run.sh: perf record ($name) failed" >&2
   sed 's/^/  /' "$WORK/perf-$name.bench"
   local d=$PERF_DIR/$name
   perf report -i "$WORK/perf-$name.data" --stdio --no-children 2>/dev/null | head -60 >"$d.report.txt" || true
@@ -430,14 +429,48 @@ profile() {
     2>/dev/null | grep -v '^#' | awk NF | head -8 >"$d.threads.txt" || true
   perf report -i "$WORK/perf-$name.data" --stdio --no-children -g none --sort pid,dso,sym \
     --percent-limit 0.3 2>/dev/null | grep -v '^#' | awk NF | head -60 >"$d.thread-symbols.txt" || true
+  local line n
+  line=$(grep '^mode=' "$WORK/perf-$name.bench" || true)
+  n=$(kv "$line" transfers); [ "${n:-0}" -gt 0 ] 2>/dev/null || n=$(kv "$line" requests)
+  per_request_by_code "$WORK/perf-$name.data" "$n" >"$d.by-code.txt" || true
   echo "  top 15 symbols of ledgerd (share of its samples, all threads):"
   sed 's/^/    /' "$d.symbols.txt"
   echo "  by thread (tid:name: ledger-engine, ledger-net, ledger-prefault, ledger-auth; a snapshot child keeps the name ledger-engine):"
   sed 's/^/    /' "$d.threads.txt"
   server_alive "perf $name"
 }
+# per_request_by_code PERF_DATA N -> lines "THREAD CODE NS": the sampled CPU time (cpu-clock
+# periods) of each server thread name in each kind of code (kernel, ledgerd, or libraries:
+# libc, http_parser, libsodium, liburing, vdso), divided by N, the run's transfers (requests
+# for /healthz), and a line "all all NS". Sampling costs the server too (its own overhead lands in
+# the kernel rows of every run alike), so compare runs, not these figures with the table.
+per_request_by_code() {
+  local data=$1 n=${2:-0}
+  [ "${n:-0}" -gt 0 ] 2>/dev/null || return 0
+  perf report -i "$data" --stdio --no-children -g none --sort comm,dso -F period,comm,dso 2>/dev/null |
+    grep -v '^#' | awk -v n="$n" 'NF >= 3 {
+      code = $NF == "[kernel.kallsyms]" ? "kernel" : ($NF == "ledgerd" ? "ledgerd" : "libraries")
+      t[$2 " " code] += $1; all += $1 }
+      END { for (k in t) printf "%s %.0f\n", k, t[k] / n; printf "all all %.0f\n", all / n }' | sort
+}
+# by_code_compare A B -> a table of the two by-code files side by side (ns per request).
+by_code_compare() {
+  join -a 1 -a 2 -e 0 -o 0,1.2,2.2 <(awk '{print $1 "/" $2, $3}' "$1" | sort) \
+    <(awk '{print $1 "/" $2, $3}' "$2" | sort) |
+    awk '{ line = sprintf("    %-28s %8d %8d %+9d", $1, $2, $3, $2 - $3)
+           if ($1 == "all/all") last = line; else print line }
+         END { if (last != "") print last }'
+}
 if [ "${PERF_STATE%% *}" = ok ]; then
   profile transfer "${AUTH[@]}" -m transfer -c 256 -A "$RANGE"
+  profile health -m health -c 256
+  if [ -s "$PERF_DIR/transfer.by-code.txt" ] && [ -s "$PERF_DIR/health.by-code.txt" ]; then
+    echo "# goal 2, where a transfer's extra CPU goes: ns of server CPU per request by thread/code"
+    echo "# (perf samples of the two runs above; sampling overhead included in both)"
+    printf '    %-28s %8s %8s %9s\n' thread/code transfer /healthz difference
+    by_code_compare "$PERF_DIR/transfer.by-code.txt" "$PERF_DIR/health.by-code.txt" |
+      tee "$PERF_DIR/goal2-by-code.txt"
+  fi
 fi
 # Goal 1 gives ledgerd every CPU: the batch load generator needs ~10 % of CPU 1 (8 connections,
 # prebuilt requests), so ledgerd on CPU 0 alone would leave most of the machine idle while the
@@ -461,7 +494,7 @@ bench batch "${AUTH[@]}" -m batch -b 8190 -c 8 -d "$SECS" -A "$RANGE";       BAT
 CPU1=$(thread_cpu); BATCH_CPU=$(per_req "$CPU0" "$CPU1" "$(kv "$BATCH" transfers)")
 if [ "${PERF_STATE%% *}" = ok ]; then
   profile batch "${AUTH[@]}" -m batch -b 8190 -c 8 -A "$RANGE"
-  echo "# perf reports: $PERF_DIR/{transfer,batch}.{report,symbols,threads,thread-symbols}.txt"
+  echo "# perf reports: $PERF_DIR/{transfer,health,batch}.{report,symbols,threads,thread-symbols,by-code}.txt, $PERF_DIR/goal2-by-code.txt"
 fi
 BATCH0=""; BATCH0_CPU="-"
 if [ "$NCPU" -ge 2 ]; then
