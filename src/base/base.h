@@ -141,6 +141,11 @@ LEDGER_MUST_USE int mpmc_queue_create(size_t capacity, mpmc_queue_t **out);
 void mpmc_queue_destroy(mpmc_queue_t *q);
 bool mpmc_queue_push(mpmc_queue_t *q, void *item);
 bool mpmc_queue_pop(mpmc_queue_t *q, void **item_out);
+/* The item k places behind the next one to pop (k = 0: the next), if it has been pushed;
+ * false otherwise. For a queue with ONE consumer, called by that consumer: nobody else can
+ * pop the item, so it stays valid (and its contents, written before the push, visible) until
+ * this caller pops it. */
+bool mpmc_queue_peek(const mpmc_queue_t *q, size_t k, void **item_out);
 size_t mpmc_queue_size_approx(const mpmc_queue_t *q);
 
 #endif

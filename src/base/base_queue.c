@@ -85,6 +85,15 @@ bool mpmc_queue_pop(mpmc_queue_t *q, void **item_out) {
   }
 }
 
+bool mpmc_queue_peek(const mpmc_queue_t *q, size_t k, void **item_out) {
+  if (k > q->mask) return false;
+  size_t pos = atomic_load_explicit(&q->tail, memory_order_relaxed) + k;
+  const cell_t *c = &q->cells[pos & q->mask];
+  if (atomic_load_explicit(&c->seq, memory_order_acquire) != pos + 1) return false; /* not pushed yet */
+  *item_out = c->item;
+  return true;
+}
+
 size_t mpmc_queue_size_approx(const mpmc_queue_t *q) {
   size_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
   size_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);

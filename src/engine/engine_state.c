@@ -722,6 +722,23 @@ static inline __attribute__((always_inline)) void prefetch_history(const engine_
   }
 }
 
+void state_prefetch(const engine_state_t *st, const engine_cmd_t *cmd, int stage) {
+  if (stage == 0) {
+    __builtin_prefetch(&cmd->kind, 0, 1);
+    __builtin_prefetch(&cmd->u.transfer.debit_account_id, 0, 1);
+    return;
+  }
+  if (cmd->kind != ENGINE_CMD_TRANSFER) return;
+  const engine_transfer_in_t *in = &cmd->u.transfer;
+  if (stage == 1) {
+    prefetch_account(st, in->debit_account_id);
+    prefetch_account(st, in->credit_account_id);
+  } else {
+    prefetch_history(st, in->debit_account_id);
+    prefetch_history(st, in->credit_account_id);
+  }
+}
+
 /* A batch request: each item applied in order; atomic = all or none. Successful items get
  * consecutive transfer numbers (nothing else runs in between), which idempotent replays use. */
 static int apply_batch(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos) {

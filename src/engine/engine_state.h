@@ -270,6 +270,13 @@ bool state_begin_batch(engine_state_t *st, uint64_t seq, int64_t time_ms);
  * (it changed state, or it recorded an idempotency key). Fills the command's results. */
 bool state_apply(engine_state_t *st, engine_cmd_t *cmd, uint64_t extra_pos);
 
+/* Starts loading what applying cmd (a single transfer, deposit or withdrawal) will touch, so
+ * that the cache misses overlap the commands applied before it (engine.c, batch_fill): stage
+ * 0 the command itself, 1 its two accounts, 2 their newest history entries (read from the
+ * accounts, so only once stage 1's loads are in). A hint: never changes anything, and any
+ * command (or none of the above) is fine. */
+void state_prefetch(const engine_state_t *st, const engine_cmd_t *cmd, int stage);
+
 /* Answers a read command from the current state. */
 void state_read(const engine_state_t *st, engine_cmd_t *cmd);
 

@@ -569,9 +569,19 @@ static void test_queue_basic(void) {
   if (!q) return;
   void *item = NULL;
   CHECK(!mpmc_queue_pop(q, &item)); /* empty */
+  CHECK(!mpmc_queue_peek(q, 0, &item));
   static int vals[64];
   for (int i = 0; i < 8; i++) CHECK(mpmc_queue_push(q, &vals[i]));
   CHECK(!mpmc_queue_push(q, &vals[8])); /* full at capacity */
+  /* peek: the item k behind the next to pop, none past the last pushed, nothing taken */
+  for (int k = 0; k < 8; k++) {
+    item = NULL;
+    CHECK(mpmc_queue_peek(q, (size_t)k, &item));
+    CHECK(item == &vals[k]);
+  }
+  CHECK(!mpmc_queue_peek(q, 8, &item));
+  CHECK(!mpmc_queue_peek(q, 1000, &item));
+  CHECK_EQ(mpmc_queue_size_approx(q), 8);
   CHECK_EQ(mpmc_queue_size_approx(q), 8);
   for (int i = 0; i < 8; i++) {
     CHECK(mpmc_queue_pop(q, &item));
@@ -591,6 +601,11 @@ static void test_queue_basic(void) {
       } else {
         CHECK(!ok);
       }
+    }
+    for (int j = 0; j < 9; j++) { /* peek sees exactly the items in the queue, in order */
+      bool ok = mpmc_queue_peek(q, (size_t)j, &item);
+      CHECK_EQ(ok, j < next_in - next_out);
+      if (ok) CHECK(item == &vals[(next_out + j) % 64]);
     }
     int m = (int)(rng_next() % 9);
     for (int i = 0; i < m; i++) {
@@ -641,10 +656,26 @@ static void test_queue_threads(void) {
     CHECK(pthread_create(&th[i], NULL, producer_main, &prod[i]) == 0);
   }
   uint64_t got[QUEUE_PRODUCERS] = {0};
-  uint64_t total = 0, order_errors = 0, bad_items = 0;
+  uint64_t total = 0, order_errors = 0, bad_items = 0, peek_errors = 0, peeked = 0;
   while (total < (uint64_t)QUEUE_PRODUCERS * QUEUE_ITEMS_PER_PRODUCER) {
-    void *item;
-    if (!mpmc_queue_pop(q, &item)) {
+    void *item, *ahead[4];
+    /* The one consumer may look ahead while producers push: what it sees is what it pops. */
+    size_t seen = 0;
+    while (seen < 4 && mpmc_queue_peek(q, seen, &ahead[seen])) seen++;
+    peeked += seen;
+    for (size_t k = 0; k < seen; k++) {
+      if (!mpmc_queue_pop(q, &item) || item != ahead[k]) peek_errors++;
+      if (k + 1 < seen) { /* checked like every popped item, below */
+        uintptr_t v = (uintptr_t)item, id = v >> 32, sq = v & 0xffffffffu;
+        if (id >= QUEUE_PRODUCERS) bad_items++;
+        else {
+          if (sq != got[id] + 1) order_errors++;
+          got[id] = sq;
+        }
+        total++;
+      }
+    }
+    if (seen == 0 && !mpmc_queue_pop(q, &item)) {
       sched_yield();
       continue;
     }
@@ -662,6 +693,8 @@ static void test_queue_threads(void) {
   for (int i = 0; i < QUEUE_PRODUCERS; i++) CHECK(pthread_join(th[i], NULL) == 0);
   CHECK_EQ(bad_items, 0);
   CHECK_EQ(order_errors, 0);
+  CHECK_EQ(peek_errors, 0);
+  CHECK(peeked > 0);
   for (int i = 0; i < QUEUE_PRODUCERS; i++) CHECK_EQ(got[i], QUEUE_ITEMS_PER_PRODUCER);
   void *item;
   CHECK(!mpmc_queue_pop(q, &item)); /* nothing extra */
