@@ -131,6 +131,7 @@ typedef struct completion_stack {
 
 typedef struct out_slot {
   _Alignas(64) jw_t w; /* the response being written on one net thread */
+  auth_memo_t memo;    /* that thread's bearer tokens' SHA-256s (authenticate) */
 } out_slot_t;
 
 struct api {
@@ -2023,7 +2024,7 @@ static bool authenticate(api_req_t *r) {
     bearer = n >= 1 && n < AUTH_TOKEN_TEXT_BYTES;
     for (size_t i = 0; bearer && i < n; i++) bearer = t[i] > 0x20 && t[i] < 0x7f;
     if (bearer) {
-      auth_token_hash(t, n, c->credential_hash);
+      auth_token_hash_memo(&r->api->out[r->http->thread_index].memo, t, n, c->credential_hash);
       c->auth_mode = ENGINE_AUTH_BEARER;
     }
   }
@@ -2266,6 +2267,7 @@ int api_create(const api_config_t *config, api_t **out) {
   api->session_ttl_s = config->session_ttl_s ? config->session_ttl_s : AUTH_SESSION_TTL_S_DEFAULT;
   api->rules_path = config->rules_path;
   api->time_offset_ms = config->time_offset_ms;
+  for (unsigned i = 0; i < HTTP_THREADS_MAX; i++) auth_memo_init(&api->out[i].memo);
   for (unsigned i = 0; i < API_RL_COUNT; i++)
     api->rules[i] = (ratelimit_rule_t){config->rates[i].rate_per_s, config->rates[i].burst};
   if (!config->rate_limits_off) {
@@ -2285,7 +2287,10 @@ void api_set_http(api_t *api, http_server_t *http) { api->http = http; }
 void api_destroy(api_t *api) {
   if (!api) return;
   ratelimit_destroy(api->rl);
-  for (unsigned i = 0; i < HTTP_THREADS_MAX; i++) free(api->out[i].w.buf);
+  for (unsigned i = 0; i < HTTP_THREADS_MAX; i++) {
+    free(api->out[i].w.buf);
+    auth_memo_clear(&api->out[i].memo);
+  }
   free(api);
 }
 

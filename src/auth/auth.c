@@ -18,6 +18,34 @@ void auth_token_hash(const char *text, size_t len, uint8_t hash_out[32]) {
   crypto_hash_sha256(hash_out, (const unsigned char *)text, len);
 }
 
+void auth_memo_init(auth_memo_t *m) {
+  sodium_memzero(m, sizeof *m);
+  randombytes_buf(m->key, sizeof m->key);
+}
+
+void auth_memo_clear(auth_memo_t *m) { sodium_memzero(m, sizeof *m); }
+
+void auth_token_hash_memo(auth_memo_t *m, const char *text, size_t len, uint8_t hash_out[32]) {
+  _Static_assert(crypto_shorthash_siphashx24_BYTES == 16 && crypto_shorthash_siphashx24_KEYBYTES == 16,
+                 "SipHash-128 tag and key sizes");
+  _Static_assert((AUTH_MEMO_SLOTS & (AUTH_MEMO_SLOTS - 1)) == 0, "AUTH_MEMO_SLOTS is a power of two");
+  uint8_t tag[16];
+  crypto_shorthash_siphashx24(tag, (const unsigned char *)text, len, m->key);
+  uint32_t at;
+  memcpy(&at, tag, sizeof at);
+  auth_memo_slot_t *s = &m->slot[at & (AUTH_MEMO_SLOTS - 1u)];
+  if (s->used && sodium_memcmp(s->tag, tag, sizeof tag) == 0) {
+    memcpy(hash_out, s->hash, 32);
+    m->hits++;
+    return;
+  }
+  auth_token_hash(text, len, hash_out);
+  memcpy(s->tag, tag, sizeof tag);
+  memcpy(s->hash, hash_out, 32);
+  s->used = true;
+  m->misses++;
+}
+
 void auth_token_new(const char *prefix, char text_out[AUTH_TOKEN_TEXT_BYTES], uint8_t hash_out[32]) {
   unsigned char raw[AUTH_TOKEN_RANDOM_BYTES];
   randombytes_buf(raw, sizeof raw);
