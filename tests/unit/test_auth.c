@@ -70,30 +70,44 @@ static void test_many_tokens(void) {
   }
   CHECK(m.hits >= 3u * TOKENS);
   CHECK(m.misses >= 3u * TOKENS); /* every round evicts everything from before */
-  /* A small working set stays in the memo: 8 tokens, 100 times over in turn. A token alone
-   * in its slot (the slot from the tag, computed here with the memo's key) misses once; tokens
-   * that share a slot push each other out every time. */
+  /* Slots come from the tag under the memo's own key. Tokens A and B that share a slot
+   * under that key (found here with the key) push each other out on every turn; C, alone in
+   * its slot, misses once: A B C A B C ... 100 times is 100 + 100 + 1 misses. A memo that
+   * used any other key (or none) would put A and B apart, nearly always. */
   auth_memo_t small;
   auth_memo_init(&small);
-  unsigned slot_of[8], users[AUTH_MEMO_SLOTS] = {0};
-  for (uint32_t i = 0; i < 8; i++) {
+  char ta[AUTH_TOKEN_TEXT_BYTES] = "a", tb[AUTH_TOKEN_TEXT_BYTES] = "b", tc[AUTH_TOKEN_TEXT_BYTES] = "c";
+  uint32_t seen_seed[AUTH_MEMO_SLOTS];
+  bool seen[AUTH_MEMO_SLOTS] = {false};
+  bool pair = false, alone = false;
+  unsigned pair_slot = 0;
+  for (uint32_t seed = 100000; !(pair && alone) && seed < 200000; seed++) {
     uint8_t tag[16];
     uint32_t at;
-    token_make(t, 47, 100000 + i);
+    token_make(t, 47, seed);
     crypto_shorthash_siphashx24(tag, (const unsigned char *)t, strlen(t), small.key);
     memcpy(&at, tag, sizeof at);
-    slot_of[i] = at & (AUTH_MEMO_SLOTS - 1u);
-    users[slot_of[i]]++;
-  }
-  uint64_t want_misses = 0;
-  for (uint32_t i = 0; i < 8; i++) want_misses += users[slot_of[i]] == 1 ? 1u : 100u;
-  for (int r = 0; r < 100; r++)
-    for (uint32_t i = 0; i < 8; i++) {
-      token_make(t, 47, 100000 + i);
-      check_one(&small, t);
+    unsigned slot = at & (AUTH_MEMO_SLOTS - 1u);
+    if (!pair && seen[slot]) {
+      token_make(ta, 47, seen_seed[slot]);
+      memcpy(tb, t, sizeof t);
+      pair = true;
+      pair_slot = slot;
+    } else if (pair && !alone && slot != pair_slot) {
+      memcpy(tc, t, sizeof t);
+      alone = true;
     }
-  CHECK_EQ(small.misses, want_misses);
-  CHECK_EQ(small.hits + small.misses, 800u);
+    seen[slot] = true;
+    seen_seed[slot] = seed;
+  }
+  CHECK(pair && alone);
+  for (int r = 0; r < 100; r++) {
+    check_one(&small, ta);
+    check_one(&small, tb);
+    check_one(&small, tc);
+  }
+  CHECK_EQ(small.misses, 201u);
+  CHECK_EQ(small.hits, 99u);
   auth_memo_clear(&m);
   auth_memo_clear(&small);
 }

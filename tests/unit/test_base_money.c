@@ -582,7 +582,6 @@ static void test_queue_basic(void) {
   CHECK(!mpmc_queue_peek(q, 8, &item));
   CHECK(!mpmc_queue_peek(q, 1000, &item));
   CHECK_EQ(mpmc_queue_size_approx(q), 8);
-  CHECK_EQ(mpmc_queue_size_approx(q), 8);
   for (int i = 0; i < 8; i++) {
     CHECK(mpmc_queue_pop(q, &item));
     CHECK(item == &vals[i]); /* FIFO */
@@ -658,7 +657,7 @@ static void test_queue_threads(void) {
   uint64_t got[QUEUE_PRODUCERS] = {0};
   uint64_t total = 0, order_errors = 0, bad_items = 0, peek_errors = 0, peeked = 0;
   while (total < (uint64_t)QUEUE_PRODUCERS * QUEUE_ITEMS_PER_PRODUCER) {
-    void *item, *ahead[4];
+    void *item = NULL, *ahead[4];
     /* The one consumer may look ahead while producers push: what it sees is what it pops. */
     size_t seen = 0;
     while (seen < 4 && mpmc_queue_peek(q, seen, &ahead[seen])) seen++;
