@@ -125,6 +125,8 @@ bool api_req_compat_open(const api_req_t *r);
 void **api_req_ext(api_req_t *r);
 const char *api_req_token(const api_req_t *r); /* a new session token (sign-in), "" otherwise */
 jw_t *api_req_writer(api_req_t *r);            /* this thread's response writer, reset */
+/* A presented token's SHA-256, through this net thread's memo (auth_token_hash_memo). */
+void api_req_token_hash(api_req_t *r, const char *text, size_t len, uint8_t hash_out[32]);
 void api_req_send(api_req_t *r, int status, const char *headers); /* the writer's JSON; frees r */
 void api_req_submit(api_req_t *r, void (*next)(api_req_t *r));   /* next != NULL */
 uint32_t api_req_rate(api_req_t *r, api_rl_rule_t rule, const void *id, size_t len); /* 0 or Retry-After s */

@@ -2024,7 +2024,7 @@ static bool authenticate(api_req_t *r) {
     bearer = n >= 1 && n < AUTH_TOKEN_TEXT_BYTES;
     for (size_t i = 0; bearer && i < n; i++) bearer = t[i] > 0x20 && t[i] < 0x7f;
     if (bearer) {
-      auth_token_hash_memo(&r->api->out[r->http->thread_index].memo, t, n, c->credential_hash);
+      api_req_token_hash(r, t, n, c->credential_hash);
       c->auth_mode = ENGINE_AUTH_BEARER;
     }
   }
@@ -2310,6 +2310,10 @@ jw_t *api_req_writer(api_req_t *r) {
   jw_t *w = &r->api->out[r->http->thread_index].w;
   jw_reset(w);
   return w;
+}
+
+void api_req_token_hash(api_req_t *r, const char *text, size_t len, uint8_t hash_out[32]) {
+  auth_token_hash_memo(&r->api->out[r->http->thread_index].memo, text, len, hash_out);
 }
 
 void api_req_send(api_req_t *r, int status, const char *headers) { finish_json(r, status, headers); }

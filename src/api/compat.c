@@ -268,11 +268,11 @@ static const char *replay_header(api_req_t *r) {
 /* ------------------------------------------------------------ credentials */
 
 /* A token: 1..AUTH_TOKEN_TEXT_BYTES-1 visible ASCII characters (no ';' in a cookie). */
-static bool take_token(const char *t, size_t n, engine_cmd_t *c) {
+static bool take_token(api_req_t *r, const char *t, size_t n, engine_cmd_t *c) {
   if (n == 0 || n >= AUTH_TOKEN_TEXT_BYTES) return false;
   for (size_t i = 0; i < n; i++)
     if (t[i] <= 0x20 || t[i] >= 0x7f || t[i] == ';') return false;
-  auth_token_hash(t, n, c->credential_hash);
+  api_req_token_hash(r, t, n, c->credential_hash);
   c->auth_mode = ENGINE_AUTH_BEARER;
   return true;
 }
@@ -305,11 +305,11 @@ static bool authenticate(api_req_t *r, croute_t rt) {
     return true;
   }
   const char *a = h->authorization;
-  if (a && strncasecmp(a, "Bearer ", 7) == 0) return take_token(a + 7, strlen(a + 7), c);
+  if (a && strncasecmp(a, "Bearer ", 7) == 0) return take_token(r, a + 7, strlen(a + 7), c);
   if (a) return false;
   size_t n = 0;
   const char *t = routes[rt].family == FAM_MICROFIN && h->cookie ? cookie_session(h->cookie, &n) : NULL;
-  return t && take_token(t, n, c);
+  return t && take_token(r, t, n, c);
 }
 
 /* Per-address and per-credential limits of the route's class (docs/security.md). */
