@@ -131,7 +131,7 @@ typedef struct completion_stack {
 
 typedef struct out_slot {
   _Alignas(64) jw_t w; /* the response being written on one net thread */
-  auth_memo_t memo;    /* that thread's bearer tokens' SHA-256s (authenticate) */
+  auth_memo_t memo;    /* that thread's presented tokens' SHA-256s (api_req_token_hash: v1 and compat) */
 } out_slot_t;
 
 struct api {
