@@ -390,11 +390,15 @@ static void batch_item_ok(jw_t *w, uint32_t i, const engine_item_result_t *it) {
   jw_wrote(w, (size_t)(o - start));
 }
 
+/* A transfer's id, quoted (ids need no escaping), in one piece. */
 static void jw_uuid(jw_t *w, uint64_t no, int64_t created_ms) {
   ledger_uuid_t id = uuid_from_transfer(created_ms, no);
-  char text[UUID_TEXT_BYTES];
-  uuid_format(&id, text);
-  jw_str(w, text, strlen(text));
+  char *o = jw_reserve(w, UUID_TEXT_BYTES + 2);
+  if (!o) return;
+  o[0] = '"';
+  uuid_format(&id, o + 1); /* 36 characters and a NUL, which the quote overwrites */
+  o[UUID_TEXT_BYTES] = '"';
+  jw_wrote(w, UUID_TEXT_BYTES + 1);
 }
 
 static void render_transfer(api_t *api, jw_t *w, const engine_transfer_t *t, bool with_extra,
