@@ -599,8 +599,10 @@ static void wait_for_work(engine_t *e, const engine_batch_t *b, bool can_take) {
  * (docs/performance.md); and a fault on a huge page may first compact memory, which can hold
  * the engine for 100 ms or more. This thread keeps the pages ahead of both tables' ends
  * populated with MADV_POPULATE_WRITE, which fills missing pages with zeros and never changes
- * a page that is present: it cannot race with the engine's writes. Ahead = as much as is already used, at
- * most cfg.prefault_bytes, per table. The snapshot's account stage (snapshot_start) is
+ * a page that is present: it cannot race with the engine's writes. Ahead = a quarter of what
+ * is already used (at least 8 MiB), at most cfg.prefault_bytes, per table (prefault_ahead;
+ * until session 14 as much as was used, which populated two bytes for every byte a growing
+ * ledger used until it reached cfg.prefault_bytes, and kept that much resident unused). The snapshot's account stage (snapshot_start) is
  * written all at once, so its pages are populated up to the accounts in use instead.
  * Priority: SCHED_IDLE (only when a CPU would otherwise idle) while the transfer table's
  * populated runway is at least half of that target, so that it never delays a request; the
@@ -617,6 +619,12 @@ typedef struct prefault_table {
   bool upto_used; /* populate [0, used) rather than ahead of used */
 } prefault_table_t;
 
+size_t engine_prefault_ahead(uint64_t prefault_bytes, size_t used) {
+  size_t ahead = used / 4 > ENGINE_PREFAULT_AHEAD_MIN_BYTES ? used / 4 : ENGINE_PREFAULT_AHEAD_MIN_BYTES;
+  return ahead < prefault_bytes ? ahead : (size_t)prefault_bytes;
+}
+static size_t prefault_ahead(const engine_t *e, size_t used) { return engine_prefault_ahead(e->cfg.prefault_bytes, used); }
+
 /* One step of populating; false when there was nothing to do, the engine holds it
  * (snapshot_may_start), or it failed. */
 static bool prefault_step(engine_t *e, prefault_table_t *t, uint64_t count) {
@@ -625,8 +633,7 @@ static bool prefault_step(engine_t *e, prefault_table_t *t, uint64_t count) {
   if (t->upto_used) {
     want = (used + PREFAULT_STEP_BYTES - 1) & ~(size_t)(PREFAULT_STEP_BYTES - 1);
   } else {
-    size_t ahead = used < e->cfg.prefault_bytes ? used : e->cfg.prefault_bytes;
-    want = used + ahead;
+    want = used + prefault_ahead(e, used);
     if (t->done < used) t->done = used & ~(size_t)(PREFAULT_STEP_BYTES - 1); /* the engine went past */
   }
   if (want > t->size) want = t->size;
@@ -652,7 +659,7 @@ static bool prefault_step(engine_t *e, prefault_table_t *t, uint64_t count) {
  * (its target rounded down to whole steps, as it populates whole steps only). */
 static void prefault_runway(const engine_t *e, const prefault_table_t *t, uint64_t count, size_t *have, size_t *most) {
   size_t used = (size_t)count * t->record;
-  size_t ahead = used < e->cfg.prefault_bytes ? used : e->cfg.prefault_bytes;
+  size_t ahead = prefault_ahead(e, used);
   size_t want = used + ahead > t->size ? t->size : used + ahead;
   want &= ~(size_t)(PREFAULT_STEP_BYTES - 1);
   *most = want > used ? want - used : 0;

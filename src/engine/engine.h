@@ -545,7 +545,7 @@ typedef struct engine_config {
   bool fsync;                  /* false only for tests that measure CPU */
   uint32_t queue_commands_max; /* power of two, 2..ENGINE_QUEUE_COMMANDS_MAX; 0 = that */
   int64_t time_offset_ms;      /* tests only: the engine clock is the wall clock + this (>= 0) */
-  uint64_t prefault_bytes;     /* transfer table populated ahead of use (engine.c, prefault_main); 0 = off */
+  uint64_t prefault_bytes;     /* most populated ahead of the transfer table's use (engine.c, prefault_main); 0 = off */
   uint64_t log_prealloc_bytes; /* zeros kept written ahead of the log (store.h); 0 = off */
   uint64_t commit_interval_ns; /* least time between two batch writes' starts (engine.c); 0 = none;
                                 * at most ENGINE_COMMIT_INTERVAL_NS_MAX (larger is clamped) */
@@ -631,5 +631,10 @@ typedef struct engine_verify_report {
  * the newest snapshot where they overlap. Returns 0 when all hold, LEDGER_ECORRUPT with
  * report->problem set otherwise, LEDGER_ELOCKED if a server holds the directory. */
 LEDGER_MUST_USE int engine_verify(const char *data_dir, engine_verify_report_t *report);
+
+/* How far ahead of a table's used bytes the pre-fault thread populates: a quarter of them, at
+ * least ENGINE_PREFAULT_AHEAD_MIN_BYTES, at most prefault_bytes (engine_config_t). */
+#define ENGINE_PREFAULT_AHEAD_MIN_BYTES (8u * 1024u * 1024u)
+size_t engine_prefault_ahead(uint64_t prefault_bytes, size_t used);
 
 #endif

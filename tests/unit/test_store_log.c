@@ -1223,7 +1223,7 @@ static void test_engine_snapshot_growth(void) {
 /* A snapshot holds the prefault thread (engine.c, snapshot_may_start) and must let it go:
  * with a snapshot after every batch, the transfer table is still populated ahead of use.
  * After 20 batches (7.5 MiB of 48-byte records) the thread has populated the table up to
- * 14 MiB at most (used + min(used, 8 MiB), in whole 2 MiB steps); after 40 (15.0 MiB) it
+ * 14 MiB at most (used + 8 MiB, the cap here, in whole 2 MiB steps); after 40 (15.0 MiB) it
  * must reach 22 MiB, so it populates at least 8 MiB more in between, however far it fell
  * behind (it skips to the engine's position and counts only what it populates). Without the
  * release it stops at the first snapshot. */
@@ -1279,6 +1279,77 @@ static void test_engine_prefault_after_snapshot(void) {
   free(items);
   free(results);
   log_set_level(LOG_INFO);
+  sem_destroy(&done_sem);
+}
+
+/* How far ahead the pre-fault thread populates (engine_prefault_ahead): a quarter of what a
+ * table uses, at least 8 MiB, at most --prefault-mb. Then the thread itself, with the default
+ * 256 MiB cap, after 100 batches of 8,190 (37.5 MiB of 48-byte transfer records, 6.2 MiB of
+ * 8-byte links): once it settles, it has populated at least the transfer table's runway (less
+ * a step) and no more than each table's used part plus its runway plus a step, and a step of
+ * the account stage. Populating as far ahead as is used (before session 14) would put the
+ * total ~30 MiB over that bound. */
+#define AHEAD_BATCHES 100u
+#define AHEAD_STEP (2u * 1024u * 1024u)
+static void test_engine_prefault_ahead(void) {
+  const size_t mib = 1024u * 1024u;
+  CHECK_EQ(engine_prefault_ahead(256 * mib, 0), 8 * mib);
+  CHECK_EQ(engine_prefault_ahead(256 * mib, 32 * mib), 8 * mib);
+  CHECK_EQ(engine_prefault_ahead(256 * mib, 100 * mib), 25 * mib);
+  CHECK_EQ(engine_prefault_ahead(256 * mib, 1024 * mib), 256 * mib);
+  CHECK_EQ(engine_prefault_ahead(256 * mib, 4096 * mib), 256 * mib);
+  CHECK_EQ(engine_prefault_ahead(4 * mib, 0), 4 * mib);
+  CHECK_EQ(engine_prefault_ahead(4 * mib, 400 * mib), 4 * mib);
+  CHECK_EQ(engine_prefault_ahead(0, 400 * mib), 0);
+
+  void *probe = mmap(NULL, AHEAD_STEP, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  bool can_populate = probe != MAP_FAILED && madvise(probe, AHEAD_STEP, MADV_POPULATE_WRITE) == 0;
+  if (probe != MAP_FAILED) munmap(probe, AHEAD_STEP);
+  if (!can_populate) {
+    fprintf(stderr, "test_engine_prefault_ahead: thread part skipped, MADV_POPULATE_WRITE refused here\n");
+    return;
+  }
+  char dir[PATH_MAX];
+  make_dir(dir, "prefault-ahead");
+  sem_init(&done_sem, 0, 0);
+  engine_config_t cfg = {.data_dir = dir, .fsync = true, .snapshot_log_bytes = 1u << 30, .prefault_bytes = 256 * mib};
+  engine_t *e = NULL;
+  CHECK_EQ(engine_open(&cfg, &e), LEDGER_OK);
+  if (!e) return;
+  uint64_t a = e_account(e);
+  engine_transfer_in_t *items = calloc(PREFAULT_ITEMS, sizeof *items);
+  engine_item_result_t *results = calloc(PREFAULT_ITEMS, sizeof *results);
+  CHECK(items && results);
+  if (items) items_to(items, PREFAULT_ITEMS, a);
+  for (unsigned k = 0; items && results && k < AHEAD_BATCHES; k++) {
+    engine_cmd_t c = cmd(ENGINE_CMD_TRANSFER_BATCH);
+    c.u.batch.items = items;
+    c.u.batch.results = results;
+    c.u.batch.item_count = PREFAULT_ITEMS;
+    CHECK_EQ(run(e, &c), ENGINE_OK);
+  }
+  engine_stats_t st;
+  engine_get_stats(e, &st);
+  uint64_t transfers = st.transfers_total, last = ~0ull;
+  for (int i = 0; i < 100; i++) { /* settled: no new step in 300 ms (up to 10 s) */
+    usleep(i == 0 ? 300000 : 100000);
+    engine_get_stats(e, &st);
+    if (st.prefault_populated_bytes == last) break;
+    last = st.prefault_populated_bytes;
+  }
+  size_t used_t = (size_t)transfers * 48u, used_n = (size_t)transfers * 8u;
+  size_t most = used_t + engine_prefault_ahead(256 * mib, used_t) + AHEAD_STEP +
+                used_n + engine_prefault_ahead(256 * mib, used_n) + AHEAD_STEP + AHEAD_STEP;
+  size_t least = engine_prefault_ahead(256 * mib, used_t) - AHEAD_STEP;
+  CHECK(transfers >= (uint64_t)AHEAD_BATCHES * PREFAULT_ITEMS);
+  CHECK(st.prefault_populated_bytes <= most);
+  CHECK(st.prefault_populated_bytes >= least);
+  if (check_failures)
+    fprintf(stderr, "test_engine_prefault_ahead: %llu transfers, %llu bytes populated, bounds %zu..%zu\n",
+            (unsigned long long)transfers, (unsigned long long)st.prefault_populated_bytes, least, most);
+  engine_close(e);
+  free(items);
+  free(results);
   sem_destroy(&done_sem);
 }
 
@@ -1350,6 +1421,7 @@ int main(void) {
   test_engine_commit_interval();
   test_engine_snapshot_growth();
   test_engine_prefault_after_snapshot();
+  test_engine_prefault_ahead();
   test_engine_slow_commit_log();
   int rc = check_report("test_store_log");
   if (getenv("LEDGER_TEST_KEEP")) fprintf(stderr, "test_store_log: files kept in %s\n", root);
