@@ -678,8 +678,17 @@ static bool prefault_policy(bool urgent) {
   return true;
 }
 
+/* With nothing to populate the thread naps, 2 ms after a step, twice as long after each empty
+ * round up to 20 ms: an idle server wakes it ~50 times a second, not ~500 (session 14). The
+ * runway (at least 8 MiB, engine_prefault_ahead) outlasts a 20 ms nap below ~400 MB/s of new
+ * transfers, twice the batch benchmark's rate; above that the engine faults its own pages
+ * until the thread, awake again, catches up. */
+#define PREFAULT_NAP_MIN_US 2000u
+#define PREFAULT_NAP_MAX_US 20000u
+
 static void *prefault_main(void *arg) {
   engine_t *e = arg;
+  unsigned nap_us = PREFAULT_NAP_MIN_US;
   thread_start_background("ledger-prefault");
   bool urgent = false, can_switch = true;
   (void)prefault_policy(false);
@@ -700,7 +709,12 @@ static void *prefault_main(void *arg) {
     bool busy = false;
     for (size_t i = 0; i < LEDGER_ARRAY_LEN(tables); i++) busy |= prefault_step(e, &tables[i], count);
     busy |= prefault_step(e, &stage, atomic_load_explicit(&e->accounts, memory_order_relaxed));
-    if (!busy) usleep(2000);
+    if (busy) {
+      nap_us = PREFAULT_NAP_MIN_US;
+    } else {
+      usleep(nap_us);
+      nap_us = nap_us * 2 < PREFAULT_NAP_MAX_US ? nap_us * 2 : PREFAULT_NAP_MAX_US;
+    }
   }
   return NULL;
 }

@@ -1353,6 +1353,56 @@ static void test_engine_prefault_ahead(void) {
   sem_destroy(&done_sem);
 }
 
+/* voluntary_ctxt_switches of this process's thread named `name` (/proc), -1 if none. */
+static long thread_switches(const char *name) {
+  DIR *d = opendir("/proc/self/task");
+  long found = -1;
+  struct dirent *x;
+  while (d && found < 0 && (x = readdir(d)) != NULL) {
+    if (x->d_name[0] == '.') continue;
+    char path[300], comm[64] = "", line[256];
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", x->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    if (!fgets(comm, sizeof comm, f)) comm[0] = '\0';
+    fclose(f);
+    comm[strcspn(comm, "\n")] = '\0';
+    if (strcmp(comm, name) != 0) continue;
+    snprintf(path, sizeof path, "/proc/self/task/%s/status", x->d_name);
+    if (!(f = fopen(path, "r"))) continue;
+    while (fgets(line, sizeof line, f))
+      if (sscanf(line, "voluntary_ctxt_switches: %ld", &found) == 1) break;
+    fclose(f);
+  }
+  if (d) closedir(d);
+  return found;
+}
+
+/* With nothing to populate, the pre-fault thread naps up to 20 ms (engine.c, prefault_main):
+ * on an idle engine it wakes ~50 times a second; the 2 ms poll it had before session 14 woke
+ * it ~500 times. Counted over 1 s after it has populated its first runway: at most 120
+ * wake-ups, and at least 5 (it still looks). */
+static void test_engine_prefault_naps(void) {
+  char dir[PATH_MAX];
+  make_dir(dir, "prefault-naps");
+  engine_config_t cfg = {.data_dir = dir, .fsync = true, .snapshot_log_bytes = 1u << 30, .prefault_bytes = 256u << 20};
+  engine_t *e = NULL;
+  CHECK_EQ(engine_open(&cfg, &e), LEDGER_OK);
+  if (!e) return;
+  usleep(500000);
+  long before = thread_switches("ledger-prefault");
+  usleep(1000000);
+  long after = thread_switches("ledger-prefault");
+  if (before < 0 || after < 0) {
+    fprintf(stderr, "test_engine_prefault_naps: skipped, no ledger-prefault thread in /proc/self/task\n");
+  } else {
+    CHECK(after - before <= 120);
+    CHECK(after - before >= 5);
+    if (check_failures) fprintf(stderr, "test_engine_prefault_naps: %ld wake-ups in 1 s\n", after - before);
+  }
+  engine_close(e);
+}
+
 /* A slow write + fdatasync is logged, at most one line a second, the next line counting those
  * in between (engine.c, commit_batch). With a 1 ns threshold every commit is slow: the first of
  * five transfers is logged, the other four are counted, and a sixth a second later is logged
@@ -1422,6 +1472,7 @@ int main(void) {
   test_engine_snapshot_growth();
   test_engine_prefault_after_snapshot();
   test_engine_prefault_ahead();
+  test_engine_prefault_naps();
   test_engine_slow_commit_log();
   int rc = check_report("test_store_log");
   if (getenv("LEDGER_TEST_KEEP")) fprintf(stderr, "test_store_log: files kept in %s\n", root);
