@@ -494,8 +494,8 @@ echo "# batch placement: $BATCH_PLACEMENT"
 # batch, ceiling, batch, ...): the ceiling at the start ran minutes earlier on what may have
 # been a quieter (or busier) machine. The goal is judged on the medians of these rounds; the
 # first ceiling stays in the details table. A snapshot child of the main server (forked when the
-# log grows) would take CPU and disk from a ceiling round, so each waits for it to end first
-# (at most 60 s; said if it did not).
+# log grows) or its pre-fault thread catching up would take CPU, memory or disk from a ceiling
+# round, so each waits for them first (said if it waited, or if it gave up).
 wait_no_snapshot() {
   local i
   for i in $(seq 600); do
@@ -505,6 +505,18 @@ wait_no_snapshot() {
   done
   echo "# the main server's snapshot child still runs: this ceiling round shares the machine with it"
 }
+# wait_server_quiet: after a batch run the server's pre-fault thread may still be populating
+# memory ahead of its grown tables; the ceiling round waits (at most 20 s) until the server
+# used at most one clock tick in 0.3 s, so that it does not share the machine with it.
+server_ticks() { awk '{ print $14 + $15 }' /proc/"$MAIN_PID"/stat 2>/dev/null || echo 0; }
+wait_server_quiet() {
+  local i a b
+  for i in $(seq 66); do
+    a=$(server_ticks); sleep 0.3; b=$(server_ticks)
+    [ $((b - a)) -le 1 ] && { [ "$i" -gt 1 ] && echo "# the main server went quiet after $(awk -v i="$i" 'BEGIN { printf "%.1f", i * 0.3 }') s"; return 0; }
+  done
+  echo "# the main server was still busy after 20 s: this ceiling round shares the machine with it"
+}
 # add_ticks SUM BEFORE AFTER -> SUM + (AFTER - BEFORE), each three thread_cpu counters.
 add_ticks() {
   awk -v s="$1" -v a="$2" -v b="$3" 'BEGIN { split(s, z, " "); split(a, x, " "); split(b, y, " ");
@@ -513,6 +525,7 @@ add_ticks() {
 BATCH_R=(); CEIL_R=(); BATCH_TICKS="0 0 0"; BATCH_N=0
 for r in $(seq "$G1_ROUNDS"); do
   wait_no_snapshot
+  wait_server_quiet
   echo "## ceiling round $r: ledger-ceiling -d $G1_CEIL_SECS --cpu-only-seconds 0 (log under WORK)"
   CL=$(TMPDIR=$WORK "${SERVER_PIN[@]}" "$BIN/ledger-ceiling" -d "$G1_CEIL_SECS" --cpu-only-seconds 0 | grep '^ceiling ' || true)
   echo "$CL"
