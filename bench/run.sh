@@ -675,8 +675,12 @@ row "  goal 3 rounds, k tr/s: hot / random" "$(thousands "${HOT_R[@]}") / $(thou
 row "  goal 2 rounds, k req/s: /healthz" "$(thousands "${HLT_R[@]}")" "the same rounds as goal 3's" "" "$HOT_ROUNDS x $CMP_SECS s each, alternated" ""
 row "  goal 2, single $SECS s runs: transfers/s" "$(fmt "$T")" "/healthz: $(fmt "$H")" "$(ratio "$T" "$H")" "(before session 10)" ""
 row "  goal 1 rounds, k tr/s: batch / ceiling" "$(thousands "${BATCH_R[@]}") / $(thousands "${CEIL_R[@]}")" "batch median / start ceiling: $(fmt "$C_START")" "$(ratio "$B" "$C_START")" "$G1_ROUNDS x $G1_BATCH_SECS s / $G1_CEIL_SECS s, alternated" ""
+# A ceiling round can measure low after ledgerd's own disk work that the guest cannot see
+# (the host still writing a snapshot back); the ratio to the highest round is the strict one.
+C_MAX=$(printf '%s\n' "${CEIL_R[@]}" | awk 'NF && ($1 + 0 > m) { m = $1 + 0 } END { if (m > 0) printf "%.0f", m }')
+row "  goal 1, batch median / highest ceiling round" "$(fmt "$B")" "highest ceiling round: $(fmt "$C_MAX")" "$(ratio "$B" "$C_MAX")" ">= 0.55 (information)" ""
 row "  batch: server CPU us/transfer, net/engine/other" "$BATCH_CPU" "ledgerd on CPU 0 alone: $BATCH0_CPU" "" "CPU time (all CPUs) per transfer" ""
-row "  batch request latency p50 / p99 us" "$(kv "$BATCH" p50_us)/$(kv "$BATCH" p99_us)" "" "" "" ""
+row "  batch request latency p50 / p99 us (last round)" "$(kv "$BATCH" p50_us)/$(kv "$BATCH" p99_us)" "" "" "" ""
 B0=$(kv "$BATCH0" transfers_per_s)
 row "  batch, ledgerd on CPU 0 alone, transfers/s" "$(val "$(fmtv "$B0")" "one CPU")" "ceiling: $(fmt "$C")" "$(ratio "$B0" "$C")" "all CPUs / it: $(ratio "$B" "$B0")" ""
 row "  ceiling at the start: memory + log, fdatasync/10k" "$(fmt "$C_START")" "no I/O: $(fmt "$CC")" "$(ratio "$C_START" "$CC")" "" ""

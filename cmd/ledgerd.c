@@ -41,7 +41,7 @@ static void usage(void) {
           "  built-in rule flags transfers of 10,000.00 or more. SIGHUP or POST /v1/rules/reload\n"
           "  re-reads it. --time-offset-s (tests only) runs the ledger's clock S seconds ahead.\n"
           "  --prefault-mb MB (default 256, 0 = off): at most this much memory populated ahead of\n"
-          "  the transfer table (a quarter of what it uses, at least 8 MiB) by a thread at idle\n"
+          "  the transfer and link tables (a quarter of what it uses, at least 8 MiB) by a thread at idle\n"
           "  priority (normal while it is behind), so the engine does not zero fresh pages itself.\n"
           "  --log-prealloc-mb MB (default 16, 0 = off): zeros kept written ahead of the log, so\n"
           "  each commit's fdatasync writes the data alone (docs/storage.md).\n"

@@ -545,7 +545,7 @@ typedef struct engine_config {
   bool fsync;                  /* false only for tests that measure CPU */
   uint32_t queue_commands_max; /* power of two, 2..ENGINE_QUEUE_COMMANDS_MAX; 0 = that */
   int64_t time_offset_ms;      /* tests only: the engine clock is the wall clock + this (>= 0) */
-  uint64_t prefault_bytes;     /* most populated ahead of the transfer table's use (engine.c, prefault_main); 0 = off */
+  uint64_t prefault_bytes;     /* most populated ahead of the transfer and link tables' use (engine.c, prefault_main); 0 = off */
   uint64_t log_prealloc_bytes; /* zeros kept written ahead of the log (store.h); 0 = off */
   uint64_t commit_interval_ns; /* least time between two batch writes' starts (engine.c); 0 = none;
                                 * at most ENGINE_COMMIT_INTERVAL_NS_MAX (larger is clamped) */

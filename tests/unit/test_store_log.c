@@ -1264,7 +1264,7 @@ static void test_engine_prefault_after_snapshot(void) {
     if (k + 1 == PREFAULT_BATCHES / 2) mid = st.prefault_populated_bytes;
   }
   uint64_t want = mid + (8u << 20);
-  for (int i = 0; i < 1000; i++) { /* the thread sleeps 2 ms between rounds: up to 10 s */
+  for (int i = 0; i < 1000; i++) { /* the thread naps 2-20 ms between rounds: up to 10 s */
     engine_get_stats(e, &st);
     if (st.prefault_populated_bytes >= want) break;
     usleep(10000);
@@ -1288,7 +1288,7 @@ static void test_engine_prefault_after_snapshot(void) {
  * 8-byte links): once it settles, it has populated at least the transfer table's runway (less
  * a step) and no more than each table's used part plus its runway plus a step, and a step of
  * the account stage. Populating as far ahead as is used (before session 14) would put the
- * total ~30 MiB over that bound. */
+ * total ~21 MiB over that bound. */
 #define AHEAD_BATCHES 100u
 #define AHEAD_STEP (2u * 1024u * 1024u)
 static void test_engine_prefault_ahead(void) {
@@ -1331,8 +1331,8 @@ static void test_engine_prefault_ahead(void) {
   engine_stats_t st;
   engine_get_stats(e, &st);
   uint64_t transfers = st.transfers_total, last = ~0ull;
-  for (int i = 0; i < 100; i++) { /* settled: no new step in 300 ms (up to 10 s) */
-    usleep(i == 0 ? 300000 : 100000);
+  for (int i = 0; i < 34; i++) { /* settled: no new step in 300 ms (up to 10 s) */
+    usleep(300000);
     engine_get_stats(e, &st);
     if (st.prefault_populated_bytes == last) break;
     last = st.prefault_populated_bytes;
@@ -1380,8 +1380,9 @@ static long thread_switches(const char *name) {
 
 /* With nothing to populate, the pre-fault thread naps up to 20 ms (engine.c, prefault_main):
  * on an idle engine it wakes ~50 times a second; the 2 ms poll it had before session 14 woke
- * it ~500 times. Counted over 1 s after it has populated its first runway: at most 120
- * wake-ups, and at least 5 (it still looks). */
+ * it ~500 times. Counted over ~1 s (timed) after it has populated its first runway: at most
+ * 120 wake-ups a second, and at least one in the window (it still looks; at idle priority
+ * on a loaded CPU it may look rarely). */
 static void test_engine_prefault_naps(void) {
   char dir[PATH_MAX];
   make_dir(dir, "prefault-naps");
@@ -1390,15 +1391,19 @@ static void test_engine_prefault_naps(void) {
   CHECK_EQ(engine_open(&cfg, &e), LEDGER_OK);
   if (!e) return;
   usleep(500000);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   long before = thread_switches("ledger-prefault");
   usleep(1000000);
   long after = thread_switches("ledger-prefault");
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
   if (before < 0 || after < 0) {
     fprintf(stderr, "test_engine_prefault_naps: skipped, no ledger-prefault thread in /proc/self/task\n");
   } else {
-    CHECK(after - before <= 120);
-    CHECK(after - before >= 5);
-    if (check_failures) fprintf(stderr, "test_engine_prefault_naps: %ld wake-ups in 1 s\n", after - before);
+    CHECK((double)(after - before) <= 120.0 * secs);
+    CHECK(after - before >= 1);
+    if (check_failures) fprintf(stderr, "test_engine_prefault_naps: %ld wake-ups in %.2f s\n", after - before, secs);
   }
   engine_close(e);
 }
