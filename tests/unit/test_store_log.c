@@ -1229,13 +1229,16 @@ static void test_engine_snapshot_growth(void) {
  * release it stops at the first snapshot. */
 #define PREFAULT_BATCHES 40u
 #define PREFAULT_ITEMS 8190u
-static void test_engine_prefault_after_snapshot(void) {
-  /* The pre-fault thread turns itself off where MADV_POPULATE_WRITE is refused (Linux < 5.14):
-   * then there is nothing to hold. */
+/* The pre-fault thread turns itself off where MADV_POPULATE_WRITE is refused (Linux < 5.14). */
+static bool can_populate(void) {
   void *probe = mmap(NULL, 2u << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  bool can_populate = probe != MAP_FAILED && madvise(probe, 2u << 20, MADV_POPULATE_WRITE) == 0;
+  bool ok = probe != MAP_FAILED && madvise(probe, 2u << 20, MADV_POPULATE_WRITE) == 0;
   if (probe != MAP_FAILED) munmap(probe, 2u << 20);
-  if (!can_populate) {
+  return ok;
+}
+
+static void test_engine_prefault_after_snapshot(void) {
+  if (!can_populate()) { /* then there is nothing to hold */
     fprintf(stderr, "test_engine_prefault_after_snapshot: skipped, MADV_POPULATE_WRITE refused here\n");
     return;
   }
@@ -1302,10 +1305,7 @@ static void test_engine_prefault_ahead(void) {
   CHECK_EQ(engine_prefault_ahead(4 * mib, 400 * mib), 4 * mib);
   CHECK_EQ(engine_prefault_ahead(0, 400 * mib), 0);
 
-  void *probe = mmap(NULL, AHEAD_STEP, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  bool can_populate = probe != MAP_FAILED && madvise(probe, AHEAD_STEP, MADV_POPULATE_WRITE) == 0;
-  if (probe != MAP_FAILED) munmap(probe, AHEAD_STEP);
-  if (!can_populate) {
+  if (!can_populate()) {
     fprintf(stderr, "test_engine_prefault_ahead: thread part skipped, MADV_POPULATE_WRITE refused here\n");
     return;
   }
