@@ -21,6 +21,10 @@ void jw_lit(jw_t *w, const char *s); /* NUL-terminated raw text */
 /* Room for n more bytes (and the NUL): where to write them, NULL on overflow; then jw_wrote. */
 char *jw_reserve(jw_t *w, size_t n);
 void jw_wrote(jw_t *w, size_t n);
+/* A quoted value written in place: room for up to cap bytes (and a NUL) between the quotes,
+ * where the caller formats n <= cap bytes; then jw_quoted_end(w, n). NULL on overflow. */
+char *jw_quoted_begin(jw_t *w, size_t cap);
+void jw_quoted_end(jw_t *w, size_t n);
 void jw_str(jw_t *w, const char *s, size_t n); /* quoted, escaped */
 void jw_key(jw_t *w, const char *key);         /* "key": (with a leading comma if needed) */
 void jw_key_str(jw_t *w, const char *key, const char *value); /* "key":"value" (escaped) */

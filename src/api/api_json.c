@@ -100,23 +100,24 @@ void jw_str(jw_t *w, const char *s, size_t n) {
   w->buf[w->len] = '\0';
 }
 
-void jw_comma_if(jw_t *w) {
-  if (w->len > 0 && w->buf[w->len - 1] != '{' && w->buf[w->len - 1] != '[') jw_raw(w, ",", 1);
+static bool needs_comma(const jw_t *w) {
+  return w->len > 0 && w->buf[w->len - 1] != '{' && w->buf[w->len - 1] != '[';
 }
 
-/* Keys are the API's own names (literals, currency codes): written as they are, in one
- * piece. A key that would need escaping is a programming error. */
+void jw_comma_if(jw_t *w) {
+  if (needs_comma(w)) jw_raw(w, ",", 1);
+}
+
+/* Keys are the API's own names (literals, currency codes), which need no escaping: written
+ * as they are, in one piece. */
 void jw_key(jw_t *w, const char *key) {
   size_t n = strlen(key);
   char *o = jw_reserve(w, n + 4);
   if (!o) return;
   char *start = o;
-  if (w->len > 0 && w->buf[w->len - 1] != '{' && w->buf[w->len - 1] != '[') *o++ = ',';
+  if (needs_comma(w)) *o++ = ',';
   *o++ = '"';
-  for (size_t i = 0; i < n; i++) {
-    LEDGER_ASSERT((unsigned char)key[i] >= 0x20 && key[i] != '"' && key[i] != '\\');
-    o[i] = key[i];
-  }
+  memcpy(o, key, n);
   o += n;
   *o++ = '"';
   *o++ = ':';
@@ -133,22 +134,26 @@ void jw_u64(jw_t *w, uint64_t v) {
   jw_raw(w, b, u64_format(b, v));
 }
 
-void jw_money(jw_t *w, int64_t minor, uint8_t exponent) {
-  char *o = jw_reserve(w, MONEY_TEXT_BYTES_MAX + 2);
-  if (!o) return;
+char *jw_quoted_begin(jw_t *w, size_t cap) {
+  char *o = jw_reserve(w, cap + 2);
+  if (!o) return NULL;
   o[0] = '"';
-  size_t n = money_format(minor, exponent, o + 1);
-  o[n + 1] = '"';
+  return o + 1;
+}
+
+void jw_quoted_end(jw_t *w, size_t n) {
+  w->buf[w->len + 1 + n] = '"';
   jw_wrote(w, n + 2);
 }
 
+void jw_money(jw_t *w, int64_t minor, uint8_t exponent) {
+  char *o = jw_quoted_begin(w, MONEY_TEXT_BYTES_MAX);
+  if (o) jw_quoted_end(w, money_format(minor, exponent, o));
+}
+
 void jw_time(jw_t *w, int64_t ms) {
-  char *o = jw_reserve(w, TIME_TEXT_BYTES + 2);
-  if (!o) return;
-  o[0] = '"';
-  size_t n = time_format_ms(ms, o + 1);
-  o[n + 1] = '"';
-  jw_wrote(w, n + 2);
+  char *o = jw_quoted_begin(w, TIME_TEXT_BYTES);
+  if (o) jw_quoted_end(w, time_format_ms(ms, o));
 }
 
 void jw_open(jw_t *w, char c) { jw_raw(w, &c, 1); }

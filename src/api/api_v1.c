@@ -393,12 +393,10 @@ static void batch_item_ok(jw_t *w, uint32_t i, const engine_item_result_t *it) {
 /* A transfer's id, quoted (ids need no escaping), in one piece. */
 static void jw_uuid(jw_t *w, uint64_t no, int64_t created_ms) {
   ledger_uuid_t id = uuid_from_transfer(created_ms, no);
-  char *o = jw_reserve(w, UUID_TEXT_BYTES + 2);
+  char *o = jw_quoted_begin(w, UUID_TEXT_BYTES);
   if (!o) return;
-  o[0] = '"';
-  uuid_format(&id, o + 1); /* 36 characters and a NUL, which the quote overwrites */
-  o[UUID_TEXT_BYTES] = '"';
-  jw_wrote(w, UUID_TEXT_BYTES + 1);
+  uuid_format(&id, o); /* 36 characters and a NUL, which the closing quote overwrites */
+  jw_quoted_end(w, UUID_TEXT_BYTES - 1);
 }
 
 static void render_transfer(api_t *api, jw_t *w, const engine_transfer_t *t, bool with_extra,
