@@ -92,6 +92,7 @@ enum {
   HTTP_HDR_IDEMPOTENCY_KEY,
   HTTP_HDR_CONTENT_TYPE,
   HTTP_HDR_COOKIE,
+  HTTP_HDR_EXPECT, /* read by the connection itself (100-continue), not handed on */
   HTTP_HDR_COUNT,
   HTTP_HDR_NONE = -1,
 };

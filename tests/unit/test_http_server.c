@@ -427,6 +427,68 @@ static void test_pipelining(void) {
   client_close(&c);
 }
 
+/* Expect: 100-continue: the interim answer comes before the body is sent (a client waits for
+ * it, curl up to 1 s), then the final one; none when no body follows or for HTTP/1.0; a body
+ * over the limit gets its 413 instead; any other expectation a 417. */
+static void test_expect_continue(void) {
+  client_t c;
+  response_t r;
+  CHECK(client_connect(&c) == 0, "connect");
+  /* Behind a deferred answer on the same connection: the 100 must not overtake it. */
+  CHECK(send_str(&c, "GET /defer?ms=50 HTTP/1.1\r\n\r\n"
+                     "POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"),
+        "send heads");
+  CHECK(read_response(&c, &r) && r.status == 200 && strcmp(r.body, "deferred:ms=50") == 0,
+        "deferred answer first: %d '%s'", r.status, r.body);
+  response_free(&r);
+  CHECK(read_response(&c, &r) && r.status == 100 && r.body_len == 0, "100 Continue: %d", r.status);
+  response_free(&r);
+  CHECK(send_str(&c, "abcde"), "send body");
+  CHECK(read_response(&c, &r) && r.status == 200 && strcmp(r.body, "abcde") == 0, "echo %d '%s'",
+        r.status, r.body);
+  response_free(&r);
+  /* Case and spaces do not matter; a chunked body is a body too. */
+  CHECK(send_str(&c, "POST /echo HTTP/1.1\r\nexpect:   100-Continue \r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n"),
+        "send chunked head");
+  CHECK(read_response(&c, &r) && r.status == 100, "100 for chunked: %d", r.status);
+  response_free(&r);
+  CHECK(send_str(&c, "3\r\nxyz\r\n0\r\n\r\n"), "send chunks");
+  CHECK(read_response(&c, &r) && r.status == 200 && strcmp(r.body, "xyz") == 0, "chunked echo");
+  response_free(&r);
+  /* No body follows: no interim answer, the final one only. */
+  CHECK(send_str(&c, "GET /hello HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"
+                     "POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n"),
+        "send bodiless");
+  CHECK(read_response(&c, &r) && r.status == 200 && strcmp(r.body, "hello") == 0, "GET: %d",
+        r.status);
+  response_free(&r);
+  CHECK(read_response(&c, &r) && r.status == 200 && r.body_len == 0 && !r.conn_close,
+        "empty POST: %d", r.status);
+  response_free(&r);
+  client_close(&c);
+
+  /* HTTP/1.0 ignores Expect: the body is sent at once and the one answer is the final one. */
+  simple_exchange("POST /echo HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+                  200, "ok");
+  /* Over the limit: 413 at once, with no 100 before it and no body sent. */
+  CHECK(client_connect(&c) == 0, "connect");
+  CHECK(send_str(&c, "POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n"),
+        "send");
+  CHECK(read_response(&c, &r) && r.status == 413 && r.conn_close, "413 first: %d", r.status);
+  response_free(&r);
+  CHECK(expect_closed(&c), "closed after 413");
+  client_close(&c);
+  /* Any other expectation: 417, and the connection closed (its body may follow). */
+  CHECK(client_connect(&c) == 0, "connect");
+  CHECK(send_str(&c, "POST /echo HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\n"), "send");
+  CHECK(read_response(&c, &r) && r.status == 417 && r.conn_close && strstr(r.body, "expectation_failed"),
+        "417: %d %s", r.status, r.body);
+  response_free(&r);
+  CHECK(expect_closed(&c), "closed after 417");
+  client_close(&c);
+}
+
 static void test_limits(void) {
   client_t c;
   response_t r;
@@ -847,6 +909,7 @@ static void run_suite(bool io_uring_off) {
   test_split_header();
   test_keep_alive_and_head();
   test_pipelining();
+  test_expect_continue();
   test_limits();
   test_timeouts();
   test_peer_gone_while_deferred(server);
