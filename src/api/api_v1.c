@@ -149,6 +149,7 @@ struct api {
   completion_stack_t done[HTTP_THREADS_MAX];
   http_loop_t *loops[HTTP_THREADS_MAX];
   _Atomic uint64_t in_flight;
+  _Atomic uint32_t text_searches; /* requests holding a candidate buffer (API_TEXT_SEARCHES_MAX) */
   _Atomic uint64_t requests[R_COUNT][STATUS_SLOTS];
   _Atomic uint64_t errors[ERROR_SLOTS];
   ledger_hist_t latency_ns;
@@ -174,6 +175,12 @@ typedef struct api_req {
   char region[API_REGION_BYTES_MAX + 1];
   char *batch_extra; /* batch: all items' extras */
   engine_rules_t *rules; /* rules reload / get */
+  /* A text search (q): the walk's candidates, then the matches' numbers (one allocation). */
+  engine_search_cand_t *cands;
+  uint64_t *match_nos;
+  uint32_t cand_count, match_count;
+  uint64_t walk_cursor, match_cursor;
+  bool text_search; /* counted in api->text_searches */
   void (*then)(struct api_req *r); /* compat: answers instead of the v1 rendering */
   void *ext;                       /* compat: its per-request state (freed with the request) */
   struct api_req *next;
@@ -211,6 +218,8 @@ static void req_free(api_req_t *r) {
   free(r->rows);
   free(r->batch_extra);
   free(r->rules);
+  free(r->cands);
+  if (r->text_search) atomic_fetch_sub_explicit(&r->api->text_searches, 1, memory_order_relaxed);
   free(r->ext); /* compat state: plain data, no secrets (compat wipes its bodies itself) */
   free(r);
 }
@@ -1480,6 +1489,81 @@ static int enum_param(const http_request_t *h, const char *name, const char *con
   return -2;
 }
 
+/* ---- a text search (q) in three steps: the engine walks and collects the candidates (it
+ * reads no description: 20,000 reads held every write for ~34 ms, docs/performance.md); a
+ * pool thread reads their texts and keeps the page's matches (search_texts_job); the engine
+ * fetches those rows (ENGINE_CMD_TRANSFER_ROWS). ---- */
+
+static void pool_submit(api_req_t *r, void (*next)(api_req_t *), const char *busy_message);
+
+static int search_read_text(void *ctx, uint64_t pos, uint32_t len, char *buf) {
+  return engine_read_extra(ctx, pos, len, buf);
+}
+
+static void search_texts_job(auth_job_t *job) { /* pool thread */
+  api_req_t *r = job->arg;
+  r->match_count = engine_search_texts(r->cands, r->cand_count, r->cmd.u.search.filter.q, r->cmd.u.search.limit,
+                                       r->walk_cursor, search_read_text, r->api->engine, r->match_nos, &r->match_cursor);
+}
+
+static void search_after_texts(api_req_t *r) {
+  engine_cmd_t *c = &r->cmd;
+  if (r->match_count == 0) { /* an empty page (maybe with a cursor): nothing to fetch */
+    c->row_count = 0;
+    c->next_cursor = r->match_cursor;
+    complete(r);
+    return;
+  }
+  int16_t status = c->u.search.filter.status;
+  c->kind = ENGINE_CMD_TRANSFER_ROWS;
+  c->u.transfer_rows.nos = r->match_nos;
+  c->u.transfer_rows.n = r->match_count;
+  c->u.transfer_rows.rows = r->rows;
+  c->u.transfer_rows.next_cursor = r->match_cursor;
+  c->u.transfer_rows.status = status;
+  r->resume = NULL; /* answered as the search it is (complete_ok, R_TRANSFERS_SEARCH) */
+  submit(r);
+}
+
+static void search_after_walk(api_req_t *r) {
+  engine_cmd_t *c = &r->cmd;
+  if (c->result != ENGINE_OK || c->row_count == 0) { /* an error, or no candidate: the page as it is */
+    complete(r);
+    return;
+  }
+  r->cand_count = c->row_count;
+  r->walk_cursor = c->next_cursor;
+  r->job = calloc(1, sizeof *r->job);
+  if (!r->job) {
+    fail(r, 503, "overloaded", "out of memory");
+    return;
+  }
+  r->job->op = AUTH_JOB_CALL;
+  r->job->call = search_texts_job;
+  r->job->done = job_done;
+  r->job->arg = r;
+  pool_submit(r, search_after_texts, "too many searches in progress; retry shortly");
+}
+
+static bool search_text_start(api_req_t *r, api_error_t *e) {
+  if (atomic_fetch_add_explicit(&r->api->text_searches, 1, memory_order_relaxed) >= API_TEXT_SEARCHES_MAX) {
+    atomic_fetch_sub_explicit(&r->api->text_searches, 1, memory_order_relaxed);
+    api_err(e, 503, "overloaded", "too many text searches in progress; retry shortly");
+    return false;
+  }
+  r->text_search = true;
+  r->cands = malloc((size_t)ENGINE_SEARCH_TEXT_CANDIDATES_MAX * sizeof *r->cands + API_PAGE_LIMIT_MAX * sizeof *r->match_nos);
+  if (!r->cands) {
+    api_err(e, 503, "overloaded", "out of memory");
+    return false;
+  }
+  r->match_nos = (uint64_t *)(void *)(r->cands + ENGINE_SEARCH_TEXT_CANDIDATES_MAX);
+  r->cmd.u.search.cands = r->cands;
+  r->cmd.u.search.cands_max = ENGINE_SEARCH_TEXT_CANDIDATES_MAX;
+  r->resume = search_after_walk;
+  return true;
+}
+
 static bool build_search(api_req_t *r, api_error_t *e) {
   const http_request_t *h = r->http;
   engine_cmd_t *c = &r->cmd;
@@ -1526,6 +1610,7 @@ static bool build_search(api_req_t *r, api_error_t *e) {
   }
   if (!alloc_rows(r, c->u.search.limit, sizeof(engine_transfer_t), e)) return false;
   c->u.search.rows = r->rows;
+  if (f->q[0] && !search_text_start(r, e)) return false;
   return true;
 }
 
@@ -1718,14 +1803,18 @@ static auth_job_t *new_job(api_req_t *r, auth_job_op_t op, const char *password)
   return r->job;
 }
 
-static void to_pool(api_req_t *r, void (*next)(api_req_t *)) {
+static void pool_submit(api_req_t *r, void (*next)(api_req_t *), const char *busy_message) {
   r->resume = next;
   atomic_fetch_add_explicit(&r->api->in_flight, 1, memory_order_relaxed);
   if (auth_pool_submit(r->api->hash_pool, r->job) != 0) {
     atomic_fetch_sub_explicit(&r->api->in_flight, 1, memory_order_relaxed);
     r->resume = NULL;
-    fail(r, 503, "overloaded", "too many sign-ins in progress; retry shortly");
+    fail(r, 503, "overloaded", busy_message);
   }
+}
+
+static void to_pool(api_req_t *r, void (*next)(api_req_t *)) {
+  pool_submit(r, next, "too many sign-ins in progress; retry shortly");
 }
 
 static void users_after_hash(api_req_t *r) {

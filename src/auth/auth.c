@@ -84,7 +84,9 @@ struct auth_pool {
 };
 
 static void run_job(auth_pool_t *p, auth_job_t *j) {
-  if (j->op == AUTH_JOB_HASH) {
+  if (j->op == AUTH_JOB_CALL) {
+    j->call(j);
+  } else if (j->op == AUTH_JOB_HASH) {
     j->ok = auth_password_hash(&p->params, j->password, j->password_len, j->pwhash) == 0;
   } else {
     bool known = j->pwhash[0] != '\0';
@@ -142,7 +144,7 @@ int auth_pool_create(unsigned threads, const auth_params_t *params, auth_pool_t 
 }
 
 int auth_pool_submit(auth_pool_t *p, auth_job_t *j) {
-  LEDGER_ASSERT(j->done && j->password_len <= AUTH_PASSWORD_BYTES_MAX);
+  LEDGER_ASSERT(j->done && j->password_len <= AUTH_PASSWORD_BYTES_MAX && (j->op != AUTH_JOB_CALL || j->call));
   pthread_mutex_lock(&p->lock);
   if (p->stopping || p->queued >= AUTH_POOL_QUEUE_MAX) {
     pthread_mutex_unlock(&p->lock);

@@ -5,6 +5,8 @@
  * verified with crypto_pwhash_str_verify. Hashing costs tens of milliseconds and tens of MiB
  * by design, so it never runs on a net thread or the engine: a small bounded pool of worker
  * threads does it and calls back. A full pool queue is refused (the caller answers 503).
+ * The same pool runs other slow work that must stay off those threads (AUTH_JOB_CALL: a text
+ * search's description reads).
  *
  * Credentials: 256 bits from the CSPRNG (randombytes_buf), shown once as
  * "<prefix>_<base64url>", stored by the engine only as SHA-256 of that text.
@@ -71,7 +73,8 @@ LEDGER_MUST_USE int auth_password_hash(const auth_params_t *p, const char *passw
                                        char out[AUTH_PWHASH_BYTES]);
 bool auth_password_verify(const char *pwhash, const char *password, size_t len);
 
-typedef enum { AUTH_JOB_HASH = 1, AUTH_JOB_VERIFY = 2 } auth_job_op_t;
+/* CALL: run call(job) on a pool thread (a text search's reads, api_v1.c), then done. */
+typedef enum { AUTH_JOB_HASH = 1, AUTH_JOB_VERIFY = 2, AUTH_JOB_CALL = 3 } auth_job_op_t;
 
 typedef struct auth_job {
   auth_job_op_t op;
@@ -79,6 +82,7 @@ typedef struct auth_job {
   size_t password_len;
   char pwhash[AUTH_PWHASH_BYTES]; /* HASH: out; VERIFY: in ("" = unknown user: a dummy is used) */
   bool ok;                        /* HASH: hashed; VERIFY: matched */
+  void (*call)(struct auth_job *job); /* CALL */
   void (*done)(struct auth_job *job); /* on a pool thread */
   void *arg;
   struct auth_job *next;

@@ -68,6 +68,11 @@
 /* Records a list or history read may step over on the engine thread before it answers with
  * a short page and a cursor (~1 ms of work): reads never stall the writer for long. */
 #define ENGINE_SCAN_STEPS_MAX 100000u
+/* A text search (q) matches at most this many candidates' descriptions per request (then a
+ * short page and a cursor). The engine only collects them (24 bytes each); the reads and the
+ * matching run off the engine thread (api_v1.c), at most API_TEXT_SEARCHES_MAX at a time. */
+#define ENGINE_SEARCH_TEXT_CANDIDATES_MAX 20000u
+#define API_TEXT_SEARCHES_MAX 32u
 /* The engine wakes at least this often to expire pending transfers. */
 #define ENGINE_TICK_MS 100u
 /* A batch's write + fdatasync above this is logged (engine.c, commit_batch), at most once a

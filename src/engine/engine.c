@@ -828,24 +828,6 @@ static int recover(engine_t *e) {
   return rc != 0 ? LEDGER_ECORRUPT : LEDGER_OK;
 }
 
-/* Search reads descriptions: from the log, or, for a transfer of a batch not written yet (the
- * open one, or the one the committer is writing), from that batch's encoder. Engine thread. */
-static int batch_read(const engine_batch_t *b, uint64_t pos, uint32_t len, char *buf) {
-  uint64_t off = pos - b->record_pos;
-  if (off + len > b->enc.len) return LEDGER_EIO;
-  memcpy(buf, b->enc.buf + off, len);
-  return LEDGER_OK;
-}
-
-static int state_read_extra(void *ctx, uint64_t pos, uint32_t len, char *buf) {
-  engine_t *e = ctx;
-  const engine_batch_t *open = &e->batches[e->cur], *flying = &e->batches[e->cur ^ 1u];
-  if (open->open && pos >= open->record_pos) return batch_read(open, pos, len, buf);
-  if (flying->enc.len > 0 && pos >= flying->record_pos && flying->record_pos >= store_log_end(e->store))
-    return batch_read(flying, pos, len, buf);
-  return store_log_read(e->store, pos, buf, len);
-}
-
 /* Stops the committer once it has written and answered what it was handed. */
 static void commit_stop_join(engine_t *e) {
   if (!e->commit_running) return;
@@ -897,8 +879,6 @@ int engine_open(const engine_config_t *config, engine_t **out) {
   /* Address space only (MAP_NORESERVE): pages are populated as accounts are created. */
   e->accounts_stage = state_reserve(accounts_table_bytes());
   if (e->accounts_stage == NULL) LOG_WARN("snapshot: no account stage (%s): the child shares the live table", strerror(errno));
-  e->st.read_extra = state_read_extra;
-  e->st.read_extra_ctx = e;
   e->log_reserved = store_log_end(e->store);
   rc = LEDGER_ENOMEM;
   for (unsigned i = 0; i < 2; i++) {

@@ -333,6 +333,24 @@ typedef struct engine_search {
   char q[API_QUERY_TEXT_CHARS_MAX * 4 + 1]; /* UTF-8, up to 64 characters; "" = any */
 } engine_search_t;
 
+/* A text search's candidate: a transfer that passed every filter but q, and where its
+ * description and metadata are in the log. */
+typedef struct engine_search_cand {
+  uint64_t no;
+  uint64_t extra_pos;
+  uint32_t extra_len;
+} engine_search_cand_t;
+
+/* The text part of a search (GET /v1/transfers?q=), run on any thread but the engine's: reads
+ * each candidate's description and metadata with read(ctx, ...) in order and keeps the
+ * numbers of the first `limit` whose text contains q (case-insensitive for ASCII letters) in
+ * nos. *next_cursor is the first match past the page, else walk_cursor (where the walk
+ * stopped; 0 = the end). A candidate whose text cannot be read does not match. Returns how
+ * many were kept. */
+uint32_t engine_search_texts(const engine_search_cand_t *cands, uint32_t n, const char *q, uint32_t limit,
+                             uint64_t walk_cursor, int (*read)(void *ctx, uint64_t pos, uint32_t len, char *buf),
+                             void *ctx, uint64_t *nos, uint64_t *next_cursor);
+
 /* ---- commands ---- */
 typedef enum {
   ENGINE_CMD_NONE = 0,
@@ -365,6 +383,7 @@ typedef enum {
   ENGINE_CMD_SUSPICIOUS_LIST = 72,
   ENGINE_CMD_SETTLEMENTS = 73,
   ENGINE_CMD_TRANSFER_SEARCH = 74,
+  ENGINE_CMD_TRANSFER_ROWS = 75, /* a text search's page, by transfer number (after SEARCH) */
 } engine_cmd_kind_t;
 
 /* One transfer request (single, or one item of a batch). Fixed layout: stored in the log. */
@@ -508,7 +527,21 @@ struct engine_cmd {
       uint64_t cursor_no; /* 0 = start */
       uint32_t limit;
       engine_transfer_t *rows;
+      /* With filter.q: the engine reads no description. It fills cands[0..row_count) with the
+       * transfers that pass every other filter and have a description or metadata (at most
+       * cands_max; next_cursor is then the first that did not fit), and rows is not used:
+       * engine_search_texts matches them off the engine thread, then TRANSFER_ROWS fetches
+       * the page. */
+      engine_search_cand_t *cands;
+      uint32_t cands_max;
     } search;
+    struct {
+      const uint64_t *nos; /* transfer numbers (a text search's matches), in page order */
+      uint32_t n;          /* <= API_PAGE_LIMIT_MAX */
+      engine_transfer_t *rows;
+      uint64_t next_cursor; /* handed back as next_cursor */
+      int16_t status;       /* the search's status filter, checked again (-1 = any) */
+    } transfer_rows;
   } u;
   engine_done_fn done;
   void *done_arg;

@@ -208,6 +208,7 @@ int auth_permit(uint8_t kind, uint8_t role) {
     case ENGINE_CMD_TRANSFER_GET:
     case ENGINE_CMD_HISTORY:
     case ENGINE_CMD_TRANSFER_SEARCH:
+    case ENGINE_CMD_TRANSFER_ROWS:
     case ENGINE_CMD_WHOAMI:
     case ENGINE_CMD_SESSION_REVOKE: return ENGINE_OK; /* customers: filtered by ownership */
     case ENGINE_CMD_AUDIT_LIST:

@@ -8,14 +8,17 @@
  *  - otherwise: the transfer table, which is in time order, so from/to bound the range by
  *    binary search.
  * Every other filter is checked on each visited transfer. A request visits at most
- * ENGINE_SCAN_STEPS_MAX entries and reads at most SEARCH_TEXT_READS_MAX descriptions (for q)
- * before it answers with what it found and a cursor: a page may be short, never wrong.
+ * ENGINE_SCAN_STEPS_MAX entries before it answers with what it found and a cursor: a page may
+ * be short, never wrong.
+ *
+ * q (text) is not matched here: a description is a read from the log, and 20,000 of them
+ * held the engine, and with it every write, for ~34 ms (docs/performance.md, session 15). With
+ * q the walk only collects the candidates (at most cands_max) and stops; engine_search_texts
+ * matches them on the caller's thread and ENGINE_CMD_TRANSFER_ROWS fetches the page.
  */
 #include <string.h>
 
 #include "engine/engine_state.h"
-
-#define SEARCH_TEXT_READS_MAX 20000u
 
 typedef struct bounds {
   engine_wide_t lo[LEDGER_CURRENCIES_MAX], hi[LEDGER_CURRENCIES_MAX];
@@ -143,15 +146,13 @@ typedef struct walk {
   engine_cmd_t *cmd;
   const engine_search_t *f;
   bounds_t b;
-  uint32_t text_reads;
-  char q[sizeof(((engine_search_t *)0)->q)];
 } walk_t;
 
 static bool visible_to(const walk_t *w, uint64_t account_id) {
   return w->cmd->role != ENGINE_ROLE_CUSTOMER || w->st->accounts[account_id - 1].owner_id == w->cmd->principal_id;
 }
 
-/* -1: stop here (text budget spent), 0: no, 1: yes */
+/* Every filter but q: 0 no, 1 yes. With q, only a transfer with an extra can match. */
 static int matches(walk_t *w, uint64_t no, const transfer_rec_t *t) {
   const engine_search_t *f = w->f;
   if (t->flags & ENGINE_TF_SETTLEMENT) return 0;
@@ -164,14 +165,9 @@ static int matches(walk_t *w, uint64_t no, const transfer_rec_t *t) {
   if (t->amount_minor < w->b.lo[t->currency] || t->amount_minor > w->b.hi[t->currency]) return 0;
   if (f->has_region && transfer_region(w->st, t) != f->region) return 0;
   if (!visible_to(w, t->debit_account_id) && !visible_to(w, t->credit_account_id)) return 0;
-  if (w->q[0]) {
+  if (f->q[0]) {
     const transfer_side_t *x = (t->flags & ENGINE_TF_EXTRA) ? state_side(w->st, no) : NULL;
-    if (!x || x->extra_len == 0 || !w->st->read_extra) return 0;
-    if (w->text_reads++ >= SEARCH_TEXT_READS_MAX) return -1;
-    char buf[LEDGER_EXTRA_BYTES_MAX];
-    if (x->extra_len > sizeof buf || w->st->read_extra(w->st->read_extra_ctx, x->extra_pos, x->extra_len, buf) != 0)
-      return 0;
-    if (!extra_matches(buf, x->extra_len, w->q)) return 0;
+    if (!x || x->extra_len == 0 || x->extra_len > LEDGER_EXTRA_BYTES_MAX) return 0;
   }
   return 1;
 }
@@ -223,7 +219,8 @@ static uint64_t next_no(const walk_t *w, uint64_t no, uint64_t *sidx) {
 void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
   walk_t w = {.st = st, .cmd = cmd, .f = &cmd->u.search.filter};
   make_bounds(w.f, &w.b);
-  for (size_t i = 0; i < sizeof w.q - 1 && w.f->q[i]; i++) w.q[i] = lower(w.f->q[i]);
+  bool text = w.f->q[0] != '\0';
+  LEDGER_ASSERT(!text || cmd->u.search.cands != NULL); /* the engine never reads a description */
   bool asc = cmd->u.search.ascending;
   uint64_t cursor = cmd->u.search.cursor_no;
   uint64_t no = 0, sidx = 0;
@@ -266,14 +263,38 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
       no = 0; /* time order: nothing further can match */
       break;
     }
-    int m = matches(&w, no, t);
-    if (m < 0) break;
-    if (m > 0) {
-      if (n == cmd->u.search.limit) break;
-      cmd->u.search.rows[n++] = state_transfer(st, no);
+    if (matches(&w, no, t)) {
+      if (text) {
+        if (n == cmd->u.search.cands_max) break;
+        const transfer_side_t *x = state_side(st, no);
+        cmd->u.search.cands[n++] = (engine_search_cand_t){.no = no, .extra_pos = x->extra_pos, .extra_len = x->extra_len};
+      } else {
+        if (n == cmd->u.search.limit) break;
+        cmd->u.search.rows[n++] = state_transfer(st, no);
+      }
     }
     no = next_no(&w, no, &sidx);
   }
   cmd->row_count = n;
   cmd->next_cursor = no;
+}
+
+uint32_t engine_search_texts(const engine_search_cand_t *cands, uint32_t n, const char *q, uint32_t limit,
+                             uint64_t walk_cursor, int (*read)(void *ctx, uint64_t pos, uint32_t len, char *buf),
+                             void *ctx, uint64_t *nos, uint64_t *next_cursor) {
+  char ql[sizeof(((engine_search_t *)0)->q)] = {0};
+  for (size_t i = 0; i < sizeof ql - 1 && q[i]; i++) ql[i] = lower(q[i]);
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    char buf[LEDGER_EXTRA_BYTES_MAX];
+    if (cands[i].extra_len > sizeof buf || read(ctx, cands[i].extra_pos, cands[i].extra_len, buf) != 0) continue;
+    if (!extra_matches(buf, cands[i].extra_len, ql)) continue;
+    if (kept == limit) { /* the first match past the page: the next one starts there */
+      *next_cursor = cands[i].no;
+      return kept;
+    }
+    nos[kept++] = cands[i].no;
+  }
+  *next_cursor = walk_cursor;
+  return kept;
 }

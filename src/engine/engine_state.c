@@ -1106,6 +1106,23 @@ void state_read(const engine_state_t *st, engine_cmd_t *cmd) {
     case ENGINE_CMD_SUSPICIOUS_LIST:
     case ENGINE_CMD_SETTLEMENTS: risk_read(st, cmd); break;
     case ENGINE_CMD_TRANSFER_SEARCH: search_read(st, cmd); break;
+    case ENGINE_CMD_TRANSFER_ROWS: { /* a text search's page: visibility and status checked again */
+      uint32_t k = 0;
+      for (uint32_t i = 0; i < cmd->u.transfer_rows.n; i++) {
+        uint64_t no = cmd->u.transfer_rows.nos[i];
+        if (no == 0 || no > st->transfer_count) continue;
+        const transfer_rec_t *t = &st->transfers[no - 1];
+        if (cmd->u.transfer_rows.status >= 0 && t->status != cmd->u.transfer_rows.status) continue; /* settled since */
+        if (!visible(account_at(st, t->debit_account_id), cmd->role, cmd->principal_id) &&
+            !visible(account_at(st, t->credit_account_id), cmd->role, cmd->principal_id))
+          continue;
+        cmd->u.transfer_rows.rows[k++] = state_transfer(st, no);
+      }
+      cmd->row_count = k;
+      cmd->next_cursor = cmd->u.transfer_rows.next_cursor;
+      cmd->result = ENGINE_OK;
+      break;
+    }
     case ENGINE_CMD_HISTORY: read_history(st, cmd); break;
     default: LEDGER_ASSERT(!"not a read command");
   }

@@ -205,9 +205,6 @@ typedef struct engine_state {
   engine_settlement_t *settle_rows;
   uint64_t settle_count;
   uint32_t *settle_index; /* row index + 1, open addressing */
-  /* Reads description/metadata bytes from the log (search q); NULL in replay tools. */
-  int (*read_extra)(void *ctx, uint64_t pos, uint32_t len, char *buf);
-  void *read_extra_ctx;
 } engine_state_t;
 
 static inline uint64_t transfer_no_of(const engine_state_t *st, const transfer_rec_t *t) {

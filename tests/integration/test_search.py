@@ -35,6 +35,7 @@ import random
 import re
 import sys
 import tempfile
+import threading
 import time
 from decimal import Decimal
 from urllib.parse import quote
@@ -162,6 +163,8 @@ def main(ck):
                 t1 = time.monotonic()
                 bulk(ck, srv, c, m, env)
                 log(f"# bulk section: {time.monotonic() - t1:.1f}s")
+            with ck.section("text searches at once: bounded, none lost, none left counted"):
+                text_search_burst(ck, srv, c, m, env)
         # Snapshots taken while the server ran (a forked child each; the parent keeps the tails
         # of the transfer tables out of the child, MADV_DONTFORK) were all written.
         text = srv.stderr_text()
@@ -959,6 +962,42 @@ def bulk(ck, srv, c, m, env):
         label = f"bulk [{who}] {qs(params)} limit={limit}: {len(want)} results in {pages} pages ({short} short)"
         ck.check(label, problem is None and got == want, problem or describe_diff(m, got, want))
     log(f"# bulk: {env['short_pages']} short or empty pages with a non-null next_cursor seen")
+
+
+def text_search_burst(ck, srv, c, m, env):
+    """More q searches at once than the server holds candidate buffers for (32): each one
+    answers 200 or 503 overloaded, never anything else; a plain write still goes through while
+    they run (the engine reads no description); and once they are done, text searches are
+    answered again (no buffer left counted), with the right results."""
+    n = 48
+    statuses, lock = [], threading.Lock()
+
+    def one():
+        cl = Client(srv.host, srv.port, token=c.token)
+        r = cl.get("/v1/transfers?" + qs({"q": "nothing-has-this-text", "limit": 50}))
+        cl.close()
+        with lock:
+            statuses.append((r.status, r.json.get("error", {}).get("code") if r.status != 200 and r.json else None))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    a = env["accts"]["A"][0]
+    w = c.get(f"/v1/accounts/{a}")
+    ck.check("a read answers while the text searches run", w.status == 200, w.describe())
+    for t in threads:
+        t.join()
+    bad = [x for x in statuses if x[0] != 200 and x != (503, "overloaded")]
+    ok = sum(1 for x in statuses if x[0] == 200)
+    log(f"# text search burst: {ok} of {n} answered 200, {n - ok} 503 overloaded")
+    ck.check(f"{n} text searches at once: each 200 or 503 overloaded", len(statuses) == n and not bad and ok > 0,
+             bad[:3])
+    for round_ in range(2):
+        for q in ("needle-7q", "nothing-has-this-text"):
+            want = expected(m, {"q": q}, "admin")
+            got, pages, short, problem = follow_counting(c, {"q": q}, 50)
+            ck.check(f"after the burst ({round_ + 1}): q={q!r} answers, {len(want)} results",
+                     problem is None and got == want, problem or describe_diff(m, got, want))
 
 
 def follow_counting(client, params, limit, max_pages=20000):

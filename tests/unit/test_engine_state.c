@@ -3115,6 +3115,8 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
   const engine_state_t *st = &h->st;
   uint64_t *want = malloc(st->transfer_count * sizeof *want + 8), *got = malloc(st->transfer_count * sizeof *got + 8);
   static engine_transfer_t rows[1000];
+  static engine_search_cand_t cands[3000];
+  static uint64_t nos[1000];
   if (!want || !got) exit(2);
   static const uint32_t limits[] = {1, 2, 3, 5, 8, 50, 1000};
   uint64_t total_matches = 0, nonempty = 0, failures_before = (uint64_t)check_failures;
@@ -3168,7 +3170,7 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
     int64_t span = h->now_ms - w->start_ms + 1;
     if (rng_below(10) < 3) f.from_ms = w->start_ms + (int64_t)rng_below((uint64_t)span);
     if (rng_below(10) < 3) f.to_ms = w->start_ms + (int64_t)rng_below((uint64_t)span);
-    if (st->read_extra && rng_below(7) == 0) {
+    if (rng_below(7) == 0) {
       size_t k = rng_below(LEDGER_ARRAY_LEN(rl_queries));
       snprintf(f.q, sizeof f.q, "%s", rl_queries[k].q);
       qmask = rl_queries[k].mask;
@@ -3189,8 +3191,28 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
       c.u.search.cursor_no = cursor;
       c.u.search.limit = limit;
       c.u.search.rows = rows;
+      /* A text search as the API runs it: the engine collects candidates (a small budget
+       * here, so that pages end on it too), the texts are matched off the engine thread, and
+       * TRANSFER_ROWS fetches the page. */
+      c.u.search.cands = f.q[0] ? cands : NULL;
+      c.u.search.cands_max = 1 + (uint32_t)rng_below(LEDGER_ARRAY_LEN(cands));
       state_read(st, &c);
       CHECK_EQ(c.result, ENGINE_OK);
+      if (f.q[0]) {
+        CHECK(c.row_count <= c.u.search.cands_max);
+        uint64_t next = 0;
+        uint32_t kept = engine_search_texts(cands, c.row_count, f.q, limit, c.next_cursor, rl_read_extra, h, nos, &next);
+        engine_cmd_t g = cmd_new(ENGINE_CMD_TRANSFER_ROWS);
+        g.u.transfer_rows.nos = nos;
+        g.u.transfer_rows.n = kept;
+        g.u.transfer_rows.rows = rows;
+        g.u.transfer_rows.next_cursor = next;
+        g.u.transfer_rows.status = f.status;
+        state_read(st, &g);
+        CHECK_EQ(g.result, ENGINE_OK);
+        CHECK_EQ(g.row_count, kept);
+        c = g;
+      }
       CHECK(c.row_count <= limit);
       for (uint32_t i = 0; i < c.row_count && ngot < st->transfer_count; i++) {
         got[ngot++] = rows[i].no;
@@ -3236,8 +3258,6 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
 static void test_rules_workload(void) {
   harness_t h;
   h_init(&h, 600000);
-  h.st.read_extra = rl_read_extra;
-  h.st.read_extra_ctx = &h;
   rl_t *w = calloc(1, sizeof *w);
   if (!w) exit(2);
   uint64_t seed = rng_state;
