@@ -387,12 +387,13 @@ int main(int argc, char **argv) {
   int sig = 0;
   while (sigwait(&stop_set, &sig) == 0 && sig == SIGHUP) (void)reload_rules(engine, config_path, false);
   LOG_INFO("signal %d: shutting down", sig);
-  engine_stop(engine);           /* answers everything it accepted */
-  auth_pool_destroy(hash_pool);  /* finishes queued hashing; those requests then get 503 */
+  engine_stop(engine);        /* answers everything it accepted */
+  auth_pool_stop(hash_pool);  /* finishes queued jobs; later submits (net threads) get 503 */
   for (int i = 0; i < 5000 && api_in_flight(api) > 0; i++) usleep(1000);
   http_server_stop(https); /* NULL-safe */
   http_server_stop(http);
   api_destroy(api);
+  auth_pool_destroy(hash_pool); /* no net thread left to submit */
   engine_close(engine);
   LOG_INFO("ledgerd stopped");
   return 0;

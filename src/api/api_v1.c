@@ -180,7 +180,9 @@ typedef struct api_req {
   uint64_t *match_nos;
   uint32_t cand_count, match_count;
   uint64_t walk_cursor, match_cursor;
-  bool text_search; /* counted in api->text_searches */
+  uint32_t cands_used, steps_used; /* over the request's rounds (search_text_round) */
+  bool walk_full;                  /* the last round's walk stopped on its candidate room */
+  bool text_search;                /* counted in api->text_searches */
   void (*then)(struct api_req *r); /* compat: answers instead of the v1 rendering */
   void *ext;                       /* compat: its per-request state (freed with the request) */
   struct api_req *next;
@@ -561,7 +563,8 @@ static bool push_done(api_req_t *r) {
 
 /* Any thread (engine, hashing pool): hands the request back to its net thread. */
 static void post_back(api_req_t *r) {
-  if (push_done(r)) http_loop_wake(r->api->loops[r->http->thread_index]);
+  http_loop_t *loop = r->api->loops[r->http->thread_index]; /* before the push: r may be freed after it */
+  if (push_done(r)) http_loop_wake(loop);
 }
 
 /* The engine's answers (given on its committer thread): each is queued at once, but the net
@@ -574,8 +577,10 @@ static _Thread_local unsigned wake_later_n;
 
 static void api_done(engine_cmd_t *cmd) {
   api_req_t *r = cmd->done_arg;
-  if (!push_done(r)) return; /* the thread has a wake coming for what is already there */
+  /* Read before the push: once r is on the stack its net thread may take it and free it
+   * (a wake already on its way for an earlier answer). */
   http_loop_t *loop = r->api->loops[r->http->thread_index];
+  if (!push_done(r)) return; /* the thread has a wake coming for what is already there */
   for (unsigned i = 0; i < wake_later_n; i++)
     if (wake_later[i] == loop) return;
   if (wake_later_n < HTTP_THREADS_MAX) wake_later[wake_later_n++] = loop;
@@ -1502,12 +1507,38 @@ static int search_read_text(void *ctx, uint64_t pos, uint32_t len, char *buf) {
 
 static void search_texts_job(auth_job_t *job) { /* pool thread */
   api_req_t *r = job->arg;
-  r->match_count = engine_search_texts(r->cands, r->cand_count, r->cmd.u.search.filter.q, r->cmd.u.search.limit,
-                                       r->walk_cursor, search_read_text, r->api->engine, r->match_nos, &r->match_cursor);
+  uint32_t want = r->cmd.u.search.limit - r->match_count;
+  r->match_count += engine_search_texts(r->cands, r->cand_count, r->cmd.u.search.filter.q, want, r->walk_cursor,
+                                        search_read_text, r->api->engine, r->match_nos + r->match_count,
+                                        &r->match_cursor);
 }
 
+static void search_after_walk(api_req_t *r);
+
+/* Candidates for the next round: the first is small (a common word fills a page from a few
+ * dozen), each next one twice the last, within the request's budget. */
+static uint32_t search_round_cands(const api_req_t *r, uint32_t last) {
+  uint32_t left = ENGINE_SEARCH_TEXT_CANDIDATES_MAX - r->cands_used;
+  uint32_t n = last ? 2 * last : 2 * (r->cmd.u.search.limit + 1);
+  if (n < 64) n = 64;
+  return n < left ? n : left;
+}
+
+/* After a round's texts: another round (the page is not full, the walk stopped only because
+ * its candidates filled their room, and the request's budgets allow), or the page. */
 static void search_after_texts(api_req_t *r) {
   engine_cmd_t *c = &r->cmd;
+  bool page_full = r->match_count == c->u.search.limit || r->match_cursor != r->walk_cursor;
+  if (!page_full && r->walk_full && r->cands_used < ENGINE_SEARCH_TEXT_CANDIDATES_MAX &&
+      r->steps_used < ENGINE_SCAN_STEPS_MAX) {
+    c->kind = ENGINE_CMD_TRANSFER_SEARCH;
+    c->u.search.cursor_no = r->walk_cursor; /* != 0: a full walk stopped on a transfer */
+    c->u.search.cands_max = search_round_cands(r, c->u.search.cands_max);
+    c->u.search.steps_max = ENGINE_SCAN_STEPS_MAX - r->steps_used;
+    r->resume = search_after_walk;
+    submit(r);
+    return;
+  }
   if (r->match_count == 0) { /* an empty page (maybe with a cursor): nothing to fetch */
     c->row_count = 0;
     c->next_cursor = r->match_cursor;
@@ -1527,16 +1558,26 @@ static void search_after_texts(api_req_t *r) {
 
 static void search_after_walk(api_req_t *r) {
   engine_cmd_t *c = &r->cmd;
-  if (c->result != ENGINE_OK || c->row_count == 0) { /* an error, or no candidate: the page as it is */
+  if (c->result != ENGINE_OK) {
     complete(r);
     return;
   }
   r->cand_count = c->row_count;
   r->walk_cursor = c->next_cursor;
-  r->job = calloc(1, sizeof *r->job);
-  if (!r->job) {
-    fail(r, 503, "overloaded", "out of memory");
+  r->cands_used += c->row_count;
+  r->steps_used += c->u.search.steps;
+  r->walk_full = c->row_count == c->u.search.cands_max;
+  if (c->row_count == 0) { /* nothing to read: the walk's end or its step bound */
+    r->match_cursor = r->walk_cursor;
+    search_after_texts(r);
     return;
+  }
+  if (!r->job) {
+    r->job = calloc(1, sizeof *r->job);
+    if (!r->job) {
+      fail(r, 503, "overloaded", "out of memory");
+      return;
+    }
   }
   r->job->op = AUTH_JOB_CALL;
   r->job->call = search_texts_job;
@@ -1559,7 +1600,7 @@ static bool search_text_start(api_req_t *r, api_error_t *e) {
   }
   r->match_nos = (uint64_t *)(void *)(r->cands + ENGINE_SEARCH_TEXT_CANDIDATES_MAX);
   r->cmd.u.search.cands = r->cands;
-  r->cmd.u.search.cands_max = ENGINE_SEARCH_TEXT_CANDIDATES_MAX;
+  r->cmd.u.search.cands_max = search_round_cands(r, 0);
   r->resume = search_after_walk;
   return true;
 }
@@ -1806,10 +1847,12 @@ static auth_job_t *new_job(api_req_t *r, auth_job_op_t op, const char *password)
 static void pool_submit(api_req_t *r, void (*next)(api_req_t *), const char *busy_message) {
   r->resume = next;
   atomic_fetch_add_explicit(&r->api->in_flight, 1, memory_order_relaxed);
-  if (auth_pool_submit(r->api->hash_pool, r->job) != 0) {
+  int rc = auth_pool_submit(r->api->hash_pool, r->job);
+  if (rc != 0) {
     atomic_fetch_sub_explicit(&r->api->in_flight, 1, memory_order_relaxed);
     r->resume = NULL;
-    fail(r, 503, "overloaded", busy_message);
+    if (rc == LEDGER_ESTOPPED) fail(r, 503, "not_ready", "the server is shutting down; retry shortly");
+    else fail(r, 503, "overloaded", busy_message);
   }
 }
 

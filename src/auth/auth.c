@@ -160,13 +160,19 @@ int auth_pool_submit(auth_pool_t *p, auth_job_t *j) {
   return LEDGER_OK;
 }
 
-void auth_pool_destroy(auth_pool_t *p) {
+void auth_pool_stop(auth_pool_t *p) {
   if (!p) return;
   pthread_mutex_lock(&p->lock);
   p->stopping = true;
   pthread_cond_broadcast(&p->cond);
   pthread_mutex_unlock(&p->lock);
   for (unsigned i = 0; i < p->threads; i++) pthread_join(p->tids[i], NULL);
+  p->threads = 0;
+}
+
+void auth_pool_destroy(auth_pool_t *p) {
+  if (!p) return;
+  auth_pool_stop(p);
   pthread_mutex_destroy(&p->lock);
   pthread_cond_destroy(&p->cond);
   free(p);

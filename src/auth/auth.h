@@ -92,7 +92,10 @@ typedef struct auth_pool auth_pool_t;
 LEDGER_MUST_USE int auth_pool_create(unsigned threads, const auth_params_t *params, auth_pool_t **out);
 /* LEDGER_EFULL when AUTH_POOL_QUEUE_MAX jobs wait; the job is then untouched. */
 LEDGER_MUST_USE int auth_pool_submit(auth_pool_t *pool, auth_job_t *job);
-/* Finishes queued jobs (their callbacks run), joins, frees. */
+/* Finishes queued jobs (their callbacks run) and joins; from then on auth_pool_submit
+ * answers LEDGER_ESTOPPED (the pool stays valid for callers still running). Idempotent. */
+void auth_pool_stop(auth_pool_t *pool);
+/* auth_pool_stop, then frees: only once nothing can submit any more. */
 void auth_pool_destroy(auth_pool_t *pool);
 
 #endif

@@ -534,6 +534,8 @@ struct engine_cmd {
        * the page. */
       engine_search_cand_t *cands;
       uint32_t cands_max;
+      uint32_t steps_max; /* in: transfers the walk may visit, 0 = ENGINE_SCAN_STEPS_MAX */
+      uint32_t steps;     /* out: transfers it visited */
     } search;
     struct {
       const uint64_t *nos; /* transfer numbers (a text search's matches), in page order */

@@ -146,7 +146,25 @@ typedef struct walk {
   engine_cmd_t *cmd;
   const engine_search_t *f;
   bounds_t b;
+  const transfer_side_t *side; /* with q: the side entry of the transfer matches() passed */
+  uint64_t side_hint;           /* index of the last side entry found (the walk is ordered) */
 } walk_t;
+
+/* state_side for a walk: the side table is in transfer order, like every walk, so the entry
+ * is most often the one next to the last found; else a binary search. */
+static const transfer_side_t *walk_side(walk_t *w, uint64_t no) {
+  const engine_state_t *st = w->st;
+  if (!(st->transfers[no - 1].flags & TRANSFER_SIDE_FLAGS)) return NULL;
+  uint64_t h = w->side_hint;
+  for (uint64_t k = h > 0 ? h - 1 : 0; k <= h + 1 && k < st->side_count; k++)
+    if (st->side[k].no == no) {
+      w->side_hint = k;
+      return &st->side[k];
+    }
+  const transfer_side_t *x = state_side(st, no);
+  if (x) w->side_hint = (uint64_t)(x - st->side);
+  return x;
+}
 
 static bool visible_to(const walk_t *w, uint64_t account_id) {
   return w->cmd->role != ENGINE_ROLE_CUSTOMER || w->st->accounts[account_id - 1].owner_id == w->cmd->principal_id;
@@ -166,8 +184,9 @@ static int matches(walk_t *w, uint64_t no, const transfer_rec_t *t) {
   if (f->has_region && transfer_region(w->st, t) != f->region) return 0;
   if (!visible_to(w, t->debit_account_id) && !visible_to(w, t->credit_account_id)) return 0;
   if (f->q[0]) {
-    const transfer_side_t *x = (t->flags & ENGINE_TF_EXTRA) ? state_side(w->st, no) : NULL;
+    const transfer_side_t *x = (t->flags & ENGINE_TF_EXTRA) ? walk_side(w, no) : NULL;
     if (!x || x->extra_len == 0 || x->extra_len > LEDGER_EXTRA_BYTES_MAX) return 0;
+    w->side = x;
   }
   return 1;
 }
@@ -226,6 +245,7 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
   uint64_t no = 0, sidx = 0;
   cmd->row_count = 0;
   cmd->next_cursor = 0;
+  cmd->u.search.steps = 0;
   cmd->result = ENGINE_OK;
   if (cursor > st->transfer_count) return;
   if (w.f->account_id) {
@@ -255,8 +275,9 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
     no = cursor ? cursor : first_at_or_after(st, w.f->to_ms) - 1;
   }
   uint32_t n = 0;
-  uint64_t steps = 0;
-  while (no != 0 && steps++ < ENGINE_SCAN_STEPS_MAX) {
+  uint64_t steps = 0, steps_max = cmd->u.search.steps_max;
+  if (steps_max == 0 || steps_max > ENGINE_SCAN_STEPS_MAX) steps_max = ENGINE_SCAN_STEPS_MAX;
+  while (no != 0 && steps++ < steps_max) {
     const transfer_rec_t *t = &st->transfers[no - 1];
     int64_t created_ms = transfer_created_ms(st, t);
     if (asc ? created_ms >= w.f->to_ms : created_ms < w.f->from_ms) {
@@ -266,8 +287,7 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
     if (matches(&w, no, t)) {
       if (text) {
         if (n == cmd->u.search.cands_max) break;
-        const transfer_side_t *x = state_side(st, no);
-        cmd->u.search.cands[n++] = (engine_search_cand_t){.no = no, .extra_pos = x->extra_pos, .extra_len = x->extra_len};
+        cmd->u.search.cands[n++] = (engine_search_cand_t){.no = no, .extra_pos = w.side->extra_pos, .extra_len = w.side->extra_len};
       } else {
         if (n == cmd->u.search.limit) break;
         cmd->u.search.rows[n++] = state_transfer(st, no);
@@ -277,6 +297,7 @@ void search_read(const engine_state_t *st, engine_cmd_t *cmd) {
   }
   cmd->row_count = n;
   cmd->next_cursor = no;
+  cmd->u.search.steps = (uint32_t)(steps < steps_max ? steps : steps_max);
 }
 
 uint32_t engine_search_texts(const engine_search_cand_t *cands, uint32_t n, const char *q, uint32_t limit,

@@ -10,7 +10,7 @@
  * payload. The crc covers payload_len, reserved and the payload, so a torn or flipped record
  * is always detected. The payload's meaning belongs to the engine.
  *
- * Threads: the engine thread appends; any thread may store_log_read() committed bytes (pread).
+ * Threads: the engine thread appends; any thread may store_log_read() committed bytes.
  */
 #ifndef LEDGER_STORE_H
 #define LEDGER_STORE_H
@@ -33,6 +33,11 @@
 #define STORE_PREALLOC_ALIGN 4096u
 #define STORE_PREALLOC_BYTES_DEFAULT (16u * 1024u * 1024u) /* ledgerd --log-prealloc-mb 16 */
 #define STORE_LOCK_NAME "LOCK"
+/* Reads map the log (store_log_read): this much address space, reserved once, mapped in
+ * segments of this size as reads reach them. A log longer than the reservation is read with
+ * pread past it. */
+#define STORE_READ_MAP_BYTES (1ull << 40)
+#define STORE_READ_SEG_BYTES (64ull * 1024u * 1024u)
 
 typedef struct store store_t;
 
@@ -66,7 +71,8 @@ typedef struct store_prealloc_stats {
 } store_prealloc_stats_t;
 void store_log_prealloc_stats(const store_t *store, store_prealloc_stats_t *out);
 
-/* pread of committed bytes. */
+/* Committed bytes, copied from a read-only mapping of the log (pread in read-only mode, past
+ * the mapping's reservation, or if mapping failed). */
 LEDGER_MUST_USE int store_log_read(const store_t *store, uint64_t pos, void *buf, size_t len);
 
 /* Calls fn for each valid record from `pos` on, in order, with the payload and the log offset

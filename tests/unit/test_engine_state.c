@@ -3196,6 +3196,7 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
        * TRANSFER_ROWS fetches the page. */
       c.u.search.cands = f.q[0] ? cands : NULL;
       c.u.search.cands_max = 1 + (uint32_t)rng_below(LEDGER_ARRAY_LEN(cands));
+      c.u.search.steps_max = rng_below(3) == 0 ? 1 + (uint32_t)rng_below(400) : 0; /* pages end on it too */
       state_read(st, &c);
       CHECK_EQ(c.result, ENGINE_OK);
       if (f.q[0]) {

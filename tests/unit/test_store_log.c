@@ -1459,6 +1459,69 @@ static void test_engine_slow_commit_log(void) {
   sem_destroy(&done_sem);
 }
 
+/* Reads come from a mapping of the log, segment by segment (STORE_READ_SEG_BYTES): reads inside
+ * the first segment, across the boundary into the second, of bytes appended after their
+ * segment was mapped, and at the end; read-only stores read with pread. Every byte is checked
+ * against what was written. The filler writes zeros past the end meanwhile (O_DIRECT). */
+static uint8_t mapped_byte(uint64_t pos) { return (uint8_t)(pos * 7u + (pos >> 13) + 3u); }
+
+static bool mapped_check(store_t *s, uint64_t pos, size_t len, uint8_t *buf) {
+  if (store_log_read(s, pos, buf, len) != LEDGER_OK) return false;
+  for (size_t i = 0; i < len; i++)
+    if (buf[i] != mapped_byte(pos + i)) return false;
+  return true;
+}
+
+static uint64_t mapped_append(store_t *s, uint32_t payload) {
+  uint8_t *rec = malloc(STORE_RECORD_HEADER_BYTES + payload);
+  if (!rec) return 0;
+  uint64_t at = store_log_end(s) + STORE_RECORD_HEADER_BYTES;
+  for (uint32_t k = 0; k < payload; k++) rec[STORE_RECORD_HEADER_BYTES + k] = mapped_byte(at + k);
+  store_record_seal(rec, payload);
+  CHECK_EQ(store_log_append(s, rec, STORE_RECORD_HEADER_BYTES + payload, true), LEDGER_OK);
+  free(rec);
+  return at;
+}
+
+static void test_mapped_reads(void) {
+  char dir[PATH_MAX];
+  make_dir(dir, "mapped");
+  store_t *s = NULL;
+  if (store_open(dir, false, &s) != 0) {
+    CHECK(!"store_open");
+    return;
+  }
+  CHECK_EQ(store_log_prealloc_start(s, 4u * STORE_PREALLOC_CHUNK_BYTES), LEDGER_OK);
+  static uint8_t buf[1 << 20];
+  const uint64_t seg = STORE_READ_SEG_BYTES;
+  uint64_t a = mapped_append(s, 4096);
+  CHECK(mapped_check(s, a, 4096, buf));   /* maps the first segment */
+  uint64_t b = mapped_append(s, 100000);  /* written after its segment was mapped */
+  CHECK(mapped_check(s, b, 100000, buf));
+  CHECK(mapped_check(s, b + 99990, 10, buf));
+  /* Past the first segment: two records of ~40 MiB. */
+  uint64_t c = mapped_append(s, 40u << 20);
+  uint64_t d = mapped_append(s, 40u << 20);
+  CHECK(c < seg && d + (40u << 20) > seg);
+  CHECK(mapped_check(s, seg - 600, 1200, buf));         /* across the boundary */
+  CHECK(mapped_check(s, seg - (512u << 10), sizeof buf, buf)); /* 1 MiB across it */
+  CHECK(mapped_check(s, d + (40u << 20) - 4096, 4096, buf));   /* the last bytes */
+  CHECK(mapped_check(s, c, 1, buf));
+  CHECK_EQ(store_log_read(s, store_log_end(s) - 10, buf, 11), LEDGER_EINVAL);
+  uint64_t e = mapped_append(s, 5000); /* and after the second segment was mapped */
+  CHECK(mapped_check(s, e, 5000, buf));
+  uint64_t end = store_log_end(s);
+  store_close(s);
+  if (store_open(dir, true, &s) == 0) { /* read-only: pread */
+    CHECK(mapped_check(s, seg - 600, 1200, buf));
+    CHECK(mapped_check(s, e, 5000, buf));
+    CHECK_EQ(store_log_end(s) >= end, true);
+    store_close(s);
+  } else {
+    CHECK(!"store_open read-only");
+  }
+}
+
 int main(void) {
   if (!mkdtemp(root)) {
     perror("mkdtemp");
@@ -1470,6 +1533,7 @@ int main(void) {
   test_zero_tail();
   test_prealloc();
   test_prealloc_torn();
+  test_mapped_reads();
   test_snapshot_names();
   test_engine_recovery();
   test_engine_pipeline();
