@@ -21,6 +21,8 @@
  *   body larger than body_bytes_max           -> 413, connection closed
  *   headers larger than HTTP_HEADER_BYTES_MAX -> 431, connection closed
  *   malformed request                         -> 400, connection closed
+ *   Expect other than 100-continue (HTTP/1.1) -> 417, connection closed
+ *   (Expect: 100-continue gets an interim 100 before a body, once the head passed the above)
  *   no complete header within header_timeout_ms, or idle keep-alive longer than
  *   idle_timeout_ms                           -> connection closed
  *   more than connections_max open connections (all threads) -> new ones accepted and closed
