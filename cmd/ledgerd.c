@@ -320,9 +320,11 @@ int main(int argc, char **argv) {
   }
   argon.opslimit = argon_ops;
   argon.memlimit_bytes = (size_t)argon_mem_kib * 1024;
-  auth_pool_t *hash_pool = NULL;
-  if ((rc = auth_init()) != 0 || (rc = auth_pool_create(2, &argon, &hash_pool)) != 0) {
-    fprintf(stderr, "ledgerd: password hashing: %s\n", ledger_strerror(rc));
+  auth_pool_t *hash_pool = NULL, *search_pool = NULL;
+  if ((rc = auth_init()) != 0 || (rc = auth_pool_create(2, &argon, &hash_pool)) != 0 ||
+      (rc = auth_pool_create(1, NULL, &search_pool)) != 0) { /* text searches' reads: not behind sign-ins */
+    fprintf(stderr, "ledgerd: worker threads: %s\n", ledger_strerror(rc));
+    auth_pool_destroy(hash_pool);
     engine_close(engine);
     return 1;
   }
@@ -330,6 +332,7 @@ int main(int argc, char **argv) {
   if (!no_auth && (rc = api_bootstrap(engine, data_dir, bootstrap_path, sizeof bootstrap_path)) != 0) {
     fprintf(stderr, "ledgerd: cannot write the bootstrap admin key: %s\n", ledger_strerror(rc));
     auth_pool_destroy(hash_pool);
+    auth_pool_destroy(search_pool);
     engine_close(engine);
     return 1;
   }
@@ -338,6 +341,7 @@ int main(int argc, char **argv) {
              bootstrap_path);
   ac.engine = engine;
   ac.hash_pool = hash_pool;
+  ac.search_pool = search_pool;
   ac.no_auth = no_auth;
   ac.session_ttl_s = (uint32_t)session_ttl_s;
   ac.rules_path = config_path;
@@ -346,6 +350,7 @@ int main(int argc, char **argv) {
   if ((rc = api_create(&ac, &api)) != 0) {
     fprintf(stderr, "ledgerd: %s\n", ledger_strerror(rc));
     auth_pool_destroy(hash_pool);
+    auth_pool_destroy(search_pool);
     engine_close(engine);
     return 1;
   }
@@ -365,6 +370,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "ledgerd: cannot listen on %s: %s\n", listen, strerror(-rc));
     api_destroy(api);
     auth_pool_destroy(hash_pool);
+    auth_pool_destroy(search_pool);
     engine_close(engine);
     return 1;
   }
@@ -376,6 +382,7 @@ int main(int argc, char **argv) {
     http_server_stop(http);
     api_destroy(api);
     auth_pool_destroy(hash_pool);
+    auth_pool_destroy(search_pool);
     engine_close(engine);
     return 1;
   }
@@ -389,11 +396,13 @@ int main(int argc, char **argv) {
   LOG_INFO("signal %d: shutting down", sig);
   engine_stop(engine);        /* answers everything it accepted */
   auth_pool_stop(hash_pool);  /* finishes queued jobs; later submits (net threads) get 503 */
+  auth_pool_stop(search_pool);
   for (int i = 0; i < 5000 && api_in_flight(api) > 0; i++) usleep(1000);
   http_server_stop(https); /* NULL-safe */
   http_server_stop(http);
   api_destroy(api);
   auth_pool_destroy(hash_pool); /* no net thread left to submit */
+  auth_pool_destroy(search_pool);
   engine_close(engine);
   LOG_INFO("ledgerd stopped");
   return 0;

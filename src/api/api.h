@@ -45,6 +45,7 @@ typedef struct api_config {
   bool rate_limits_off;              /* benchmarks only */
   api_rate_rule_t rates[API_RL_COUNT];
   struct auth_pool *hash_pool; /* Argon2id workers (src/auth) */
+  struct auth_pool *search_pool; /* text searches' reads (AUTH_JOB_CALL); NULL: hash_pool */
   bool no_auth;                /* every request runs as the operator (local use, benchmarks) */
   bool compat;      /* serve the seed systems' routes (docs/compat.md) */
   bool compat_open; /* with compat: the banking-API and Flask routes need no credential (loopback only) */

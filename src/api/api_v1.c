@@ -139,6 +139,7 @@ struct api {
   ratelimit_t *rl; /* NULL: limits off */
   ratelimit_rule_t rules[API_RL_COUNT];
   auth_pool_t *hash_pool;
+  auth_pool_t *search_pool; /* text searches (api_config_t.search_pool, else hash_pool) */
   bool no_auth;
   bool compat, compat_open; /* --compat, --compat-open (src/api/compat.c) */
   uint32_t session_ttl_s;
@@ -1494,12 +1495,12 @@ static int enum_param(const http_request_t *h, const char *name, const char *con
   return -2;
 }
 
-/* ---- a text search (q) in three steps: the engine walks and collects the candidates (it
- * reads no description: 20,000 reads held every write for ~34 ms, docs/performance.md); a
- * pool thread reads their texts and keeps the page's matches (search_texts_job); the engine
- * fetches those rows (ENGINE_CMD_TRANSFER_ROWS). ---- */
+/* ---- a text search (q) in steps: the engine walks and collects candidates (it reads no
+ * description: 20,000 reads held every write for ~34 ms, docs/performance.md), in rounds that
+ * start small and double; the search pool's thread reads their texts and keeps the page's
+ * matches (search_texts_job); the engine fetches those rows (ENGINE_CMD_TRANSFER_ROWS). ---- */
 
-static void pool_submit(api_req_t *r, void (*next)(api_req_t *), const char *busy_message);
+static void pool_submit(api_req_t *r, auth_pool_t *pool, void (*next)(api_req_t *), const char *busy_message);
 
 static int search_read_text(void *ctx, uint64_t pos, uint32_t len, char *buf) {
   return engine_read_extra(ctx, pos, len, buf);
@@ -1583,7 +1584,7 @@ static void search_after_walk(api_req_t *r) {
   r->job->call = search_texts_job;
   r->job->done = job_done;
   r->job->arg = r;
-  pool_submit(r, search_after_texts, "too many searches in progress; retry shortly");
+  pool_submit(r, r->api->search_pool, search_after_texts, "too many searches in progress; retry shortly");
 }
 
 static bool search_text_start(api_req_t *r, api_error_t *e) {
@@ -1844,10 +1845,10 @@ static auth_job_t *new_job(api_req_t *r, auth_job_op_t op, const char *password)
   return r->job;
 }
 
-static void pool_submit(api_req_t *r, void (*next)(api_req_t *), const char *busy_message) {
+static void pool_submit(api_req_t *r, auth_pool_t *pool, void (*next)(api_req_t *), const char *busy_message) {
   r->resume = next;
   atomic_fetch_add_explicit(&r->api->in_flight, 1, memory_order_relaxed);
-  int rc = auth_pool_submit(r->api->hash_pool, r->job);
+  int rc = auth_pool_submit(pool, r->job);
   if (rc != 0) {
     atomic_fetch_sub_explicit(&r->api->in_flight, 1, memory_order_relaxed);
     r->resume = NULL;
@@ -1857,7 +1858,7 @@ static void pool_submit(api_req_t *r, void (*next)(api_req_t *), const char *bus
 }
 
 static void to_pool(api_req_t *r, void (*next)(api_req_t *)) {
-  pool_submit(r, next, "too many sign-ins in progress; retry shortly");
+  pool_submit(r, r->api->hash_pool, next, "too many sign-ins in progress; retry shortly");
 }
 
 static void users_after_hash(api_req_t *r) {
@@ -2395,6 +2396,7 @@ int api_create(const api_config_t *config, api_t **out) {
   json_hooks_install();
   api->engine = config->engine;
   api->hash_pool = config->hash_pool;
+  api->search_pool = config->search_pool ? config->search_pool : config->hash_pool;
   api->no_auth = config->no_auth;
   api->compat = config->compat;
   api->compat_open = config->compat && config->compat_open;

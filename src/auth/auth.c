@@ -80,6 +80,7 @@ struct auth_pool {
   auth_params_t params;
   char dummy_hash[AUTH_PWHASH_BYTES]; /* unknown users are verified against this: same cost */
   unsigned threads;
+  bool hashing; /* created with params: HASH and VERIFY jobs allowed */
   pthread_t tids[8];
 };
 
@@ -100,7 +101,7 @@ static void run_job(auth_pool_t *p, auth_job_t *j) {
 
 static void *pool_main(void *arg) {
   auth_pool_t *p = arg;
-  (void)pthread_setname_np(pthread_self(), "ledger-auth");
+  (void)pthread_setname_np(pthread_self(), p->hashing ? "ledger-auth" : "ledger-worker");
   pthread_mutex_lock(&p->lock);
   for (;;) {
     while (!p->head && !p->stopping) pthread_cond_wait(&p->cond, &p->lock);
@@ -121,13 +122,16 @@ int auth_pool_create(unsigned threads, const auth_params_t *params, auth_pool_t 
   if (threads < 1 || threads > 8) return LEDGER_EINVAL;
   auth_pool_t *p = calloc(1, sizeof *p);
   if (!p) return LEDGER_ENOMEM;
-  p->params = *params;
-  char random_pw[33];
-  randombytes_buf(random_pw, sizeof random_pw - 1);
-  random_pw[32] = '\0';
-  if (auth_password_hash(&p->params, random_pw, 32, p->dummy_hash) != 0) {
-    free(p);
-    return LEDGER_ENOMEM;
+  if (params) { /* a hashing pool: unknown users are verified against a dummy hash */
+    p->params = *params;
+    p->hashing = true;
+    char random_pw[33];
+    randombytes_buf(random_pw, sizeof random_pw - 1);
+    random_pw[32] = '\0';
+    if (auth_password_hash(&p->params, random_pw, 32, p->dummy_hash) != 0) {
+      free(p);
+      return LEDGER_ENOMEM;
+    }
   }
   pthread_mutex_init(&p->lock, NULL);
   pthread_cond_init(&p->cond, NULL);
@@ -144,7 +148,8 @@ int auth_pool_create(unsigned threads, const auth_params_t *params, auth_pool_t 
 }
 
 int auth_pool_submit(auth_pool_t *p, auth_job_t *j) {
-  LEDGER_ASSERT(j->done && j->password_len <= AUTH_PASSWORD_BYTES_MAX && (j->op != AUTH_JOB_CALL || j->call));
+  LEDGER_ASSERT(j->done && j->password_len <= AUTH_PASSWORD_BYTES_MAX && (j->op != AUTH_JOB_CALL || j->call) &&
+                (j->op == AUTH_JOB_CALL || p->hashing));
   pthread_mutex_lock(&p->lock);
   if (p->stopping || p->queued >= AUTH_POOL_QUEUE_MAX) {
     pthread_mutex_unlock(&p->lock);

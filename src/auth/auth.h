@@ -5,8 +5,8 @@
  * verified with crypto_pwhash_str_verify. Hashing costs tens of milliseconds and tens of MiB
  * by design, so it never runs on a net thread or the engine: a small bounded pool of worker
  * threads does it and calls back. A full pool queue is refused (the caller answers 503).
- * The same pool runs other slow work that must stay off those threads (AUTH_JOB_CALL: a text
- * search's description reads).
+ * A pool made without hashing parameters runs other slow work that must stay off those
+ * threads instead (AUTH_JOB_CALL: a text search's description reads, in its own pool).
  *
  * Credentials: 256 bits from the CSPRNG (randombytes_buf), shown once as
  * "<prefix>_<base64url>", stored by the engine only as SHA-256 of that text.
@@ -89,6 +89,7 @@ typedef struct auth_job {
 } auth_job_t;
 
 typedef struct auth_pool auth_pool_t;
+/* params NULL: a pool for AUTH_JOB_CALL jobs only (no dummy hash made). */
 LEDGER_MUST_USE int auth_pool_create(unsigned threads, const auth_params_t *params, auth_pool_t **out);
 /* LEDGER_EFULL when AUTH_POOL_QUEUE_MAX jobs wait; the job is then untouched. */
 LEDGER_MUST_USE int auth_pool_submit(auth_pool_t *pool, auth_job_t *job);
