@@ -3256,6 +3256,81 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
   free(got);
 }
 
+/* A text search's steps (engine_search.c): the walk only collects candidates, the texts are
+ * matched apart, and TRANSFER_ROWS fetches the page checking again what may have changed in
+ * between: a pending transfer settled since the walk is left out of a status=pending page,
+ * and a customer gets no row of someone else's. */
+static void test_text_search_steps(void) {
+  harness_t h;
+  h_init(&h, ENGINE_IDEMPOTENCY_RETENTION_MS_DEFAULT);
+  uint64_t a = open_account(&h, USD, false), b = open_account(&h, USD, false);
+  CHECK_EQ(deposit(&h, a, 100000, 2), ENGINE_OK);
+  static const char rent[] = "{\"description\":\"Rent March\"}", other[] = "{\"description\":\"groceries\"}";
+  engine_transfer_t p[4];
+  for (int i = 0; i < 4; i++) {
+    engine_transfer_in_t in = tin(ENGINE_KIND_TRANSFER, a, b, 100 + i, 2);
+    in.pending = 1;
+    in.extra = i == 2 ? other : rent;
+    in.extra_len = (uint32_t)strlen(in.extra);
+    engine_cmd_t c = cmd_transfer(in);
+    CHECK_EQ(h_one(&h, &c), ENGINE_OK);
+    p[i] = c.transfer;
+  }
+  engine_search_cand_t cands[8];
+  uint64_t nos[8], next = 99;
+  engine_transfer_t rows[8];
+  engine_cmd_t c = cmd_new(ENGINE_CMD_TRANSFER_SEARCH);
+  c.u.search.filter.kind = c.u.search.filter.status = -1;
+  c.u.search.filter.flagged = -1;
+  c.u.search.filter.from_ms = INT64_MIN;
+  c.u.search.filter.to_ms = INT64_MAX;
+  c.u.search.filter.status = ENGINE_STATUS_PENDING;
+  snprintf(c.u.search.filter.q, sizeof c.u.search.filter.q, "rent");
+  c.u.search.limit = 8;
+  c.u.search.rows = rows;
+  c.u.search.cands = cands;
+  c.u.search.cands_max = 8;
+  state_read(&h.st, &c);
+  CHECK_EQ(c.result, ENGINE_OK);
+  CHECK_EQ(c.row_count, 4); /* every pending one with a description: the text is not read here */
+  CHECK_EQ(c.next_cursor, 0);
+  CHECK(c.u.search.steps >= 4);
+  /* The newest pending one is posted between the walk and the page. */
+  CHECK_EQ(settle(&h, true, &p[3], 103, 2, NULL), ENGINE_OK);
+  uint32_t kept = engine_search_texts(cands, c.row_count, "RENT", 8, c.next_cursor, rl_read_extra, &h, nos, &next);
+  CHECK_EQ(kept, 3);
+  CHECK_EQ(next, 0);
+  CHECK(kept == 3 && nos[0] == p[3].no && nos[1] == p[1].no && nos[2] == p[0].no);
+  engine_cmd_t g = cmd_new(ENGINE_CMD_TRANSFER_ROWS);
+  g.u.transfer_rows.nos = nos;
+  g.u.transfer_rows.n = kept;
+  g.u.transfer_rows.rows = rows;
+  g.u.transfer_rows.next_cursor = 7;
+  g.u.transfer_rows.status = ENGINE_STATUS_PENDING;
+  state_read(&h.st, &g);
+  CHECK_EQ(g.result, ENGINE_OK);
+  CHECK_EQ(g.row_count, 2); /* the posted one is left out */
+  CHECK(g.row_count == 2 && rows[0].no == p[1].no && rows[1].no == p[0].no);
+  CHECK_EQ(g.next_cursor, 7);
+  g.u.transfer_rows.status = -1;
+  state_read(&h.st, &g);
+  CHECK_EQ(g.row_count, 3);
+  engine_cmd_t u = cmd_new(ENGINE_CMD_USER_CREATE); /* a customer who owns neither account */
+  u.u.auth.username = "carol";
+  u.u.auth.email = "";
+  u.u.auth.pwhash = "x";
+  CHECK_EQ(h_one(&h, &u), ENGINE_OK);
+  g.principal_id = u.user.id;
+  state_read(&h.st, &g);
+  CHECK_EQ(g.result, ENGINE_OK);
+  CHECK_EQ(g.role, ENGINE_ROLE_CUSTOMER);
+  CHECK_EQ(g.row_count, 0);
+  /* A page that fills: the cursor is the first match past it. */
+  kept = engine_search_texts(cands, 4, "rent", 1, 0, rl_read_extra, &h, nos, &next);
+  CHECK(kept == 1 && nos[0] == p[3].no && next == p[1].no);
+  h_free(&h);
+}
+
 static void test_rules_workload(void) {
   harness_t h;
   h_init(&h, 600000);
@@ -3489,5 +3564,6 @@ int main(void) {
   test_rules_atomic_rollback();
   test_rules_review();
   test_rules_workload();
+  test_text_search_steps();
   return check_report("test_engine_state");
 }
