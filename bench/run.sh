@@ -2,7 +2,7 @@
 # bench/run.sh — ledgerd's benchmark suite: the goal table of issue 6 (docs/performance.md).
 #
 # usage: bench/run.sh BIN_DIR quick|full
-#   quick: 1,000 accounts, 2 s per figure; auth on/off 1 round of 1 s, goal 3 2 rounds of 1 s;
+#   quick: 1,000 accounts, 1 s per figure; auth on/off 1 round of 1 s, goal 3 2 rounds of 1 s;
 #          goals 4-6 and the perf
 #          profiles skipped ("full only")                                         (< 1 minute)
 #   full:  1,000,000 accounts in the main run (100,000 in the auth on/off servers), 15 s per
@@ -48,7 +48,7 @@ PROFILE=$2
 # ACCOUNTS: the auth on/off servers; MAIN_ACCOUNTS: the main run (issue 6 says "random accounts
 # among 1 M": full uses 1 M; creating them is ~25 s of the budget on an idle box).
 case $PROFILE in
-  quick) ACCOUNTS=1000;   MAIN_ACCOUNTS=1000;    SECS=2;  CEIL_SECS=1;  CEIL_CPU_SECS=0.5
+  quick) ACCOUNTS=1000;   MAIN_ACCOUNTS=1000;    SECS=1;  CEIL_SECS=1;  CEIL_CPU_SECS=0.5
          CMP_SECS=1; ROUNDS=1; HOT_ROUNDS=2; PERF_SECS=0; G1_ROUNDS=1; G1_CEIL_SECS=1; G1_BATCH_SECS=1 ;;
   full)  ACCOUNTS=100000; MAIN_ACCOUNTS=1000000; SECS=15; CEIL_SECS=6;  CEIL_CPU_SECS=3
          CMP_SECS=5; ROUNDS=3; HOT_ROUNDS=3; PERF_SECS=5; G1_ROUNDS=3; G1_CEIL_SECS=4; G1_BATCH_SECS=5 ;;
