@@ -378,6 +378,8 @@ int main(int argc, char **argv) {
   http_server_t *https = NULL;
   if (tls.listen != NULL && tls_server_start(&tls, &hc, &https) != 0) {
     engine_stop(engine);
+    auth_pool_stop(hash_pool); /* as at shutdown: no job may finish after the net threads */
+    auth_pool_stop(search_pool);
     for (int i = 0; i < 5000 && api_in_flight(api) > 0; i++) usleep(1000);
     http_server_stop(http);
     api_destroy(api);

@@ -1567,7 +1567,9 @@ static void search_after_walk(api_req_t *r) {
   r->walk_cursor = c->next_cursor;
   r->cands_used += c->row_count;
   r->steps_used += c->u.search.steps;
-  r->walk_full = c->row_count == c->u.search.cands_max;
+  /* Full: it stopped on a transfer that did not fit. A walk that filled its room and then
+   * met its end has next_cursor 0, and a round from 0 would start over from the top. */
+  r->walk_full = c->row_count == c->u.search.cands_max && c->next_cursor != 0;
   if (c->row_count == 0) { /* nothing to read: the walk's end or its step bound */
     r->match_cursor = r->walk_cursor;
     search_after_texts(r);

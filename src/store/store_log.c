@@ -52,7 +52,7 @@ struct store {
    * file always covers (the log never shrinks while open). Past the reservation: pread. */
   uint8_t *rmap;                 /* NULL: not reserved (yet, or refused: pread) */
   _Atomic uint64_t rmap_mapped;  /* [0, rmap_mapped) of the file is mapped */
-  bool rmap_failed;              /* under rmap_mu */
+  _Atomic bool rmap_failed;      /* set under rmap_mu; read without it (then: pread, no lock) */
   pthread_mutex_t rmap_mu;
 };
 
@@ -223,16 +223,16 @@ static int read_raw(const store_t *s, uint64_t pos, void *buf, size_t len) {
 /* Maps the segments up to `end` (see rmap); false when the reservation or a map failed. */
 static bool rmap_cover(store_t *s, uint64_t end) {
   pthread_mutex_lock(&s->rmap_mu);
-  if (!s->rmap && !s->rmap_failed) {
+  if (!s->rmap && !atomic_load(&s->rmap_failed)) {
     void *p = mmap(NULL, STORE_READ_MAP_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) s->rmap_failed = true;
+    if (p == MAP_FAILED) atomic_store(&s->rmap_failed, true);
     else s->rmap = p;
   }
   uint64_t mapped = atomic_load_explicit(&s->rmap_mapped, memory_order_relaxed);
-  while (!s->rmap_failed && mapped < end) {
+  while (!atomic_load(&s->rmap_failed) && mapped < end) {
     void *want = s->rmap + mapped;
     if (mmap(want, STORE_READ_SEG_BYTES, PROT_READ, MAP_SHARED | MAP_FIXED, s->log_fd, (off_t)mapped) != want) {
-      s->rmap_failed = true; /* the reservation stays as it was: PROT_NONE past `mapped` */
+      atomic_store(&s->rmap_failed, true); /* the reservation stays as it was: PROT_NONE past `mapped` */
       break;
     }
     mapped += STORE_READ_SEG_BYTES;
@@ -244,8 +244,11 @@ static bool rmap_cover(store_t *s, uint64_t end) {
 }
 
 int store_log_read(const store_t *s, uint64_t pos, void *buf, size_t len) {
-  if (pos + len > store_log_end(s) && !s->read_only) return LEDGER_EINVAL;
-  if (s->read_only || pos + len > STORE_READ_MAP_BYTES) return read_raw(s, pos, buf, len);
+  uint64_t end = store_log_end(s);
+  if ((len > end || pos > end - len) && !s->read_only) return LEDGER_EINVAL; /* no overflow */
+  if (s->read_only || len > STORE_READ_MAP_BYTES || pos > STORE_READ_MAP_BYTES - len ||
+      atomic_load_explicit(&s->rmap_failed, memory_order_relaxed))
+    return read_raw(s, pos, buf, len);
   if (pos + len > atomic_load_explicit(&s->rmap_mapped, memory_order_acquire) &&
       !rmap_cover((store_t *)s, pos + len)) /* the mapping is the reader's cache, not the log's state */
     return read_raw(s, pos, buf, len);

@@ -172,6 +172,8 @@ def main(ck):
         failed = re.findall(r"snapshot at seq \d+ failed.*", text)
         ck.check(f"background snapshots were written ({len(written)}) and none failed", written and not failed,
                  "; ".join(failed[:3]) or "no 'snapshot ... written' line")
+        with ck.section("text search rounds ending exactly at a walk's end"):
+            text_rounds_edge(ck)
         for how in ("SIGTERM", "SIGKILL"):
             with ck.section(f"the same answers after a restart ({how})"):
                 c = restart(ck, srv, c, m, env, how)
@@ -998,6 +1000,35 @@ def text_search_burst(ck, srv, c, m, env):
             got, pages, short, problem = follow_counting(c, {"q": q}, 50)
             ck.check(f"after the burst ({round_ + 1}): q={q!r} answers, {len(want)} results",
                      problem is None and got == want, problem or describe_diff(m, got, want))
+
+
+def text_rounds_edge(ck):
+    """A text search gathers candidates in rounds of 64, then 128, ... When the candidates
+    left are exactly a round's room, the walk fills it and then meets its end: the search
+    must stop there, not start over from the newest (which returned a match twice). One
+    account with 64 described transfers (one round), one with 192 (two), one match each."""
+    srv = Server(extra_args=FAST_ARGON2)
+    try:
+        srv.start()
+        c = srv.client()
+        f = c.post("/v1/accounts", {"currency": "USD"}).json["id"]
+        c.deposit(f, "100000.00")
+        for n in (64, 192, 65, 191):
+            a = c.post("/v1/accounts", {"currency": "USD"}).json["id"]
+            items = [{"debit_account_id": f, "credit_account_id": a, "amount": "0.01",
+                      "description": ("zebra rent" if k == n // 2 else f"line {k}")} for k in range(n)]
+            r = c.post("/v1/transfers/batch", {"transfers": items})
+            ck.check(f"{n} described transfers into one account", r.status == 200, r.describe())
+            for limit in (10, 1):
+                got, pages, short, problem = follow_counting(c, {"q": "zebra", "account_id": a}, limit)
+                ck.check(f"{n} candidates, limit {limit}: the one match, once ({pages} pages)",
+                         problem is None and len(got) == 1, problem or got)
+            got, _, _, problem = follow_counting(c, {"q": "line", "account_id": a}, 7)
+            ck.check(f"{n} candidates: every other one matches 'line' once, in order",
+                     problem is None and len(got) == n - 1 and len(set(got)) == n - 1, problem or len(got))
+        c.close()
+    finally:
+        srv.cleanup()
 
 
 def follow_counting(client, params, limit, max_pages=20000):

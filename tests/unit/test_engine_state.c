@@ -3199,6 +3199,7 @@ static void rl_check_search(harness_t *h, rl_t *w, int queries) {
       c.u.search.steps_max = rng_below(3) == 0 ? 1 + (uint32_t)rng_below(400) : 0; /* pages end on it too */
       state_read(st, &c);
       CHECK_EQ(c.result, ENGINE_OK);
+      CHECK(c.u.search.steps <= (c.u.search.steps_max ? c.u.search.steps_max : ENGINE_SCAN_STEPS_MAX));
       if (f.q[0]) {
         CHECK(c.row_count <= c.u.search.cands_max);
         uint64_t next = 0;

@@ -1483,6 +1483,18 @@ static uint64_t mapped_append(store_t *s, uint32_t payload) {
   return at;
 }
 
+/* Whether this process maps a ledger.log read-only and shared (/proc/self/maps). */
+static bool log_mapped(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) return false;
+  char line[1024];
+  bool found = false;
+  while (!found && fgets(line, sizeof line, f))
+    found = strstr(line, " r--s ") && strstr(line, "/mapped/" STORE_LOG_NAME);
+  fclose(f);
+  return found;
+}
+
 static void test_mapped_reads(void) {
   char dir[PATH_MAX];
   make_dir(dir, "mapped");
@@ -1495,7 +1507,9 @@ static void test_mapped_reads(void) {
   static uint8_t buf[1 << 20];
   const uint64_t seg = STORE_READ_SEG_BYTES;
   uint64_t a = mapped_append(s, 4096);
+  CHECK(!log_mapped());
   CHECK(mapped_check(s, a, 4096, buf));   /* maps the first segment */
+  CHECK(log_mapped());                    /* (a pread fallback would pass the byte checks) */
   uint64_t b = mapped_append(s, 100000);  /* written after its segment was mapped */
   CHECK(mapped_check(s, b, 100000, buf));
   CHECK(mapped_check(s, b + 99990, 10, buf));
