@@ -1529,7 +1529,8 @@ static uint32_t search_round_cands(const api_req_t *r, uint32_t last) {
  * its candidates filled their room, and the request's budgets allow), or the page. */
 static void search_after_texts(api_req_t *r) {
   engine_cmd_t *c = &r->cmd;
-  bool page_full = r->match_count == c->u.search.limit || r->match_cursor != r->walk_cursor;
+  /* (a full page is the only way match_cursor leaves walk_cursor: engine_search_texts) */
+  bool page_full = r->match_count == c->u.search.limit;
   if (!page_full && r->walk_full && r->cands_used < ENGINE_SEARCH_TEXT_CANDIDATES_MAX &&
       r->steps_used < ENGINE_SCAN_STEPS_MAX) {
     c->kind = ENGINE_CMD_TRANSFER_SEARCH;

@@ -170,25 +170,26 @@ static bool visible_to(const walk_t *w, uint64_t account_id) {
   return w->cmd->role != ENGINE_ROLE_CUSTOMER || w->st->accounts[account_id - 1].owner_id == w->cmd->principal_id;
 }
 
-/* Every filter but q: 0 no, 1 yes. With q, only a transfer with an extra can match. */
-static int matches(walk_t *w, uint64_t no, const transfer_rec_t *t) {
+/* Every filter but q. With q, only a transfer with an extra can match (w->side is then its
+ * side entry). */
+static bool matches(walk_t *w, uint64_t no, const transfer_rec_t *t) {
   const engine_search_t *f = w->f;
-  if (t->flags & ENGINE_TF_SETTLEMENT) return 0;
+  if (t->flags & ENGINE_TF_SETTLEMENT) return false;
   int64_t created_ms = transfer_created_ms(w->st, t);
-  if (created_ms < f->from_ms || created_ms >= f->to_ms) return 0;
-  if (f->kind >= 0 && t->kind != f->kind) return 0;
-  if (f->status >= 0 && t->status != f->status) return 0;
-  if (f->flagged >= 0 && ((t->flags & ENGINE_TF_SUSPICIOUS) != 0) != (f->flagged == 1)) return 0;
-  if (f->account_id && t->debit_account_id != f->account_id && t->credit_account_id != f->account_id) return 0;
-  if (t->amount_minor < w->b.lo[t->currency] || t->amount_minor > w->b.hi[t->currency]) return 0;
-  if (f->has_region && transfer_region(w->st, t) != f->region) return 0;
-  if (!visible_to(w, t->debit_account_id) && !visible_to(w, t->credit_account_id)) return 0;
+  if (created_ms < f->from_ms || created_ms >= f->to_ms) return false;
+  if (f->kind >= 0 && t->kind != f->kind) return false;
+  if (f->status >= 0 && t->status != f->status) return false;
+  if (f->flagged >= 0 && ((t->flags & ENGINE_TF_SUSPICIOUS) != 0) != (f->flagged == 1)) return false;
+  if (f->account_id && t->debit_account_id != f->account_id && t->credit_account_id != f->account_id) return false;
+  if (t->amount_minor < w->b.lo[t->currency] || t->amount_minor > w->b.hi[t->currency]) return false;
+  if (f->has_region && transfer_region(w->st, t) != f->region) return false;
+  if (!visible_to(w, t->debit_account_id) && !visible_to(w, t->credit_account_id)) return false;
   if (f->q[0]) {
     const transfer_side_t *x = (t->flags & ENGINE_TF_EXTRA) ? walk_side(w, no) : NULL;
-    if (!x || x->extra_len == 0 || x->extra_len > LEDGER_EXTRA_BYTES_MAX) return 0;
+    if (!x || x->extra_len == 0 || x->extra_len > LEDGER_EXTRA_BYTES_MAX) return false;
     w->side = x;
   }
-  return 1;
+  return true;
 }
 
 /* First transfer number whose created_ms >= ms (transfer_count + 1 if none): the first of
