@@ -401,6 +401,105 @@ static void ceil_host_pause(const char *parent, double seconds) {
   if (unlink(path) != 0 || rmdir(dir) != 0) ceil_die("unlink");
 }
 
+/* --open-loop RATE: the device's floor for goal 2's p99. Requests "arrive" at a fixed rate
+ * (the i-th at t0 + i / RATE, as ledger-bench -r schedules them). A single writer commits
+ * whatever has arrived with one pwrite of 64 bytes a request and one fdatasync, into a 16 MiB
+ * file written with zeros first and then overwritten round and round (no write changes the
+ * file's size or blocks, as ledgerd keeps zeros written ahead of its log). It holds a commit
+ * until --commit-interval-us after the last one started when requests come concurrently
+ * (ledgerd's rule, engine.c commit_hold_ns). A request's latency is the end of the fdatasync
+ * that covered it minus its scheduled time. No network, no HTTP, no state: what any server
+ * that answers only once a request is durable on this device cannot beat at this rate.
+ * Percentiles from a 1 µs histogram up to OPEN_LOOP_HIST_US (slower requests count in its
+ * last bucket). Prints "open_loop_ready" once the file is written, before the first request
+ * is due. */
+#define OPEN_LOOP_HIST_US 1000000u
+#define OPEN_LOOP_FILE_BYTES (16u << 20) /* written ahead, then overwritten round and round */
+#define OPEN_LOOP_RATE_MAX 10000000u
+#define OPEN_LOOP_GROUP_MAX 65536u
+
+static uint64_t open_loop_pct(const uint32_t *hist, uint64_t n, double pct) {
+  uint64_t want = (uint64_t)((double)n * pct / 100.0);
+  if (want >= n) want = n - 1;
+  uint64_t seen = 0;
+  for (uint32_t us = 0; us < OPEN_LOOP_HIST_US; us++) {
+    seen += hist[us];
+    if (seen > want) return us;
+  }
+  return OPEN_LOOP_HIST_US;
+}
+
+static void ceil_open_loop(const char *parent, uint32_t rate, double seconds, uint64_t interval_us) {
+  char dir[4096], path[4096 + 16];
+  snprintf(dir, sizeof dir, "%s/ledger-ceiling.XXXXXX", parent);
+  if (mkdtemp(dir) == NULL) ceil_die("mkdtemp");
+  snprintf(path, sizeof path, "%s/open-loop", dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) ceil_die("open open-loop file");
+  static const char zeros[1 << 16];
+  for (uint32_t off = 0; off < OPEN_LOOP_FILE_BYTES; off += sizeof zeros)
+    if (pwrite(fd, zeros, sizeof zeros, off) != (ssize_t)sizeof zeros) ceil_die("pwrite zeros");
+  if (fsync(fd) != 0) ceil_die("fsync");
+  printf("open_loop_ready file_mb=%u\n", OPEN_LOOP_FILE_BYTES >> 20);
+  fflush(stdout);
+  uint32_t *hist = calloc(OPEN_LOOP_HIST_US + 1u, sizeof *hist);
+  char *buf = malloc((size_t)OPEN_LOOP_GROUP_MAX * 64u);
+  if (!hist || !buf) ceil_die("malloc");
+  memset(buf, 'x', (size_t)OPEN_LOOP_GROUP_MAX * 64u);
+  uint64_t total = (uint64_t)(seconds * rate), done = 0, syncs = 0, slow = 0, max_ns = 0;
+  uint64_t t0 = time_mono_ns() + 1000000u, last_close = 0, interval_ns = interval_us * 1000u;
+  uint32_t last_n = 0;
+  off_t pos = 0;
+  /* i <= 600 s x OPEN_LOOP_RATE_MAX: i x 1e9 and (now - t0) x rate stay below 2^64 */
+#define OPEN_LOOP_AT(i) (t0 + (i) * 1000000000ull / rate)
+  while (done < total) {
+    uint64_t now = time_mono_ns();
+    uint64_t arrived = now < t0 ? 0 : (now - t0) * rate / 1000000000ull + 1u;
+    if (arrived > total) arrived = total;
+    uint64_t n = arrived - done;
+    uint64_t wake = 0;
+    if (n == 0) wake = OPEN_LOOP_AT(done);
+    else if (interval_ns > 0 && (n >= 2 || last_n >= 2) && now < last_close + interval_ns && n < OPEN_LOOP_GROUP_MAX)
+      wake = last_close + interval_ns;
+    if (wake > now) {
+      struct timespec ts = {.tv_sec = (time_t)(wake / 1000000000u), .tv_nsec = (long)(wake % 1000000000u)};
+      while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+      }
+      continue;
+    }
+    if (n > OPEN_LOOP_GROUP_MAX) n = OPEN_LOOP_GROUP_MAX;
+    last_close = now;
+    last_n = (uint32_t)n;
+    size_t len = (size_t)n * 64u;
+    if (pos + (off_t)len > (off_t)OPEN_LOOP_FILE_BYTES) pos = 0;
+    if (pwrite(fd, buf, len, pos) != (ssize_t)len) ceil_die("pwrite");
+    uint64_t s0 = time_mono_ns();
+    if (fdatasync(fd) != 0) ceil_die("fdatasync");
+    uint64_t end = time_mono_ns();
+    syncs++;
+    if (end - s0 > 4000000u) slow++;
+    if (end - s0 > max_ns) max_ns = end - s0;
+    pos += (off_t)len;
+    for (uint64_t i = done; i < done + n; i++) {
+      uint64_t us = (end - OPEN_LOOP_AT(i)) / 1000u;
+      hist[us < OPEN_LOOP_HIST_US ? us : OPEN_LOOP_HIST_US]++;
+    }
+    done += n;
+  }
+#undef OPEN_LOOP_AT
+  close(fd);
+  if (unlink(path) != 0 || rmdir(dir) != 0) ceil_die("unlink");
+  printf("open_loop rate=%u requests=%" PRIu64 " commit_interval_us=%" PRIu64 " p50_ms=%.3f p99_ms=%.3f"
+         " p999_ms=%.3f max_ms=%.3f fdatasyncs=%" PRIu64 " fdatasyncs_over_4ms=%" PRIu64
+         " fdatasync_max_ms=%.1f seconds=%.1f dir=%s\n",
+         rate, done, interval_us, (double)open_loop_pct(hist, done, 50) / 1e3, (double)open_loop_pct(hist, done, 99) / 1e3,
+         (double)open_loop_pct(hist, done, 99.9) / 1e3, (double)open_loop_pct(hist, done, 100) / 1e3, syncs, slow,
+         (double)max_ns / 1e6, seconds, parent);
+  fflush(stdout);
+  free(hist);
+  free(buf);
+}
+
 static void ceil_usage(FILE *f) {
   fprintf(f,
           "usage: ledger-ceiling [-n TRANSFERS] [-d SECONDS] [-a ACCOUNTS] [-b BATCH]\n"
@@ -409,6 +508,9 @@ static void ceil_usage(FILE *f) {
           "                      [--touch-mb MB]   (only: the cost of fresh memory)\n"
           "                      [--sync-pair N]   (only: are slow fdatasyncs per file or per device)\n"
           "                      [--host-pause S]  (only: does the host pause this VM when it syncs)\n"
+          "                      [--open-loop RATE [--commit-interval-us US]]  (only: the device's\n"
+          "                        floor for an open-loop p99: requests at RATE/s, -d seconds, each\n"
+          "                        answered when an fdatasync covered it; US default 1000 as ledgerd)\n"
           "  default: -d 5 with the log in a new directory under $TMPDIR (or /tmp), then\n"
           "  the same loop without I/O for the same time.\n");
 }
@@ -424,7 +526,9 @@ int main(int argc, char **argv) {
   uint32_t sync_pair = 0;
   double host_pause = 0;
   int keep = 0;
-  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH, OPT_PAIR, OPT_KEEP, OPT_PAUSE };
+  uint32_t open_rate = 0;
+  uint64_t interval_us = 1000;
+  enum { OPT_DIR = 1000, OPT_CPU, OPT_NOIO, OPT_CPUS, OPT_TOUCH, OPT_PAIR, OPT_KEEP, OPT_PAUSE, OPT_OPEN, OPT_INTERVAL };
   static const struct option opts[] = {{"dir", required_argument, 0, OPT_DIR},
                                        {"cpu", required_argument, 0, OPT_CPU},
                                        {"no-io", no_argument, 0, OPT_NOIO},
@@ -433,6 +537,8 @@ int main(int argc, char **argv) {
                                        {"sync-pair", required_argument, 0, OPT_PAIR},
                                        {"keep-records", no_argument, 0, OPT_KEEP},
                                        {"host-pause", required_argument, 0, OPT_PAUSE},
+                                       {"open-loop", required_argument, 0, OPT_OPEN},
+                                       {"commit-interval-us", required_argument, 0, OPT_INTERVAL},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o;
@@ -450,6 +556,8 @@ int main(int argc, char **argv) {
     case OPT_PAIR: sync_pair = (uint32_t)strtoul(optarg, NULL, 10); break;
     case OPT_KEEP: keep = 1; break;
     case OPT_PAUSE: host_pause = strtod(optarg, NULL); break;
+    case OPT_OPEN: open_rate = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case OPT_INTERVAL: interval_us = strtoull(optarg, NULL, 10); break;
     case 'h': ceil_usage(stdout); return 0;
     default: ceil_usage(stderr); return 2;
     }
@@ -482,6 +590,14 @@ int main(int argc, char **argv) {
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     if (sched_setaffinity(0, sizeof set, &set) != 0) ceil_die("sched_setaffinity");
+  }
+  if (open_rate > 0) {
+    if (open_rate > OPEN_LOOP_RATE_MAX || !(seconds > 0 && seconds <= 600) || interval_us > 100000) {
+      ceil_usage(stderr);
+      return 2;
+    }
+    ceil_open_loop(parent, open_rate, seconds, interval_us);
+    return 0;
   }
   if (sync_pair > 0) {
     if (sync_pair > 1000000) {

@@ -21,7 +21,10 @@
 #     again: goal 7 compares wrk with the mean of the two around it), the
 #     open-loop run at half the closed-loop rate, the hot account (alternated with random single
 #     transfers and /healthz, ROUNDS rounds; goal 3 is the ratio of the hot and random medians,
-#     goal 2 that of the random and /healthz medians), then the batch endpoint last, in
+#     goal 2 that of the random and /healthz medians; in full, goal 2's floors: the p99 of a
+#     durable writer that does nothing else, ledger-ceiling --open-loop, at the open loop's
+#     rate on the server's CPU while the server answers /healthz at that rate, and /healthz
+#     beside that writer at the closed-loop rate as a fourth mode of the rounds), then the batch endpoint last, in
 #     rounds alternated with ledger-ceiling rounds (goal 1: the ratio of the two medians)
 #     (it logs the most; snapshots it triggers do not land in the other figures); in full, a
 #     perf profile of the server during an extra transfer run, an extra /healthz run (goal 2's
@@ -49,12 +52,15 @@ PROFILE=$2
 # among 1 M": full uses 1 M; creating them is ~25 s of the budget on an idle box).
 case $PROFILE in
   quick) ACCOUNTS=1000;   MAIN_ACCOUNTS=1000;    SECS=1;  CEIL_SECS=1;  CEIL_CPU_SECS=0.5
-         CMP_SECS=1; ROUNDS=1; HOT_ROUNDS=2; PERF_SECS=0; G1_ROUNDS=1; G1_CEIL_SECS=1; G1_BATCH_SECS=1 ;;
+         CMP_SECS=1; ROUNDS=1; HOT_ROUNDS=2; PERF_SECS=0; G1_ROUNDS=1; G1_CEIL_SECS=1; G1_BATCH_SECS=1
+         FLOOR_SECS=0 ;;
   full)  ACCOUNTS=100000; MAIN_ACCOUNTS=1000000; SECS=15; CEIL_SECS=6;  CEIL_CPU_SECS=3
-         CMP_SECS=5; ROUNDS=3; HOT_ROUNDS=3; PERF_SECS=5; G1_ROUNDS=3; G1_CEIL_SECS=4; G1_BATCH_SECS=5 ;;
+         CMP_SECS=5; ROUNDS=3; HOT_ROUNDS=3; PERF_SECS=5; G1_ROUNDS=3; G1_CEIL_SECS=4; G1_BATCH_SECS=5
+         FLOOR_SECS=10 ;;
   *) usage ;;
 esac
 PERF_SECS=${BENCH_PERF_SECS:-$PERF_SECS}   # e.g. BENCH_PERF_SECS=2 profiles a quick run too
+FLOOR_SECS=${BENCH_FLOOR_SECS:-$FLOOR_SECS} # e.g. BENCH_FLOOR_SECS=1 measures goal 2's floors in a quick run
 HERE=$(cd "$(dirname "$0")" && pwd)
 T_START=$SECONDS
 for exe in ledgerd ledger-bench ledger-ceiling; do
@@ -358,6 +364,55 @@ OPEN_BATCHES=$(( ${FS1% *} - ${FS0% *} )); OPEN_SLOW=$(( ${FS1#* } - ${FS0#* } )
 echo "# open loop: $OPEN_BATCHES durable batches, $OPEN_SLOW with log write + fdatasync > 4 ms"
 # Baseline for the p99 goal: the trivial route at the same fixed rate, same connections.
 bench health-open -m health -c 256 -d "$SECS" -r "$HALF";                    HOPEN=$LINE
+# The machine's floors for goal 2 (full only): ledger-ceiling --open-loop RATE is a durable
+# writer that does nothing else (one 64-byte write per request, group commit with ledgerd's
+# 1 ms interval, latency from the scheduled time), pinned where the server is, its file under
+# WORK. writer_start RATE SECONDS NAME starts it in the background and returns once its file
+# is written (up to 10 s); writer_wait NAME waits for it and sets WLINE (its summary line).
+WRITER_PID=""
+writer_start() {
+  echo "## writer $3: ledger-ceiling --open-loop $1 -d $2 (on the server's CPU, log under WORK)"
+  TMPDIR=$WORK "${SERVER_PIN[@]}" "$BIN/ledger-ceiling" --open-loop "$1" -d "$2" >"$WORK/$3.out" 2>&1 &
+  WRITER_PID=$!
+  for _ in $(seq 200); do
+    grep -q '^open_loop_ready' "$WORK/$3.out" && return 0
+    kill -0 "$WRITER_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "run.sh: ledger-ceiling --open-loop ($3) did not get ready" >&2
+  FAILED=1
+}
+writer_wait() {
+  local rc=0
+  [ -n "$WRITER_PID" ] && { wait "$WRITER_PID" || rc=$?; }
+  WRITER_PID=""
+  WLINE=$(grep '^open_loop ' "$WORK/$1.out" | tail -1 || true)
+  printf '%s\n' "$WLINE"
+  if [ $rc -ne 0 ] || [ -z "$WLINE" ]; then
+    echo "run.sh: ledger-ceiling --open-loop ($1) exited $rc:" >&2
+    tail -5 "$WORK/$1.out" >&2
+    FAILED=1
+  fi
+}
+# The p99's floor: that writer at the open loop's rate, for FLOOR_SECS, while the server
+# answers /healthz at the same rate and connections (the HTTP load of the open-loop run
+# without the ledger; it starts first and ends last). What a server that answers a request
+# only once it is durable cannot beat on this machine under this load.
+FLOOR=""; FHOPEN=""; WFLOOR=""
+if [ "$FLOOR_SECS" -gt 0 ]; then
+  echo "## floor-load: ledger-bench -p PORT ${CLIENT_CPU[*]} -m health -c 256 -d $((FLOOR_SECS + 2)) -r $HALF (in the background)"
+  "$BIN/ledger-bench" -p "$PORT" "${CLIENT_CPU[@]}" -m health -c 256 -d "$((FLOOR_SECS + 2))" -r "$HALF" \
+    >"$WORK/floor-load.out" 2>"$WORK/floor-load.err" &
+  FLOAD_PID=$!
+  sleep 0.5
+  writer_start "$HALF" "$FLOOR_SECS" floor-open
+  writer_wait floor-open; FLOOR=$WLINE
+  wait "$FLOAD_PID" || { echo "run.sh: the floor's /healthz load failed" >&2; FAILED=1; }
+  cat "$WORK/floor-load.out"
+  FHOPEN=$(grep '^mode=' "$WORK/floor-load.out" | tail -1 || true)
+  ALL_LINES+=("$FHOPEN")
+  server_alive floor-load
+fi
 # Goal 3: hot-account and random single transfers in alternated rounds (HOT_ROUNDS of CMP_SECS
 # each, the order rotated every round), judged on the ratio of their medians. The main
 # server's first snapshot (at 256 MiB of log: ~4.4 M transfers, in full runs right here) or a
@@ -368,14 +423,30 @@ bench health-open -m health -c 256 -d "$SECS" -r "$HALF";                    HOP
 # goal 2 is the median of the random-transfer rounds against the median of the /healthz
 # rounds, so that the machine's drift over the run (±15 % between runs minutes apart) does not
 # land on one side only, as it can with the single 15 s runs above (still printed).
-HOT_R=(); TRN_R=(); HLT_R=(); HOT_LINES=()
+# In full runs a fourth mode joins them: /healthz while the writer above runs on the server's
+# CPU at the first closed-loop transfer run's rate (what durability alone costs the trivial
+# route here: the highest goal 2 ratio a server committing on its one CPU could reach).
+HOT_R=(); TRN_R=(); HLT_R=(); HWR_R=(); HOT_LINES=()
 for r in $(seq "$HOT_ROUNDS"); do
   case $((r % 3)) in
     1) order=(hot transfer health) ;;
     2) order=(transfer health hot) ;;
     *) order=(health hot transfer) ;;
   esac
+  if [ "$FLOOR_SECS" -gt 0 ]; then
+    case $((r % 2)) in
+      1) order=(health-writer "${order[@]}") ;;
+      *) order=("${order[@]}" health-writer) ;;
+    esac
+  fi
   for m in "${order[@]}"; do
+    if [ "$m" = health-writer ]; then
+      writer_start "$((HALF * 2))" "$((CMP_SECS + 1))" "writer-$r"
+      bench "$m-alternated-$r" -m health -c 256 -d "$CMP_SECS"
+      HWR_R+=("$(kv "$LINE" req_per_s)")
+      writer_wait "writer-$r"; WFLOOR=$WLINE
+      continue
+    fi
     if [ "$m" = health ]; then
       bench "$m-alternated-$r" -m health -c 256 -d "$CMP_SECS"
       HLT_R+=("$(kv "$LINE" req_per_s)")
@@ -646,6 +717,11 @@ V1=$(both "$(check "$B" '>=' 1000000)" "$(check "$(ratio "$B" "$C")" '>=' 0.55)"
 row "1 batch 8190/req, 8 conns, all CPUs, transfers/s" "$(fmt "$B")" "ceiling, alternated: $(fmt "$C")" "$(ratio "$B" "$C")" ">= 1,000,000/s, >= 0.55" "$V1"
 row "2 POST /v1/transfers, 256 conns, alternated: tr/s" "$(fmt "$OT")" "/healthz, alternated: $(fmt "$OH")" "$(ratio "$OT" "$OH")" ">= 0.90" "$(check "$(ratio "$OT" "$OH")" '>=' 0.90)"
 row "2 open loop at $HALF req/s (half): p99 ms" "$(val "$OP99MS" -)" "/healthz same rate: $(val "$HOP99MS" -) ms" "$(ratio "$OP99MS" 5)" "p99 <= 5 ms" "$(check "$OP99MS" '<=' 5)"
+FULL_ONLY=-; [ "$FLOOR_SECS" -gt 0 ] || FULL_ONLY="full only"
+OHW=$(median "${HWR_R[@]}")
+FP99MS=$(awk -v v="$(kv "$FLOOR" p99_ms)" 'BEGIN { if (v == "") print ""; else printf "%.2f", v }')
+row "2 bound: /healthz beside a durable writer, req/s" "$(val "$(fmtv "$OHW")" "$FULL_ONLY")" "/healthz, alternated: $(fmt "$OH")" "$(ratio "$OHW" "$OH")" "(info: 2's best ratio)" "-"
+row "2 floor: durable writer's p99 at $HALF/s, ms" "$(val "$FP99MS" "$FULL_ONLY")" "ledgerd open loop: $(val "$OP99MS" -) ms" "$(ratio "$OP99MS" "$FP99MS")" "(info: 2's best p99)" "-"
 row "3 hot account (one debit acct), 256 conns, tr/s" "$(fmt "$O")" "random, alternated: $(fmt "$OT")" "$(ratio "$O" "$OT")" ">= 0.80" "$(check "$(ratio "$O" "$OT")" '>=' 0.80)"
 row "4 ledgerd / PostgreSQL, 32 clients" "$(fmt "$T")" "pgbench c32: $(val "$(fmtv "$PG32")" "$PG_WHY")" "$(ratio "$T" "$PG32")" "> 20" "$(verdict "$(check "$(ratio "$T" "$PG32")" '>' 20)" "$PG_WHY")"
 row "4 ledgerd / PostgreSQL, 64 clients" "$(fmt "$T")" "pgbench c64: $(val "$(fmtv "$PG64")" "$PG_WHY")" "$(ratio "$T" "$PG64")" "> 20" "$(verdict "$(check "$(ratio "$T" "$PG64")" '>' 20)" "$PG_WHY")"
@@ -669,10 +745,13 @@ row "  transfers 256 conns: p50 / p99 / p99.9 us" "$(kv "$TRANSFER" p50_us)/$(kv
 row "  open loop: p50 / p99.9 / max us" "$(kv "$OPEN" p50_us)/$(kv "$OPEN" p999_us)/$(kv "$OPEN" max_us)" "offered $HALF req/s" "$(ratio "$OPR" "$HALF")" "" ""
 row "  open loop: batches with write+fdatasync > 4 ms" "$OPEN_SLOW of $OPEN_BATCHES" "share" "$(ratio "$OPEN_SLOW" "$OPEN_BATCHES")" "" ""
 row "  /healthz open loop, same rate: p50 / p99 / max us" "$(kv "$HOPEN" p50_us)/$(kv "$HOPEN" p99_us)/$(kv "$HOPEN" max_us)" "achieved $(fmt "$(kv "$HOPEN" req_per_s)") req/s" "" "" ""
+row "  p99 floor: writer p50 / p99.9 / max ms" "$(val "$(kv "$FLOOR" p50_ms)" -)/$(val "$(kv "$FLOOR" p999_ms)" -)/$(val "$(kv "$FLOOR" max_ms)" -)" "fdatasyncs $(val "$(kv "$FLOOR" fdatasyncs)" -), > 4 ms: $(val "$(kv "$FLOOR" fdatasyncs_over_4ms)" -)" "" "ledger-ceiling --open-loop" ""
+row "  p99 floor: its /healthz load, p50 / p99 / max us" "$(kv "$FHOPEN" p50_us)/$(kv "$FHOPEN" p99_us)/$(kv "$FHOPEN" max_us)" "alone: $(kv "$HOPEN" p99_us) us p99" "" "" ""
 # thousands V... -> "61.2 59.8 ..." (values / 1000, one decimal)
 thousands() { printf '%s\n' "$@" | awk '{ printf "%s%.1f", (NR > 1 ? " " : ""), $1 / 1000 }'; }
 row "  goal 3 rounds, k tr/s: hot / random" "$(thousands "${HOT_R[@]}") / $(thousands "${TRN_R[@]}")" "hot median / the ${SECS} s run: $(fmt "$T")" "$(ratio "$O" "$T")" "$HOT_ROUNDS x $CMP_SECS s each, alternated" ""
 row "  goal 2 rounds, k req/s: /healthz" "$(thousands "${HLT_R[@]}")" "the same rounds as goal 3's" "" "$HOT_ROUNDS x $CMP_SECS s each, alternated" ""
+row "  goal 2 rounds, k req/s: /healthz beside a writer" "$(val "$([ ${#HWR_R[@]} -eq 0 ] || thousands "${HWR_R[@]}")" "$FULL_ONLY")" "writer at $((HALF * 2))/s: $(val "$(kv "$WFLOOR" fdatasyncs)" -) syncs (last)" "" "the same rounds" ""
 row "  goal 2, single $SECS s runs: transfers/s" "$(fmt "$T")" "/healthz: $(fmt "$H")" "$(ratio "$T" "$H")" "(before session 10)" ""
 row "  goal 1 rounds, k tr/s: batch / ceiling" "$(thousands "${BATCH_R[@]}") / $(thousands "${CEIL_R[@]}")" "batch median / start ceiling: $(fmt "$C_START")" "$(ratio "$B" "$C_START")" "$G1_ROUNDS x $G1_BATCH_SECS s / $G1_CEIL_SECS s, alternated" ""
 # A ceiling round can measure low after ledgerd's own disk work that the guest cannot see

@@ -9,14 +9,19 @@ scripted peer:
     edge-triggered socket after a read that left room in its buffer, unless the event said
     the peer hung up (cmd/ledger-bench.c, conn_on_readable), through io_uring batches and
     through plain calls (--no-io-uring);
-  - a peer that answers with an unexpected status is counted and makes the exit status 1.
+  - a peer that answers with an unexpected status is counted and makes the exit status 1;
+  - ledger-ceiling --open-loop (goal 2's floors): every scheduled request is committed, the
+    percentiles are in order, the commit interval holds commits, bad arguments are refused,
+    and its files are removed.
 Bounded: a few thousand requests on 127.0.0.1, every run under a 20 s timeout."""
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -194,7 +199,55 @@ def against_ledgerd(ck, srv):
     final_server_checks(ck, srv)
 
 
+def ceiling(args, tmpdir):
+    """Runs ledger-ceiling with TMPDIR=tmpdir; returns (exit status, stdout lines, stderr)."""
+    p = subprocess.run([os.path.join(bin_dir(), "ledger-ceiling")] + args, capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT_S, env=dict(os.environ, TMPDIR=tmpdir))
+    SANITIZER_REPORTS.extend(l for l in p.stderr.splitlines() if any(m in l for m in SANITIZER_MARKERS))
+    return p.returncode, [l for l in p.stdout.splitlines() if l.strip()], p.stderr
+
+
+def ceiling_open_loop(ck):
+    """ledger-ceiling --open-loop: goal 2's floors in bench/run.sh (docs/performance.md)."""
+    tmp = tempfile.mkdtemp(prefix="ledger-ceiling-test.")
+    try:
+        # 20 requests a ms: they come concurrently (an fdatasync takes longer than 50 µs), so
+        # the interval holds commits (ledgerd's rule: one request at a time is never held).
+        for iv, rate, secs in (("1000", 20000, "0.5"), ("100000", 20000, "0.5")):
+            rc, lines, err = ceiling(["--open-loop", str(rate), "-d", secs, "--commit-interval-us", iv], tmp)
+            ck.eq(f"interval {iv}: exits 0", rc, 0, err[-300:])
+            ck.check(f"interval {iv}: ready line, then the summary",
+                     len(lines) == 2 and lines[0].startswith("open_loop_ready ") and lines[1].startswith("open_loop "),
+                     str(lines))
+            f = dict(re.findall(r"(\w+)=(\S+)", lines[-1])) if lines else {}
+            ck.eq(f"interval {iv}: every scheduled request committed", f.get("requests"), str(rate // 2), str(f))
+            ck.eq(f"interval {iv}: the interval is reported", f.get("commit_interval_us"), iv, str(f))
+            pct = [float(f.get(k, "-1")) for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms")]
+            ck.check(f"interval {iv}: 0 < p50 <= p99 <= p99.9 <= max < 1 s",
+                     0 < pct[0] <= pct[1] <= pct[2] <= pct[3] < 1000, str(pct))
+            syncs = int(f.get("fdatasyncs", "0"))
+            ck.check(f"interval {iv}: between 1 and one fdatasync per request", 1 <= syncs <= rate // 2, str(syncs))
+            if iv == "100000":
+                # After the first commits the writer holds each one until 100 ms after the
+                # one before started: ~6 in 0.5 s.
+                ck.check("100 ms interval: at most ~6 commits in 0.5 s (and a few at the start)", syncs <= 12, str(syncs))
+                ck.check("100 ms interval: the median request waited for the hold", pct[0] >= 20, str(pct))
+            else:
+                # at most one commit a ms once they are held: ~500 in 0.5 s, not 10,000
+                ck.check("1 ms interval: requests are grouped (at most ~1 commit a ms)", syncs <= 600, str(syncs))
+        for args in (["--open-loop", "100", "-d", "0"], ["--open-loop", "100", "-d", "1", "--commit-interval-us", "100001"],
+                     ["--open-loop", "20000000", "-d", "1"]):
+            rc, lines, err = ceiling(args, tmp)
+            ck.eq(f"{' '.join(args)}: refused with usage (exit 2)", rc, 2, err[-200:])
+        ck.eq("its files and directories are removed", os.listdir(tmp), [])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(ck):
+    with ck.section("ledger-ceiling --open-loop"):
+        ceiling_open_loop(ck)
+
     with ck.section("against ledgerd"):
         srv = Server()
         try:
