@@ -369,10 +369,13 @@ bench health-open -m health -c 256 -d "$SECS" -r "$HALF";                    HOP
 # 1 ms interval, latency from the scheduled time), pinned where the server is, its file under
 # WORK. writer_start RATE SECONDS NAME starts it in the background and returns once its file
 # is written (up to 10 s); writer_wait NAME waits for it and sets WLINE (its summary line).
+# The writer runs at SCHED_FIFO where that is allowed (root), so that its floor is the
+# device's and the host's, not the scheduler's (CPU 0 is shared with the server's threads).
 WRITER_PID=""
+WRITER_RT=(); chrt -f 10 true 2>/dev/null && WRITER_RT=(chrt -f 10)
 writer_start() {
-  echo "## writer $3: ledger-ceiling --open-loop $1 -d $2 (on the server's CPU, log under WORK)"
-  TMPDIR=$WORK "${SERVER_PIN[@]}" "$BIN/ledger-ceiling" --open-loop "$1" -d "$2" >"$WORK/$3.out" 2>&1 &
+  echo "## writer $3: ${WRITER_RT[*]:+${WRITER_RT[*]} }ledger-ceiling --open-loop $1 -d $2 (on the server's CPU, log under WORK)"
+  TMPDIR=$WORK "${SERVER_PIN[@]}" "${WRITER_RT[@]}" "$BIN/ledger-ceiling" --open-loop "$1" -d "$2" >"$WORK/$3.out" 2>&1 &
   WRITER_PID=$!
   for _ in $(seq 200); do
     grep -q '^open_loop_ready' "$WORK/$3.out" && return 0
