@@ -363,6 +363,7 @@ int main(int argc, char **argv) {
                       .idle_timeout_ms = NET_IDLE_TIMEOUT_MS,
                       .handler = api_handle,
                       .handler_ctx = api,
+                      .body_fits = api_body_fits,
                       .on_thread_start = api_thread_start,
                       .io_uring_off = no_io_uring};
   http_server_t *http = NULL;

@@ -76,6 +76,11 @@ void api_set_http(api_t *api, http_server_t *http);
 void api_destroy(api_t *api);
 /* http_config_t.handler / on_thread_start, with ctx = the api_t. */
 void api_handle(http_request_t *req, void *ctx);
+/* http_config_t.body_fits, with ctx = the api_t: a declared body length a route takes. Bodies
+ * up to API_BODY_BYTES_MAX (64 KiB) fit every route; POST /v1/transfers/batch takes up to
+ * LEDGER_BODY_BYTES_MAX (2 MiB). So a client is told 413 before it sends a body that its
+ * route would refuse once read (with Expect: 100-continue, before it sends a byte of it). */
+bool api_body_fits(http_method_t method, const char *path, size_t path_len, uint64_t length, void *ctx);
 void api_thread_start(http_loop_t *loop, unsigned thread_index, void *ctx);
 /* Requests handed to the engine and not yet answered. */
 uint64_t api_in_flight(const api_t *api);

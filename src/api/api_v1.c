@@ -2330,6 +2330,15 @@ out:
   return ok;
 }
 
+bool api_body_fits(http_method_t method, const char *path, size_t path_len, uint64_t length, void *ctx) {
+  (void)ctx;
+  if (length <= API_BODY_BYTES_MAX) return true; /* every route; no routing on the hot path */
+  http_request_t h = {.method = method, .path = path, .path_len = path_len};
+  seg_t segs[PATH_SEGMENTS_MAX];
+  size_t nseg;
+  return length <= LEDGER_BODY_BYTES_MAX && route_of(&h, segs, &nseg) == R_TRANSFERS_BATCH;
+}
+
 void api_handle(http_request_t *h, void *ctx) {
   api_t *api = ctx;
   /* Zeroed up to extra: zeroing the whole 11 KB cost ~1 % of the server's CPU per single

@@ -19,10 +19,12 @@
  *
  * Limits (all enforced here, answered without calling the handler):
  *   body larger than body_bytes_max           -> 413, connection closed
+ *   declared body the route refuses (config.body_fits) -> 413, connection closed
  *   headers larger than HTTP_HEADER_BYTES_MAX -> 431, connection closed
  *   malformed request                         -> 400, connection closed
- *   Expect other than 100-continue (HTTP/1.1) -> 417, connection closed
- *   (Expect: 100-continue gets an interim 100 before a body, once the head passed the above)
+ *   Expect other than 100-continue, or given twice (HTTP/1.1) -> 417, connection closed
+ *   (Expect: 100-continue gets an interim 100 before a body, once the head passed the above,
+ *   so a body either limit refuses by its declared length is never sent)
  *   no complete header within header_timeout_ms, or idle keep-alive longer than
  *   idle_timeout_ms                           -> connection closed
  *   more than connections_max open connections (all threads) -> new ones accepted and closed
@@ -103,6 +105,14 @@ typedef struct http_config {
   unsigned idle_timeout_ms;
   http_handler_fn handler;
   void *handler_ctx;
+  /* NULL, or the routes' own body limits: called on the net thread once a request's head is
+   * complete, when it declares a Content-Length from 1 to body_bytes_max, with the method and
+   * the raw path (NUL-terminated); false = the route takes no body that large: 413 before
+   * the body is read (and before any 100 Continue), the connection closed. Must be cheap
+   * (every request with a body) and must not block. A chunked body declares no length: its
+   * route checks it once it is read (body_bytes_max bounds it here). */
+  bool (*body_fits)(http_method_t method, const char *path, size_t path_len, uint64_t length,
+                    void *ctx);
   /* Called once on each net thread before it serves, e.g. to register a wakeup. May be NULL. */
   void (*on_thread_start)(http_loop_t *loop, unsigned thread_index, void *ctx);
   /* The thread_index given to on_thread_start and in requests is thread_index_base + i for

@@ -396,6 +396,9 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
     if ((m->hdr_cur == HTTP_HDR_AUTHORIZATION || m->hdr_cur == HTTP_HDR_IDEMPOTENCY_KEY) &&
         m->hdr_set[m->hdr_cur])
       return parse_fail(c, 400);
+    /* Two Expect fields are one list (RFC 9110, 5.3): refused whole by expect_check, rather
+     * than the last one deciding for both. */
+    if (m->hdr_cur == HTTP_HDR_EXPECT && m->hdr_set[m->hdr_cur]) m->expect_twice = true;
     if (m->hdr_cur != HTTP_HDR_NONE) {
       m->hdr_off[m->hdr_cur] = c->req_buf.len;
       m->hdr_len[m->hdr_cur] = 0;
@@ -410,16 +413,20 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
   return 0;
 }
 
+static http_method_t method_of(unsigned method);
+
 /* Expect (RFC 9110, 10.1.1): a client that sends "Expect: 100-continue" waits for an interim
  * "100 Continue" before it sends the body (curl for bodies over 1 MiB, .NET and many Java
  * clients for any body), and without one it waits out its own timeout (curl: 1 s) on every
  * such request. So once the head is accepted (a body over the limit got its 413 before this,
  * without the client sending it), the interim answer goes out ahead of the body. Nothing is
  * sent when no body follows. HTTP/1.0 requests' Expect is ignored, as the RFC requires; any
- * other expectation is refused with 417 and the connection closed (its body may follow). */
+ * other expectation, or Expect given twice, is refused with 417 and the connection closed
+ * (its body may follow). */
 static int expect_check(http_conn_t *c, const http_parser *p, bool body_follows) {
   const http_msg_t *m = &c->msg;
   if (!m->hdr_set[HTTP_HDR_EXPECT] || (p->http_major == 1 && p->http_minor == 0)) return 0;
+  if (m->expect_twice) return parse_fail(c, 417);
   const char *v = c->req_buf.data + m->hdr_off[HTTP_HDR_EXPECT];
   size_t len = m->hdr_len[HTTP_HDR_EXPECT];
   while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t')) len--;
@@ -440,6 +447,12 @@ static int on_headers_complete(http_parser *p) {
   if (header_value_end(c) != 0) return -1;
   bool has_length = (p->flags & F_CONTENTLENGTH) != 0;
   if (has_length && p->content_length > cfg->body_bytes_max) return parse_fail(c, 413);
+  if (has_length && p->content_length > 0 && cfg->body_fits != NULL) {
+    const char *path = c->msg.has_path ? c->req_buf.data + c->msg.path_off : "/"; /* as dispatch */
+    size_t path_len = c->msg.has_path ? c->msg.path_len : 1;
+    if (!cfg->body_fits(method_of(p->method), path, path_len, p->content_length, cfg->handler_ctx))
+      return parse_fail(c, 413);
+  }
   bool body_follows = (has_length && p->content_length > 0) || (p->flags & F_CHUNKED) != 0;
   if (expect_check(c, p, body_follows) != 0) return -1;
   c->msg.body_off = c->req_buf.len;

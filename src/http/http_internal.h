@@ -131,6 +131,7 @@ typedef struct http_msg {
   char hdr_name[HTTP_HEADER_NAME_BYTES_MAX];
   size_t hdr_name_len; /* > sizeof hdr_name - 1 means "too long to be one we keep" */
   bool last_was_value;
+  bool expect_twice; /* a second Expect header: 417 (expect_check) */
   bool url_done;
   bool has_path, has_query;
 } http_msg_t;

@@ -756,6 +756,20 @@ def run_all(ck, srv, c, rnd):
             r = raw_request(srv.host, srv.port, head, huge)
             ck.check(f"POST {path} with > 2 MiB body -> 413", r is not None and r.status == 413,
                      r.describe() if r else "no response")
+        # A route's own limit comes before the body: with Expect: 100-continue a client that
+        # declares more than the route takes gets its 413 instead of the 100 and sends nothing.
+        import socket
+        for path, length, want in (("/v1/transfers", 70000, b"HTTP/1.1 413"),
+                                   ("/v1/accounts", 65 * 1024 + 1, b"HTTP/1.1 413"),
+                                   ("/v1/transfers/batch", 70000, b"HTTP/1.1 100 Continue"),
+                                   ("/v1/transfers", 64 * 1024, b"HTTP/1.1 100 Continue")):
+            s = socket.create_connection((srv.host, srv.port), timeout=30)
+            s.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.admin_token}\r\n"
+                       f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n").encode())
+            data = s.recv(4096)
+            s.close()
+            ck.check(f"POST {path} declaring {length} bytes with Expect -> {want.decode()[9:]} before the body",
+                     data.startswith(want), data[:80])
         ck.eq("oversized bodies changed nothing", c.balance(a), "10.00")
         ck.eq("oversized bodies changed nothing (credit)", c.balance(b), "0.00")
         ck.status("server answers after oversized bodies", c.get("/healthz"), 200)

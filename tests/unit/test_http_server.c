@@ -161,11 +161,24 @@ static void handle_info(http_request_t *req) {
   http_respond(req, 200, "text/plain", "X-Test: 1\r\n", body, (size_t)n);
 }
 
+/* config.body_fits: POST /echo-small takes at most ROUTE_BODY_MAX bytes; everything else up
+ * to the transport limit. Counts its calls, and paths it got without their NUL. */
+#define ROUTE_BODY_MAX 8
+static atomic_int body_fits_calls, body_fits_bad_path;
+static bool body_fits(http_method_t method, const char *path, size_t path_len, uint64_t length, void *ctx) {
+  (void)ctx;
+  atomic_fetch_add(&body_fits_calls, 1);
+  if (path[path_len] != '\0') atomic_fetch_add(&body_fits_bad_path, 1);
+  if (method == HTTP_METHOD_POST && path_len == 11 && memcmp(path, "/echo-small", 11) == 0)
+    return length <= ROUTE_BODY_MAX;
+  return true;
+}
+
 static void handler(http_request_t *req, void *ctx) {
   (void)ctx;
   if (strcmp(req->path, "/hello") == 0) {
     http_respond(req, 200, "text/plain", NULL, "hello", 5);
-  } else if (strcmp(req->path, "/echo") == 0) {
+  } else if (strcmp(req->path, "/echo") == 0 || strcmp(req->path, "/echo-small") == 0) {
     http_respond(req, 200, "application/octet-stream", NULL, req->body, req->body_len);
   } else if (strcmp(req->path, "/info") == 0) {
     handle_info(req);
@@ -500,6 +513,62 @@ static void test_expect_continue(void) {
   response_free(&r);
   CHECK(expect_closed(&c), "closed after 417");
   client_close(&c);
+}
+
+/* config.body_fits: a route's own limit on a declared body is answered 413 before the body,
+ * and before any 100 Continue; Expect given twice is refused (417). */
+static void test_route_body_limits(void) {
+  client_t c;
+  response_t r;
+  int calls0 = atomic_load(&body_fits_calls);
+  /* At the route's limit: the 100, then the body, then the echo. */
+  CHECK(client_connect(&c) == 0, "connect");
+  CHECK(send_str(&c, "POST /echo-small HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 8\r\n\r\n"),
+        "send head");
+  CHECK(read_response(&c, &r) && r.status == 100, "100 within the route's limit: %d", r.status);
+  response_free(&r);
+  CHECK(send_str(&c, "12345678"), "send body");
+  CHECK(read_response(&c, &r) && r.status == 200 && strcmp(r.body, "12345678") == 0, "echo: %d", r.status);
+  response_free(&r);
+  /* One byte over: 413 at once, no 100 before it, the connection closed. */
+  CHECK(send_str(&c, "POST /echo-small HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n"),
+        "send head over");
+  CHECK(read_response(&c, &r) && r.status == 413 && r.conn_close, "413 before any 100: %d", r.status);
+  response_free(&r);
+  CHECK(expect_closed(&c), "closed after the route's 413");
+  client_close(&c);
+  /* Without Expect too (the body is already on its way; it is not read). */
+  CHECK(client_connect(&c) == 0, "connect");
+  CHECK(send_str(&c, "POST /echo-small HTTP/1.1\r\nContent-Length: 9\r\n\r\n123456789"), "send");
+  CHECK(read_response(&c, &r) && r.status == 413 && r.conn_close, "413 without Expect: %d", r.status);
+  response_free(&r);
+  CHECK(expect_closed(&c), "closed");
+  client_close(&c);
+  /* The method is the route's too: PUT /echo-small has no such limit here. A chunked body
+   * declares no length: the route sees it once read. */
+  simple_exchange("PUT /echo-small HTTP/1.1\r\nContent-Length: 9\r\n\r\n123456789", 200, "123456789");
+  simple_exchange("POST /echo-small HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n123456789\r\n0\r\n\r\n",
+                  200, "123456789");
+  /* Asked for bodies only: the GET and the empty POST below add no call. */
+  int calls1 = atomic_load(&body_fits_calls);
+  simple_exchange("GET /hello HTTP/1.1\r\n\r\n", 200, "hello");
+  simple_exchange("POST /echo-small HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 200, "");
+  CHECK(atomic_load(&body_fits_calls) == calls1, "no call without a body");
+  CHECK(calls1 - calls0 == 4, "one call per declared body: %d", calls1 - calls0);
+  CHECK(atomic_load(&body_fits_bad_path) == 0, "paths come NUL-terminated");
+  /* Expect twice is one list: refused whole, whichever comes last. */
+  static const char *const twice[] = {
+      "POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+      "POST /echo HTTP/1.1\r\nExpect: foo\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+  };
+  for (size_t i = 0; i < sizeof twice / sizeof twice[0]; i++) {
+    CHECK(client_connect(&c) == 0, "connect");
+    CHECK(send_str(&c, twice[i]), "send");
+    CHECK(read_response(&c, &r) && r.status == 417 && r.conn_close, "Expect twice (%zu): %d", i, r.status);
+    response_free(&r);
+    CHECK(expect_closed(&c), "closed after 417");
+    client_close(&c);
+  }
 }
 
 static void test_limits(void) {
@@ -903,6 +972,7 @@ static void run_suite(bool io_uring_off) {
       .header_timeout_ms = HEADER_TIMEOUT_MS,
       .idle_timeout_ms = IDLE_TIMEOUT_MS,
       .handler = handler,
+      .body_fits = body_fits,
       .on_thread_start = on_thread_start,
       .io_uring_off = io_uring_off,
   };
@@ -923,6 +993,7 @@ static void run_suite(bool io_uring_off) {
   test_keep_alive_and_head();
   test_pipelining();
   test_expect_continue();
+  test_route_body_limits();
   test_limits();
   test_timeouts();
   test_peer_gone_while_deferred(server);
