@@ -1,8 +1,10 @@
 /*
  * test_http_server.c — starts the HTTP server on 127.0.0.1 (port 0, 2 threads) with a small
  * handler and talks to it over plain sockets: keep-alive, pipelining with deferred answers,
- * every limit (413/414/431/400, connections_max), timeouts, a peer leaving while its answer
- * is pending, 1.5 MiB bodies in and 4 MiB out. Responses are parsed with libhttp-parser.
+ * every limit (413/414/431/400, connections_max), Expect: 100-continue (417 for any other or a
+ * repeated one), a route's own body limit (config.body_fits: 413 before the body and before
+ * the 100), timeouts, a peer leaving while its answer is pending, 1.5 MiB bodies in and 4 MiB
+ * out. Responses are parsed with libhttp-parser.
  *
  * A second server speaks mutual TLS (certificates made with the openssl CLI) with
  * thread_index_base 5: the request's tls flag, client subject and thread index, a deferred
