@@ -79,7 +79,9 @@ void api_handle(http_request_t *req, void *ctx);
 /* http_config_t.body_fits, with ctx = the api_t: a declared body length a route takes. Bodies
  * up to API_BODY_BYTES_MAX (64 KiB) fit every route; POST /v1/transfers/batch takes up to
  * LEDGER_BODY_BYTES_MAX (2 MiB). So a client is told 413 before it sends a body that its
- * route would refuse once read (with Expect: 100-continue, before it sends a byte of it). */
+ * route would refuse once read (with Expect: 100-continue, before it sends a byte of it).
+ * With --compat, a path no v1 route has is let through: the compat routes answer their own
+ * 413, in their seed systems' error shapes, once the body is read. */
 bool api_body_fits(http_method_t method, const char *path, size_t path_len, uint64_t length, void *ctx);
 void api_thread_start(http_loop_t *loop, unsigned thread_index, void *ctx);
 /* Requests handed to the engine and not yet answered. */
