@@ -355,21 +355,30 @@ static void *ceil_host_pause_sync(void *arg) {
   return NULL;
 }
 
+/* A fresh directory under parent holding one file of `bytes` zeros, written and fsynced, so
+ * that later writes into it change neither its size nor its blocks. Returns the open file
+ * (read-write); dir and path get the two names for the caller to remove. */
+static int ceil_zero_file(const char *parent, const char *name, uint32_t bytes, char dir[4096],
+                          char path[4096 + 16]) {
+  snprintf(dir, 4096, "%s/ledger-ceiling.XXXXXX", parent);
+  if (mkdtemp(dir) == NULL) ceil_die("mkdtemp");
+  snprintf(path, 4096 + 16, "%s/%s", dir, name);
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) ceil_die("open zero-filled file");
+  static const char zeros[1 << 16];
+  for (uint32_t off = 0; off < bytes; off += sizeof zeros)
+    if (pwrite(fd, zeros, sizeof zeros, off) != (ssize_t)sizeof zeros) ceil_die("pwrite zeros");
+  if (fsync(fd) != 0) ceil_die("fsync");
+  return fd;
+}
+
 static void ceil_host_pause(const char *parent, double seconds) {
   if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
     printf("host_pause skipped: needs two CPUs\n");
     return;
   }
   char dir[4096], path[4096 + 16];
-  snprintf(dir, sizeof dir, "%s/ledger-ceiling.XXXXXX", parent);
-  if (mkdtemp(dir) == NULL) ceil_die("mkdtemp");
-  snprintf(path, sizeof path, "%s/pause", dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) ceil_die("open host-pause file");
-  static const char zeros[1 << 16];
-  for (uint32_t off = 0; off < SYNC_PAIR_FILE_BYTES; off += sizeof zeros)
-    if (pwrite(fd, zeros, sizeof zeros, off) != (ssize_t)sizeof zeros) ceil_die("pwrite zeros");
-  if (fsync(fd) != 0) ceil_die("fsync");
+  int fd = ceil_zero_file(parent, "pause", SYNC_PAIR_FILE_BYTES, dir, path);
   static const uint32_t rates[] = {0, 500, 1000, 2000, UINT32_MAX};
   static host_pause_t h; /* big: not on the stack */
   for (size_t r = 0; r < sizeof rates / sizeof rates[0]; r++) {
@@ -431,15 +440,7 @@ static uint64_t open_loop_pct(const uint32_t *hist, uint64_t n, double pct) {
 
 static void ceil_open_loop(const char *parent, uint32_t rate, double seconds, uint64_t interval_us) {
   char dir[4096], path[4096 + 16];
-  snprintf(dir, sizeof dir, "%s/ledger-ceiling.XXXXXX", parent);
-  if (mkdtemp(dir) == NULL) ceil_die("mkdtemp");
-  snprintf(path, sizeof path, "%s/open-loop", dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) ceil_die("open open-loop file");
-  static const char zeros[1 << 16];
-  for (uint32_t off = 0; off < OPEN_LOOP_FILE_BYTES; off += sizeof zeros)
-    if (pwrite(fd, zeros, sizeof zeros, off) != (ssize_t)sizeof zeros) ceil_die("pwrite zeros");
-  if (fsync(fd) != 0) ceil_die("fsync");
+  int fd = ceil_zero_file(parent, "open-loop", OPEN_LOOP_FILE_BYTES, dir, path);
   printf("open_loop_ready file_mb=%u\n", OPEN_LOOP_FILE_BYTES >> 20);
   fflush(stdout);
   uint32_t *hist = calloc(OPEN_LOOP_HIST_US + 1u, sizeof *hist);
