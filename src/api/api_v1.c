@@ -1158,9 +1158,15 @@ static bool idempotency(api_req_t *r, api_error_t *e) {
   return true;
 }
 
+/* The largest body a route takes: checked on the declared length before the body is read
+ * (api_body_fits) and on the body itself, which a chunked request declares no length for. */
+static size_t route_body_max(route_t route) {
+  return route == R_TRANSFERS_BATCH ? LEDGER_BODY_BYTES_MAX : API_BODY_BYTES_MAX;
+}
+
 static cJSON *parse_body(api_req_t *r, api_error_t *e) {
   const http_request_t *h = r->http;
-  size_t max = r->route == R_TRANSFERS_BATCH ? LEDGER_BODY_BYTES_MAX : API_BODY_BYTES_MAX;
+  size_t max = route_body_max(r->route);
   if (h->body_len > max) {
     api_err(e, 413, "payload_too_large", "the body is larger than %zu bytes", max);
     return NULL;
@@ -2337,11 +2343,10 @@ bool api_body_fits(http_method_t method, const char *path, size_t path_len, uint
   seg_t segs[PATH_SEGMENTS_MAX];
   size_t nseg;
   route_t route = route_of(&h, segs, &nseg);
-  if (route == R_TRANSFERS_BATCH) return length <= LEDGER_BODY_BYTES_MAX;
   /* A --compat route answers its own 413, in its seed system's error shape
    * (compat_body_parse): its body is read (up to the 2 MiB transport limit) first. */
   if (route == R_NOT_FOUND && api->compat) return true;
-  return false;
+  return length <= route_body_max(route);
 }
 
 void api_handle(http_request_t *h, void *ctx) {
